@@ -1,0 +1,57 @@
+"""The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from .errors import FedsimError
+from .progress import console
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]fedsim: error:[/] {error}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import GROUPS, to_experiment
+    from .progress import summary_table
+    from .run import run_experiment
+
+    runtime = HydraConfig.get().runtime
+    try:
+        experiment = to_experiment(cfg)
+        summary = run_experiment(experiment, runtime.output_dir, {g: str(runtime.choices[g]) for g in GROUPS})
+    except FedsimError as error:
+        _fail(error)
+    console.print(summary_table(summary))
+    console.print(f"run folder: {runtime.output_dir}", highlight=False, soft_wrap=True)
+    return float(summary["final_accuracy"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `fedsim` console script."""
+    import hydra
+
+    from . import config_dir
+    from .config import check_group_overrides, compose_experiment, validate
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    overrides = [arg for arg in args if not arg.startswith("-")]
+    sweeping = any(arg in ("-m", "--multirun") for arg in args)
+    informational = any(arg.startswith(("--help", "-h", "--cfg", "-c", "--info", "--hydra-help")) for arg in args)
+    try:
+        check_group_overrides(overrides)
+        if not sweeping and not informational:
+            validate(compose_experiment(overrides))
+    except FedsimError as error:
+        _fail(error)
+    sys.argv = [sys.argv[0] if sys.argv else "fedsim", *args]
+    hydra.main(version_base=None, config_path=str(config_dir()), config_name="config")(_hydra_task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""fedsim's ClientApp: answer who it is, train on its partition, evaluate the global model on its validation split.
+
+The node learns its partition from Flower's node config (`partition-id`), as SuperNodes do in deployment.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .data.federation import federation_for
+from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
+from .training import client_seed, evaluate, resolve_device, train_local
+
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+IDENTITY_RECORD = "identity"
+
+app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    if PARTITION_ID not in context.node_config:
+        raise KeyError("this node has no 'partition-id' in its node config; start it with --node-config 'partition-id=N'")
+    return int(context.node_config[PARTITION_ID])
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, so it can order nodes the same way on every engine."""
+    identity = ConfigRecord({PARTITION_ID: _partition_id(context)})
+    return Message(RecordDict({IDENTITY_RECORD: identity}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local SGD from the received global model; replies with the new weights and `num-examples`."""
+    config = msg.content["config"]
+    experiment = experiment_from_record(config)
+    partition_id = _partition_id(context)
+    federation = federation_for(experiment)
+    train_data, _ = federation.client_split(partition_id)
+    model = build_model(experiment, federation.data)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
+    result = train_local(model, train_data, train_settings(experiment, config), generator, resolve_device(experiment["device"]))
+    metrics = MetricRecord(
+        {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy}
+    )
+    arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Accuracy and loss of the received global model on this client's local validation split."""
+    experiment = experiment_from_record(msg.content["config"])
+    federation = federation_for(experiment)
+    _, val_data = federation.client_split(_partition_id(context))
+    model = build_model(experiment, federation.data)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    result = evaluate(model, val_data, resolve_device(experiment["device"]))
+    metrics = MetricRecord({"num-examples": result.num_examples, "eval_loss": result.loss, "eval_acc": result.accuracy})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

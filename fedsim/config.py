@@ -1,0 +1,191 @@
+"""Composing the experiment config with Hydra, and refusing bad values before any work starts.
+
+Every refusal is a `ConfigError` naming the key, the value and what is allowed; the CLI prints it as one line and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from . import config_dir
+from .errors import ConfigError, FedsimError
+
+GROUPS = ("dataset", "partition", "model", "strategy", "engine")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def group_options(group: str, root: Path | None = None) -> list[str]:
+    """The options of a config group: the YAML files in configs/<group>/."""
+    folder = (root or config_dir()) / group
+    return sorted(path.stem for path in folder.glob("*.yaml"))
+
+
+_GROUP_OVERRIDE = re.compile(r"^[+~]?(?P<group>[a-z_]+)(@[^=]*)?=(?P<value>.*)$")
+
+
+def check_group_overrides(overrides: Sequence[str], root: Path | None = None) -> None:
+    """Refuse `group=option` overrides naming an option that does not exist (sweeps `a,b` are checked each)."""
+    for override in overrides:
+        match = _GROUP_OVERRIDE.match(override)
+        if not match or match["group"] not in GROUPS or "(" in match["value"]:
+            continue
+        options = group_options(match["group"], root)
+        for value in match["value"].split(","):
+            if value not in options:
+                raise ConfigError(match["group"], value, f"one of {', '.join(options)}")
+
+
+def to_experiment(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved experiment as plain data (no Hydra section); a missing mandatory value is a ConfigError."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(str(key), "???", "this value is required; set it on the command line") from None
+    except OmegaConfBaseException as error:
+        raise FedsimError(f"config could not be resolved: {str(error).splitlines()[0]}") from None
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container
+
+
+def compose_experiment(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose configs/config.yaml with Hydra overrides, as the CLI does, for use from Python and tests."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    check_group_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except HydraException as error:
+        lines = str(error).strip().splitlines()
+        if lines and lines[0].startswith("Could not override"):
+            key = lines[0].split("'")[1] if "'" in lines[0] else lines[0]
+            raise FedsimError(f"{key} is not a fedsim config key (see `fedsim --cfg job` for all keys)") from None
+        raise FedsimError(" ".join(lines[:2])) from None
+    return to_experiment(cfg)
+
+
+# --- value checks ------------------------------------------------------------------------------------------
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, value, "must be a number")
+    return float(value)
+
+
+def _integer(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, value, f"must be an integer >= {minimum}")
+    return value
+
+
+def _in_range(key: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
+    number = _number(key, value)
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(key, value, f"must be in {left}{low:g}, {high:g}{right}")
+    return number
+
+
+def _positive(key: str, value: Any) -> float:
+    number = _number(key, value)
+    if number <= 0:
+        raise ConfigError(key, value, "must be > 0")
+    return number
+
+
+def _non_negative(key: str, value: Any) -> float:
+    number = _number(key, value)
+    if number < 0:
+        raise ConfigError(key, value, "must be >= 0")
+    return number
+
+
+def _choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, f"one of {', '.join(allowed)}")
+
+
+def _validate_partition(partition: Mapping[str, Any], num_clients: int) -> None:
+    if "alpha" in partition:
+        alphas = partition["alpha"] if isinstance(partition["alpha"], list) else [partition["alpha"]]
+        for alpha in alphas:
+            _positive("partition.alpha", alpha)
+        if isinstance(partition["alpha"], list) and len(alphas) != num_clients:
+            raise ConfigError("partition.alpha", partition["alpha"], f"a number, or a list of num_clients={num_clients} numbers")
+    if "num_partitions" in partition and partition["num_partitions"] != num_clients:
+        raise ConfigError("partition.num_partitions", partition["num_partitions"], f"must equal num_clients={num_clients}")
+    if "min_partition_size" in partition:
+        _integer("partition.min_partition_size", partition["min_partition_size"], 0)
+    if partition.get("num_shards_per_partition") is not None:
+        _integer("partition.num_shards_per_partition", partition["num_shards_per_partition"], 1)
+    if partition.get("shard_size") is not None:
+        _integer("partition.shard_size", partition["shard_size"], 1)
+    if "num_classes_per_partition" in partition:
+        _integer("partition.num_classes_per_partition", partition["num_classes_per_partition"], 1)
+
+
+def _validate_dataset(dataset: Mapping[str, Any]) -> None:
+    for key in ("test_fraction", "train_fraction"):
+        if key in dataset:
+            _in_range(f"dataset.{key}", dataset[key], 0, 1, low_open=True, high_open=True)
+    if dataset.get("name") == "synthetic":
+        _non_negative("dataset.alpha", dataset["alpha"])
+        _non_negative("dataset.beta", dataset["beta"])
+        _integer("dataset.num_users", dataset["num_users"], 1)
+
+
+def validate(experiment: Mapping[str, Any]) -> None:
+    """Check every value the run will use; raise a ConfigError on the first bad one."""
+    import torch
+
+    _integer("seed", experiment["seed"], 0)
+    num_clients = _integer("num_clients", experiment["num_clients"], 1)
+    _integer("num_rounds", experiment["num_rounds"], 1)
+    _in_range("fraction_train", experiment["fraction_train"], 0, 1, low_open=True)
+    fraction_evaluate = _in_range("fraction_evaluate", experiment["fraction_evaluate"], 0, 1)
+    _choice("device", experiment["device"], DEVICES)
+    if experiment["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda", "no CUDA device is visible here; use device=auto or device=cpu")
+    _choice("log_level", str(experiment.get("log_level", "WARNING")).upper(), LOG_LEVELS)
+
+    client = experiment["client"]
+    _integer("client.local_epochs", client["local_epochs"], 1)
+    _integer("client.batch_size", client["batch_size"], 1)
+    _positive("client.lr", client["lr"])
+    _in_range("client.momentum", client["momentum"], 0, 1, high_open=True)
+    _non_negative("client.weight_decay", client["weight_decay"])
+    _non_negative("client.proximal_mu", client["proximal_mu"])
+    val_fraction = _in_range("client.val_fraction", client["val_fraction"], 0, 1, high_open=True)
+    if fraction_evaluate > 0 and val_fraction == 0:
+        raise ConfigError("client.val_fraction", 0, "must be > 0 while fraction_evaluate > 0 (clients evaluate on it)")
+
+    server = experiment["server"]
+    _integer("server.eval_batch_size", server["eval_batch_size"], 1)
+    _positive("server.round_timeout", server["round_timeout"])
+
+    strategy = experiment["strategy"]
+    if "proximal_mu" in strategy:
+        _non_negative("strategy.proximal_mu", strategy["proximal_mu"])
+    _validate_partition(experiment["partition"], num_clients)
+    _validate_dataset(experiment["dataset"])
+
+    engine = experiment["engine"]
+    resources = engine.get("client_resources") or {}
+    if "num_cpus" in resources:
+        _positive("engine.client_resources.num_cpus", resources["num_cpus"])
+    if "num_gpus" in resources:
+        _non_negative("engine.client_resources.num_gpus", resources["num_gpus"])

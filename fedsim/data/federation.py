@@ -1,0 +1,174 @@
+"""From config to federation: load the data set, partition it, and give each client its train/validation split.
+
+Everything here is a pure function of the experiment config, so the server (for validation and reports) and every
+client process (in whatever engine) compute the same partition independently; a per-process cache makes the
+in-process engine load and partition once.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import datasets
+import hydra.utils
+import numpy as np
+from flwr_datasets.partitioner import NaturalIdPartitioner, Partitioner
+
+from ..errors import ConfigError, DataError
+from .base import LoadedData
+from .builtin import load_digits_data, load_synthetic_data
+from .hub import load_hub_data
+from .local import load_local_data
+from .tensors import ArrayDataset
+
+INDEX_COLUMN = "__fedsim_index__"
+BUILTIN = ("digits", "synthetic")
+
+
+def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
+    """Load the data set a `dataset` config group entry describes."""
+    source, name = dataset.get("source"), dataset.get("name")
+    if source == "builtin":
+        if name == "digits":
+            return load_digits_data(float(dataset["test_fraction"]), seed)
+        if name == "synthetic":
+            return load_synthetic_data(
+                float(dataset["alpha"]),
+                float(dataset["beta"]),
+                bool(dataset["iid"]),
+                int(dataset["num_users"]),
+                float(dataset["train_fraction"]),
+                seed,
+            )
+        raise ConfigError("dataset.name", name, f"built-in data sets are {', '.join(BUILTIN)}")
+    if source == "hub":
+        return load_hub_data(
+            str(name),
+            str(dataset["hub_id"]),
+            str(dataset["image_column"]),
+            str(dataset["label_column"]),
+            str(dataset["train_split"]),
+            str(dataset["test_split"]),
+        )
+    if source == "local":
+        return load_local_data(
+            str(dataset["format"]),
+            str(dataset["path"]),
+            dataset.get("test_path"),
+            float(dataset["test_fraction"]),
+            str(dataset["image_column"]),
+            str(dataset["label_column"]),
+            seed,
+        )
+    raise ConfigError("dataset.source", source, "one of builtin, hub, local")
+
+
+def partition_indices(train: datasets.Dataset, partitioner: Partitioner) -> list[np.ndarray]:
+    """Run any flwr-datasets Partitioner and return, per partition, the row indices it chose.
+
+    An index column rides along through the partitioner, so this works for every Partitioner, ours included,
+    without relying on its internals.
+    """
+    partitioner.dataset = train.add_column(INDEX_COLUMN, np.arange(len(train)))
+    return [
+        np.asarray(partitioner.load_partition(pid)[INDEX_COLUMN], dtype=np.int64)
+        for pid in range(partitioner.num_partitions)
+    ]
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A partitioned data set: each client's rows, split into local train and validation parts."""
+
+    data: LoadedData
+    client_indices: tuple[np.ndarray, ...]
+    val_fraction: float
+    seed: int
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_indices)
+
+    def client_rows(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The client's (train, validation) row indices: a seeded shuffle, then the first share is validation."""
+        rows = self.client_indices[partition_id]
+        order = np.random.default_rng([self.seed, partition_id]).permutation(rows)
+        num_val = int(round(self.val_fraction * len(rows)))
+        if self.val_fraction > 0 and len(rows) >= 2:
+            num_val = min(max(num_val, 1), len(rows) - 1)
+        return order[num_val:], order[:num_val]
+
+    def client_split(self, partition_id: int) -> tuple[ArrayDataset, ArrayDataset]:
+        train_rows, val_rows = self.client_rows(partition_id)
+        return self.data.train_arrays.subset(train_rows), self.data.train_arrays.subset(val_rows)
+
+    def label_counts(self) -> np.ndarray:
+        """Clients x classes matrix of training-sample counts (what FedDisco and the partition heatmap need)."""
+        labels = self.data.train_arrays.y.numpy()
+        return np.stack([np.bincount(labels[rows], minlength=self.data.num_classes) for rows in self.client_indices])
+
+
+def _partition_name(partition: Mapping[str, Any]) -> str:
+    return str(partition.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def build_federation(experiment: Mapping[str, Any]) -> Federation:
+    """Load and partition as the experiment config says, refusing partitions that leave a client without data."""
+    seed, num_clients = int(experiment["seed"]), int(experiment["num_clients"])
+    data = load_data(experiment["dataset"], seed)
+    if num_clients > len(data.train):
+        raise ConfigError(
+            "num_clients", num_clients, f"at most the {len(data.train)} training samples of dataset={data.name}"
+        )
+    partition = dict(experiment["partition"])
+    partitioner = hydra.utils.instantiate(partition)
+    by = partition.get("partition_by")
+    if by is not None and by not in data.train.column_names:
+        raise ConfigError(
+            "partition.partition_by", by, f"a column of dataset={data.name}: {', '.join(data.train.column_names)}"
+        )
+    if isinstance(partitioner, NaturalIdPartitioner):
+        ids = len(set(data.train[by]))
+        if ids != num_clients:
+            raise ConfigError("num_clients", num_clients, f"partition=natural gives one client per {by}: use num_clients={ids}")
+    try:
+        with warnings.catch_warnings():  # flwr-datasets warns on each retry; the outcome is reported below
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            indices = partition_indices(data.train, partitioner)
+    except (ValueError, ZeroDivisionError, IndexError) as error:  # what flwr-datasets raises on impossible splits
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"partition ({_partition_name(partition)}) with num_clients={num_clients} failed ({reason}); "
+            "use fewer clients, a larger partition.alpha or a smaller partition.min_partition_size"
+        ) from None
+    empty = [pid for pid, rows in enumerate(indices) if len(rows) == 0]
+    if empty:
+        raise DataError(
+            f"partition ({_partition_name(partition)}) leaves {len(empty)} of {num_clients} clients without data "
+            f"(first: client {empty[0]}); use fewer clients or a less extreme partition"
+        )
+    return Federation(data, tuple(indices), float(experiment["client"]["val_fraction"]), seed)
+
+
+def _federation_key(experiment: Mapping[str, Any]) -> str:
+    keys = ("dataset", "partition", "num_clients", "seed")
+    part = {key: experiment[key] for key in keys}
+    part["val_fraction"] = experiment["client"]["val_fraction"]
+    return json.dumps(part, sort_keys=True, default=str)
+
+
+@lru_cache(maxsize=4)
+def _cached_federation(key: str) -> Federation:
+    parts = json.loads(key)
+    return build_federation({**parts, "client": {"val_fraction": parts["val_fraction"]}})
+
+
+def federation_for(experiment: Mapping[str, Any]) -> Federation:
+    """The federation of this experiment, built once per process."""
+    return _cached_federation(_federation_key(experiment))

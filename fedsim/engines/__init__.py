@@ -1,0 +1,25 @@
+"""Simulation engines: how ClientApp calls are executed. Chosen with `engine=<name>`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .base import Engine
+from .flower import FlowerEngine
+from .inprocess import InProcessEngine, InProcessGrid
+
+ENGINES = ("inprocess", "flower")
+
+
+def make_engine(engine: Mapping[str, Any]) -> Engine:
+    """Build the engine an `engine` config group entry names."""
+    name = engine["name"]
+    if name == "inprocess":
+        return InProcessEngine()
+    if name == "flower":
+        return FlowerEngine(engine.get("client_resources", {}), engine.get("ray_init_args"))
+    raise ValueError(f"engine.name={name!r}: one of {', '.join(ENGINES)}")
+
+
+__all__ = ["ENGINES", "Engine", "FlowerEngine", "InProcessEngine", "InProcessGrid", "make_engine"]

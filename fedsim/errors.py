@@ -1,0 +1,21 @@
+"""Errors fedsim reports to the user as one line (exit code 2), never as a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FedsimError(Exception):
+    """A problem with the user's input, reported as a single line before any training starts."""
+
+
+class ConfigError(FedsimError):
+    """A config value outside what is allowed; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class DataError(FedsimError):
+    """A data set that cannot be loaded or partitioned as configured."""

@@ -1,0 +1,62 @@
+"""The experiment config as it travels to clients, and what clients and server build from it.
+
+The server sends the resolved experiment config as JSON in every train/evaluate ConfigRecord, so a client needs no
+config of its own: the same ClientApp serves the in-process engine, Flower's runtime and deployment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import hydra.utils
+from flwr.app import ConfigRecord
+from torch import nn
+
+from .data.base import LoadedData
+from .training import TrainSettings
+
+CONFIG_KEY = "fedsim-config"
+# Keys a strategy may put in the train ConfigRecord to change a client's local work this round.
+PROXIMAL_MU_KEY = "proximal-mu"
+LOCAL_EPOCHS_KEY = "local-epochs"
+LR_KEY = "lr"
+ROUND_KEY = "server-round"
+
+
+def experiment_record(experiment: Mapping[str, Any]) -> ConfigRecord:
+    """A fresh ConfigRecord carrying the experiment (strategies add their own keys to it)."""
+    return ConfigRecord({CONFIG_KEY: json.dumps(experiment, sort_keys=True, default=str)})
+
+
+@lru_cache(maxsize=8)
+def _parse(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def experiment_from_record(record: ConfigRecord) -> dict[str, Any]:
+    if CONFIG_KEY not in record:
+        raise KeyError(f"the message's ConfigRecord has no '{CONFIG_KEY}': it was not sent by a fedsim ServerApp")
+    return _parse(str(record[CONFIG_KEY]))
+
+
+def train_settings(experiment: Mapping[str, Any], record: ConfigRecord) -> TrainSettings:
+    """The config's local-training settings, with the strategy's per-round keys taking precedence."""
+    client = experiment["client"]
+    return TrainSettings(
+        epochs=int(record.get(LOCAL_EPOCHS_KEY, client["local_epochs"])),
+        batch_size=int(client["batch_size"]),
+        lr=float(record.get(LR_KEY, client["lr"])),
+        momentum=float(client["momentum"]),
+        weight_decay=float(client["weight_decay"]),
+        proximal_mu=float(record.get(PROXIMAL_MU_KEY, client["proximal_mu"])),
+    )
+
+
+def build_model(experiment: Mapping[str, Any], data: LoadedData) -> nn.Module:
+    """Instantiate the `model` config group entry for this data set's input shape and class count."""
+    return hydra.utils.instantiate(
+        dict(experiment["model"]), input_shape=list(data.input_shape), num_classes=data.num_classes
+    )

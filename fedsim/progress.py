@@ -1,0 +1,61 @@
+"""What a person watches while a run goes: a progress bar per round, then a summary table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+class RoundProgress:
+    """A rich progress bar over rounds showing the latest global accuracy; silent when disabled."""
+
+    def __init__(self, num_rounds: int, enabled: bool = True, description: str = "rounds") -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("acc [cyan]{task.fields[accuracy]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(description, total=num_rounds, accuracy="-", loss="-")
+
+    def __enter__(self) -> RoundProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, server_round: int, accuracy: float, loss: float) -> None:
+        self._progress.update(self._task, completed=server_round, accuracy=f"{accuracy:.4f}", loss=f"{loss:.4f}")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_table(summary: Mapping[str, Any]) -> Table:
+    clients = summary["client_accuracy"]
+    table = Table(title="fedsim run summary", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for group, name in summary["choices"].items():
+        table.add_row(group, str(name))
+    table.add_row("final test accuracy", _fmt(summary["final_accuracy"]))
+    table.add_row("best test accuracy", f"{_fmt(summary['best_accuracy'])} (round {summary['best_round']})")
+    table.add_row(f"client accuracy mean ± std (n={clients['clients']})", f"{_fmt(clients['mean'])} ± {_fmt(clients['std'])}")
+    table.add_row("client accuracy worst 10% / best 10%", f"{_fmt(clients['worst10'])} / {_fmt(clients['best10'])}")
+    table.add_row("rounds", str(summary["rounds_completed"]))
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
+    return table

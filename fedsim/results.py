@@ -1,0 +1,180 @@
+"""The recorder: the only writer of a run folder.
+
+A run folder holds `config.yaml` (the resolved experiment), `metrics.csv` (one row per round), `summary.json` and
+`accuracy.png`. Every file is written to a temporary name and renamed, so a crash never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+PLOT_FILE = "accuracy.png"
+
+ROUND_COLUMNS = [
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "train_clients",
+    "sampled",
+    "eval_clients",
+    "failures",
+    "client_acc_mean",
+    "client_acc_worst10",
+    "round_seconds",
+    "wall_seconds",
+]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def tail_mean(values: Sequence[float], share: float, lowest: bool) -> float:
+    """Mean of the lowest (or highest) `share` of the values, at least one value: "worst-10%" / "best-10%"."""
+    ordered = sorted(values, reverse=not lowest)
+    count = max(1, math.ceil(share * len(ordered)))
+    return float(np.mean(ordered[:count]))
+
+
+def client_accuracy_stats(accuracies: Sequence[float]) -> dict[str, float | None]:
+    if not accuracies:
+        return {"mean": None, "std": None, "worst10": None, "best10": None}
+    return {
+        "mean": float(np.mean(accuracies)),
+        "std": float(np.std(accuracies)),
+        "worst10": tail_mean(accuracies, 0.1, lowest=True),
+        "best10": tail_mean(accuracies, 0.1, lowest=False),
+    }
+
+
+def weighted_mean(per_client: Mapping[int, Mapping[str, float]], key: str) -> float | None:
+    pairs = [(m[key], m.get("num-examples", 1.0)) for m in per_client.values() if key in m]
+    total = sum(weight for _, weight in pairs)
+    return sum(value * weight for value, weight in pairs) / total if total > 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("fedsim", "flwr", "flwr-datasets", "torch", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+class Recorder:
+    """Collects one row per round and writes the run folder as it goes."""
+
+    def __init__(self, run_dir: Path, experiment: Mapping[str, Any], num_clients: int, choices: Mapping[str, str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.experiment = experiment
+        self.num_clients = num_clients
+        self.choices = dict(choices)
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self._last_round_end = self.started
+        write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(experiment), sort_keys=False).encode())
+
+    @property
+    def client_columns(self) -> list[str]:
+        return [f"acc_client_{pid}" for pid in range(self.num_clients)]
+
+    def record_round(
+        self,
+        server_round: int,
+        test_accuracy: float,
+        test_loss: float,
+        train: Mapping[int, Mapping[str, float]],
+        evaluate: Mapping[int, Mapping[str, float]],
+        failures: int,
+    ) -> dict[str, Any]:
+        """Add and write the row of `server_round` (round 0 is the initial model, before any training)."""
+        now = time.perf_counter()
+        accuracies = {pid: m["eval_acc"] for pid, m in evaluate.items() if "eval_acc" in m}
+        stats = client_accuracy_stats(list(accuracies.values()))
+        row: dict[str, Any] = {
+            "round": server_round,
+            "test_accuracy": test_accuracy,
+            "test_loss": test_loss,
+            "train_loss": weighted_mean(train, "train_loss"),
+            "train_clients": len(train),
+            "sampled": " ".join(str(pid) for pid in sorted(train)),
+            "eval_clients": len(accuracies),
+            "failures": failures,
+            "client_acc_mean": stats["mean"],
+            "client_acc_worst10": stats["worst10"],
+            "round_seconds": now - self._last_round_end,
+            "wall_seconds": now - self.started,
+        }
+        row.update({f"acc_client_{pid}": acc for pid, acc in accuracies.items()})
+        self._last_round_end = now
+        self.rows.append(row)
+        self._write_metrics()
+        return row
+
+    def _write_metrics(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=ROUND_COLUMNS + self.client_columns, restval="")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        write_atomic(self.run_dir / METRICS_FILE, buffer.getvalue().encode())
+
+    def finish(self, final_client_accuracy: Mapping[int, float], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write `summary.json` and `accuracy.png`; return the summary."""
+        trained = [row for row in self.rows if row["round"] > 0] or self.rows
+        best = max(trained, key=lambda row: row["test_accuracy"])
+        stats = client_accuracy_stats(list(final_client_accuracy.values()))
+        summary = {
+            "final_accuracy": self.rows[-1]["test_accuracy"],
+            "final_loss": self.rows[-1]["test_loss"],
+            "best_accuracy": best["test_accuracy"],
+            "best_round": best["round"],
+            "rounds_completed": self.rows[-1]["round"],
+            "client_accuracy": {**stats, "clients": len(final_client_accuracy)},
+            "wall_seconds": time.perf_counter() - self.started,
+            "seed": self.experiment.get("seed"),
+            "choices": self.choices,
+            "versions": package_versions(),
+            "complete": True,
+            **(extra or {}),
+        }
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
+        from .plots import plot_accuracy  # matplotlib only when a run ends
+
+        plot_accuracy(self.rows, self.run_dir / PLOT_FILE, title=self._title())
+        return summary
+
+    def _title(self) -> str:
+        return " · ".join(f"{group}={name}" for group, name in self.choices.items() if group != "engine")

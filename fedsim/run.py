@@ -1,0 +1,47 @@
+"""One federated run, from a resolved experiment config to a finished run folder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .client import app as client_app
+from .config import GROUPS, validate
+from .data.federation import federation_for
+from .engines import make_engine
+from .results import Recorder
+from .server import make_server_app
+
+
+def describe_choices(experiment: Mapping[str, Any]) -> dict[str, str]:
+    """Readable names of the config-group choices, for runs composed without Hydra's runtime choices."""
+    def short(entry: Mapping[str, Any]) -> str:
+        return str(entry.get("name") or str(entry.get("_target_", "?")).rsplit(".", 1)[-1])
+
+    return {group: short(experiment[group]) for group in GROUPS}
+
+
+def run_experiment(
+    experiment: Mapping[str, Any],
+    run_dir: str | Path,
+    choices: Mapping[str, str] | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Validate, load and partition (all before any training), then run on the configured engine.
+
+    Returns the summary also written to `run_dir/summary.json`.
+    """
+    validate(experiment)
+    federation = federation_for(experiment)  # data and partition errors surface here, before training
+    flower_logger = logging.getLogger("flwr")
+    flower_logger.setLevel(str(experiment.get("log_level", "WARNING")).upper())
+    flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
+    recorder = Recorder(Path(run_dir), experiment, federation.num_clients, choices or describe_choices(experiment))
+    progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
+    server_app, outcome = make_server_app(experiment, recorder, progress)
+    make_engine(experiment["engine"]).run(server_app, client_app, federation.num_clients)
+    if "summary" not in outcome:
+        raise RuntimeError("the ServerApp ended without a summary; see the log above for the cause")
+    return outcome["summary"]

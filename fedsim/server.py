@@ -1,0 +1,101 @@
+"""fedsim's ServerApp: build the strategy from the config, run `strategy.start`, evaluate centrally every round."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import hydra.utils
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from .data.federation import federation_for
+from .experiment import ROUND_KEY, build_model, experiment_record
+from .progress import RoundProgress
+from .results import Recorder
+from .server_grid import FedsimGrid
+from .training import evaluate, resolve_device
+
+NODE_DISCOVERY_TIMEOUT = 600.0
+
+
+def build_strategy(experiment: Mapping[str, Any]) -> Strategy:
+    """Instantiate the `strategy` config group entry (any Flower message-based strategy)."""
+    strategy = hydra.utils.instantiate(dict(experiment["strategy"]))
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy._target_ must build a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
+    return strategy
+
+
+def _to_cpu_arrays(model: torch.nn.Module) -> ArrayRecord:
+    return ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+
+
+def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any], timeout: float) -> dict[int, float]:
+    """The final global model on every client's validation split (the summary's per-client accuracy)."""
+    config = experiment_record(experiment)
+    config[ROUND_KEY] = int(experiment["num_rounds"])
+    content = RecordDict({"arrays": arrays, "config": config})
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
+    grid.send_and_receive(messages, timeout=timeout)
+    log = grid.take_round_log()
+    return {pid: metrics["eval_acc"] for pid, metrics in sorted(log.evaluate.items()) if "eval_acc" in metrics}
+
+
+def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> dict[str, Any]:
+    """One federated run on `grid`; returns the summary the recorder wrote."""
+    seed, num_rounds = int(experiment["seed"]), int(experiment["num_rounds"])
+    timeout = float(experiment["server"]["round_timeout"])
+    federation = federation_for(experiment)
+    device = resolve_device(experiment["device"])
+
+    torch.manual_seed(seed)
+    model = build_model(experiment, federation.data).to(device)
+    initial_arrays = _to_cpu_arrays(model)
+
+    fedsim_grid = FedsimGrid(grid)
+    fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
+    strategy = build_strategy(experiment)
+    test_data, batch_size = federation.data.test_arrays, int(experiment["server"]["eval_batch_size"])
+
+    with RoundProgress(num_rounds, enabled=show_progress) as progress:
+
+        def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            result = evaluate(model, test_data, device, batch_size)
+            log = fedsim_grid.take_round_log()
+            recorder.record_round(server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures))
+            progress.update(server_round, result.accuracy, result.loss)
+            return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+        # Flower's strategies sample clients with the `random` module over the grid's (partition-ordered) nodes.
+        random.seed(seed)
+        result = strategy.start(
+            grid=fedsim_grid,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=experiment_record(experiment),
+            evaluate_config=experiment_record(experiment),
+            evaluate_fn=central_evaluation,
+        )
+    final_arrays = result.arrays if result.arrays is not None else initial_arrays
+    client_accuracy = {}
+    if float(experiment["client"]["val_fraction"]) > 0:
+        client_accuracy = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
+    return recorder.finish(client_accuracy)
+
+
+def make_server_app(experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> tuple[ServerApp, dict]:
+    """A ServerApp bound to one experiment; the returned dict receives the run's summary under "summary"."""
+    app = ServerApp()
+    outcome: dict[str, Any] = {}
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:  # pylint: disable=unused-argument
+        outcome["summary"] = run_server(grid, experiment, recorder, show_progress)
+
+    return app, outcome

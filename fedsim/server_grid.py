@@ -1,0 +1,114 @@
+"""A Grid wrapper the ServerApp puts around whatever Grid the engine gives it.
+
+It does two things no strategy should have to know about:
+- it orders node IDs by partition id (learned once with a `query` message), so that a strategy's seeded
+  `random.sample` over `get_node_ids()` picks the same partitions on every engine, where node IDs are random;
+- it keeps each round's per-client reply metrics, keyed by partition id, for the recorder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from .client import IDENTITY_RECORD, PARTITION_ID
+
+
+@dataclass
+class RoundLog:
+    """What came back from clients since the last `take_round_log()`: metrics per partition id, and failures."""
+
+    train: dict[int, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+class FedsimGrid(Grid):
+    """Delegates to an engine's Grid; see the module docstring for what it adds."""
+
+    def __init__(self, inner: Grid) -> None:
+        self._inner = inner
+        self._partition_of: dict[int, int] = {}
+        self._log = RoundLog()
+
+    # --- node identity -------------------------------------------------------------------------------------
+    def discover(self, expected_nodes: int, timeout: float, poll_interval: float = 1.0) -> dict[int, int]:
+        """Wait for `expected_nodes` nodes, ask each for its partition id, and return node id -> partition id."""
+        deadline = time.monotonic() + timeout
+        while len(node_ids := list(self._inner.get_node_ids())) < expected_nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(node_ids)} of {expected_nodes} nodes connected within {timeout:.0f} s")
+            time.sleep(poll_interval)
+        queries = [Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY) for node_id in node_ids]
+        replies = list(self._inner.send_and_receive(queries, timeout=timeout))
+        for reply in replies:
+            if reply.has_error():
+                raise RuntimeError(f"node {reply.metadata.src_node_id} could not say its partition: {reply.error.reason}")
+            identity = reply.content.config_records[IDENTITY_RECORD]
+            self._partition_of[reply.metadata.src_node_id] = int(identity[PARTITION_ID])
+        if len(self._partition_of) < expected_nodes:
+            raise TimeoutError(f"only {len(self._partition_of)} of {expected_nodes} nodes answered the identity query")
+        return dict(self._partition_of)
+
+    def partition_of(self, node_id: int) -> int:
+        return self._partition_of.get(node_id, -1)
+
+    # --- Grid interface ------------------------------------------------------------------------------------
+    def set_run(self, run: Run) -> None:
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._inner.run
+
+    def create_message(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        node_ids = list(self._inner.get_node_ids())
+        return sorted(node_ids, key=lambda node_id: (self._partition_of.get(node_id, len(self._partition_of)), node_id))
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return self._inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._inner.pull_messages(message_ids))
+        self._observe(replies)
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
+        self._observe(replies)
+        return replies
+
+    # --- reply log -----------------------------------------------------------------------------------------
+    def _observe(self, replies: list[Message]) -> None:
+        for reply in replies:
+            partition = self.partition_of(reply.metadata.src_node_id)
+            if reply.has_error():
+                self._log.failures.append((partition, str(reply.error.reason)))
+                continue
+            kind = reply.metadata.message_type.split(".")[0]
+            target = {MessageType.TRAIN: self._log.train, MessageType.EVALUATE: self._log.evaluate}.get(kind)
+            if target is None:
+                continue
+            metrics: dict[str, float] = defaultdict(float)
+            for record in reply.content.metric_records.values():
+                metrics.update({k: v for k, v in record.items() if isinstance(v, (int, float))})
+            target[partition] = dict(metrics)
+
+    def take_round_log(self) -> RoundLog:
+        log, self._log = self._log, RoundLog()
+        return log

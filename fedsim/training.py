@@ -1,0 +1,105 @@
+"""Client training and evaluation: one function each, shared by the ClientApp and by engines that batch clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.tensors import ArrayDataset
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local work of one client in one round."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean training loss over the round's minibatches (cross-entropy, without the proximal term)
+    accuracy: float  # training accuracy over the round's minibatches
+    num_examples: int  # local training-set size n_k (the FedAvg weight)
+    steps: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def train_local(
+    model: nn.Module, data: ArrayDataset, settings: TrainSettings, generator: torch.Generator, device: torch.device
+) -> TrainResult:
+    """Minimise cross-entropy + (mu/2)||w - w_global||^2 with SGD, starting from the model's current weights.
+
+    The proximal anchor w_global is the model as received (FedProx). Each epoch visits every sample once in an
+    order drawn from `generator`; the last minibatch may be smaller. Weight decay and momentum are PyTorch SGD's.
+    """
+    model.to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trainable] if settings.proximal_mu > 0 else []
+    optimizer = torch.optim.SGD(
+        trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    criterion = nn.CrossEntropyLoss()
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(data), generator=generator).to(device)
+        for start in range(0, len(data), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            x, y = x_all[batch], y_all[batch]
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = criterion(logits, y)
+            objective = loss
+            if anchor:
+                proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(trainable, anchor, strict=True))
+                objective = loss + 0.5 * settings.proximal_mu * proximal
+            objective.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(batch)
+            total_correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(batch)
+            steps += 1
+    return TrainResult(
+        loss=total_loss / max(seen, 1), accuracy=total_correct / max(seen, 1), num_examples=len(data), steps=steps
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ArrayDataset, device: torch.device, batch_size: int = 1024) -> EvalResult:
+    """Mean cross-entropy and accuracy of the model on `data`."""
+    model.to(device).eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.x[start : start + batch_size].to(device)
+        y = data.y[start : start + batch_size].to(device)
+        logits = model(x)
+        total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    count = max(len(data), 1)
+    return EvalResult(loss=total_loss / count, accuracy=correct / count, num_examples=len(data))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; `cuda` without a GPU is refused by config validation before this."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of a client's data order in a round: independent of which engine or process runs it."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])

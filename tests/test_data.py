@@ -1,0 +1,131 @@
+"""Data sets load as Hugging Face Datasets, flwr-datasets partitioners apply, and client splits are sound."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedsim.config import compose_experiment
+from fedsim.data import build_federation, load_data, partition_indices
+from fedsim.errors import ConfigError, DataError
+from fedsim.partitions import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+
+def test_digits_loads_offline_with_a_stratified_test_split():
+    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    assert isinstance(data.train, datasets.Dataset)
+    assert data.input_shape == (1, 8, 8) and data.num_classes == 10
+    assert len(data.train) + len(data.test_arrays) == 1797 and len(data.test_arrays) == 360
+    assert 0.0 <= float(data.train_arrays.x.min()) and float(data.train_arrays.x.max()) <= 1.0
+    test_share = np.bincount(data.test_arrays.y.numpy(), minlength=10) / 360
+    assert np.abs(test_share - 0.1).max() < 0.01  # stratified
+    np.testing.assert_array_equal(np.asarray(data.train["label"]), data.train_arrays.y.numpy())
+
+
+def test_any_flwr_partitioner_yields_disjoint_covering_indices():
+    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    for partitioner in (IidPartitioner(7), DirichletPartitioner(7, "label", alpha=0.3, seed=1)):
+        parts = partition_indices(data.train, partitioner)
+        assert len(parts) == 7
+        joined = np.concatenate(parts)
+        assert len(joined) == len(set(joined.tolist())) == len(data.train)
+
+
+def test_pathological_partition_gives_each_client_its_classes():
+    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    parts = partition_indices(data.train, PathologicalPartitioner(10, "label", num_classes_per_partition=2, seed=0))
+    labels = data.train_arrays.y.numpy()
+    assert all(len(np.unique(labels[rows])) <= 2 for rows in parts)
+
+
+def test_dirichlet_alpha_controls_label_skew():
+    """Smaller alpha concentrates each client's labels: the mean per-client label entropy drops."""
+
+    def mean_entropy(alpha: float) -> float:
+        federation = build_federation(compose_experiment([f"partition.alpha={alpha}", "partition.min_partition_size=0"]))
+        counts = federation.label_counts().astype(float)
+        shares = counts / counts.sum(1, keepdims=True)
+        return float(np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() for p in shares]))
+
+    assert mean_entropy(0.1) < mean_entropy(1.0) < mean_entropy(100.0)
+    assert mean_entropy(100.0) > 0.95 * np.log(10)
+
+
+def test_client_splits_are_disjoint_deterministic_and_sized():
+    federation = build_federation(compose_experiment(["client.val_fraction=0.25"]))
+    for pid in range(federation.num_clients):
+        train_rows, val_rows = federation.client_rows(pid)
+        assert set(train_rows).isdisjoint(val_rows)
+        assert len(train_rows) + len(val_rows) == len(federation.client_indices[pid])
+        assert len(val_rows) == round(0.25 * len(federation.client_indices[pid]))
+        again = federation.client_rows(pid)
+        np.testing.assert_array_equal(train_rows, again[0])
+
+
+def test_same_seed_same_partition_other_seed_other_partition():
+    a = build_federation(compose_experiment(["seed=3"]))
+    b = build_federation(compose_experiment(["seed=3"]))
+    c = build_federation(compose_experiment(["seed=4"]))
+    assert all(np.array_equal(x, y) for x, y in zip(a.client_indices, b.client_indices))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.client_indices, c.client_indices))
+
+
+def test_natural_partition_of_synthetic_is_one_client_per_device():
+    federation = build_federation(compose_experiment(["dataset=synthetic", "partition=natural", "num_clients=30"]))
+    ids = np.asarray(federation.data.train["client_id"])
+    assert sorted(len(rows) for rows in federation.client_indices) == sorted(np.bincount(ids).tolist())
+    for rows in federation.client_indices:
+        assert len(np.unique(ids[rows])) == 1
+
+
+def test_natural_partition_needs_matching_client_count():
+    with pytest.raises(ConfigError, match="num_clients=30"):
+        build_federation(compose_experiment(["dataset=synthetic", "partition=natural", "num_clients=10"]))
+
+
+def test_local_tabular_parquet(tmp_path):
+    rng = np.random.default_rng(0)
+    table = {"f1": rng.normal(size=60).tolist(), "f2": rng.normal(size=60).tolist(), "target": rng.integers(0, 3, 60).tolist()}
+    datasets.Dataset.from_dict(table).to_parquet(str(tmp_path / "train.parquet"))
+    experiment = compose_experiment(
+        ["dataset=local", f"dataset.path={tmp_path / 'train.parquet'}", "dataset.label_column=target", "partition=iid", "num_clients=3"]
+    )
+    federation = build_federation(experiment)
+    assert federation.data.input_shape == (2,) and federation.data.num_classes == 3
+    assert len(federation.data.train) == 48 and len(federation.data.test_arrays) == 12
+
+
+def test_local_image_parquet_gives_channel_first_tensors(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(20)]
+    split = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(20)]})
+    split = split.cast_column("image", datasets.Image())
+    split.to_parquet(str(tmp_path / "train.parquet"))
+    split.to_parquet(str(tmp_path / "test.parquet"))
+    data = load_data(
+        {"name": "local", "source": "local", "format": "parquet", "path": str(tmp_path / "train.parquet"),
+         "test_path": str(tmp_path / "test.parquet"), "test_fraction": 0.2, "image_column": "image", "label_column": "label"},
+        seed=0,
+    )
+    assert data.input_shape == (3, 12, 12)
+    np.testing.assert_allclose(data.train_arrays.x[0].permute(1, 2, 0).numpy() * 255, np.asarray(images[0]), atol=1e-3)
+
+
+def test_missing_local_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_data({"name": "local", "source": "local", "format": "csv", "path": str(tmp_path / "none.csv"),
+                   "test_path": None, "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
+
+
+def test_hub_dataset_without_internet_fails_with_one_line(monkeypatch):
+    from fedsim.data import hub
+
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(DataError) as raised:
+        load_data(compose_experiment(["dataset=mnist"])["dataset"], seed=0)
+    message = str(raised.value)
+    assert "\n" not in message and "dataset=local" in message and "ylecun/mnist" in message

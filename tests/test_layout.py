@@ -1,0 +1,68 @@
+"""The repo's layout (strategies/, partitions/, configs/ beside fedsim/) works installed, as a wheel, and as a FAB."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+IMPORT_CHECK = (
+    "import fedsim, fedsim.strategies as s, fedsim.partitions as p, fedsim.client, fedsim.server;"
+    "from fedsim.config import compose_experiment;"
+    "assert s.FedAvg and p.DirichletPartitioner;"
+    "assert compose_experiment()['num_rounds'] == 20;"
+    "print(fedsim.__file__); print(s.__file__)"
+)
+
+
+def test_users_import_fedsim_strategies_and_partitions():
+    import fedsim.partitions
+    import fedsim.strategies
+
+    assert fedsim.strategies.FedAvg.__name__ == "FedAvg"
+    assert fedsim.partitions.DirichletPartitioner.__name__ == "DirichletPartitioner"
+
+
+def test_fab_layout_first_on_sys_path(tmp_path):
+    """A FAB unpacks the repo's folders and puts them first on sys.path, shadowing an installed fedsim."""
+    fab = tmp_path / "fab"
+    for folder in ("fedsim", "strategies", "partitions", "configs"):
+        shutil.copytree(REPO / folder, fab / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", fab / "pyproject.toml")
+    completed = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(fab)!r}); {IMPORT_CHECK}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr
+    module_file, strategies_file = completed.stdout.split()
+    assert module_file.startswith(str(fab)) and strategies_file.startswith(str(fab / "strategies"))
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_mapped_folders(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    wheel = next(tmp_path.glob("fedsim-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("fedsim/strategies/__init__.py", "fedsim/partitions/__init__.py", "fedsim/configs/config.yaml",
+                     "fedsim/configs/strategy/fedavg.yaml", "fedsim/engines/inprocess.py", "fedsim/data/federation.py"):
+        assert required in names, required
+    assert not any(name.startswith(("strategies/", "partitions/", "configs/", "tests/")) for name in names)
+    # the wheel alone, unpacked on its own path, imports and composes configs
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    completed = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {IMPORT_CHECK}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split()[1].startswith(str(site / "fedsim" / "strategies"))

@@ -1,0 +1,110 @@
+"""The client update against hand computations: SGD with and without the FedProx proximal term."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.data.tensors import ArrayDataset
+from fedsim.experiment import experiment_record, train_settings
+from fedsim.models import LogisticRegression
+from fedsim.training import TrainSettings, client_seed, evaluate, train_local
+
+
+def _softmax_ce_grad(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient of mean cross-entropy of softmax(x W^T + b), written out by hand."""
+    logits = x @ weight.T + bias
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    delta = probs.copy()
+    delta[np.arange(len(y)), y] -= 1.0
+    return delta.T @ x / len(y), delta.mean(0)
+
+
+def _problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=8)
+    model = LogisticRegression([5], 3)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.from_numpy(rng.normal(size=(3, 5)).astype(np.float32)))
+        model.linear.bias.copy_(torch.from_numpy(rng.normal(size=3).astype(np.float32)))
+    return model, ArrayDataset(torch.from_numpy(x), torch.from_numpy(y)), x.astype(np.float64), y
+
+
+def _hand_sgd(weight, bias, x, y, steps, lr, momentum, weight_decay, mu):
+    """`steps` full-batch steps of PyTorch-style SGD on CE + mu/2||w - w0||^2 (decay added before momentum)."""
+    anchor = [weight.copy(), bias.copy()]
+    params = [weight.copy(), bias.copy()]
+    buffers = [None, None]
+    for _ in range(steps):
+        grads = list(_softmax_ce_grad(params[0], params[1], x, y))
+        for i in range(2):
+            grads[i] = grads[i] + weight_decay * params[i] + mu * (params[i] - anchor[i])
+            buffers[i] = grads[i] if buffers[i] is None else momentum * buffers[i] + grads[i]
+            params[i] = params[i] - lr * buffers[i]
+    return params
+
+
+@pytest.mark.parametrize(
+    "steps, momentum, weight_decay, mu",
+    [(1, 0.0, 0.0, 0.0), (1, 0.0, 0.0, 0.7), (2, 0.0, 0.0, 0.0), (2, 0.0, 0.0, 0.7), (3, 0.9, 0.01, 0.5)],
+)
+def test_sgd_steps_match_hand_computation(steps, momentum, weight_decay, mu):
+    model, data, x, y = _problem()
+    weight0 = model.linear.weight.detach().double().numpy().copy()
+    bias0 = model.linear.bias.detach().double().numpy().copy()
+    settings = TrainSettings(epochs=steps, batch_size=len(data), lr=0.3, momentum=momentum, weight_decay=weight_decay, proximal_mu=mu)
+    result = train_local(model, data, settings, torch.Generator().manual_seed(0), torch.device("cpu"))
+    expected_w, expected_b = _hand_sgd(weight0, bias0, x, y, steps, 0.3, momentum, weight_decay, mu)
+    np.testing.assert_allclose(model.linear.weight.detach().numpy(), expected_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.linear.bias.detach().numpy(), expected_b, rtol=1e-5, atol=1e-6)
+    assert result.steps == steps and result.num_examples == len(data)
+
+
+def test_proximal_term_pulls_towards_the_received_model():
+    """Same data and steps: a large mu ends closer to the starting (global) weights than mu = 0."""
+    distances = []
+    for mu in (0.0, 5.0):
+        model, data, _, _ = _problem()
+        start = model.linear.weight.detach().clone()
+        settings = TrainSettings(epochs=5, batch_size=len(data), lr=0.1, proximal_mu=mu)
+        train_local(model, data, settings, torch.Generator().manual_seed(0), torch.device("cpu"))
+        distances.append(float(torch.norm(model.linear.weight.detach() - start)))
+    assert distances[1] < 0.7 * distances[0]
+
+
+def test_minibatches_visit_every_sample_once_per_epoch():
+    model, data, _, _ = _problem()
+    result = train_local(model, data, TrainSettings(epochs=2, batch_size=3), torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert result.steps == 2 * 3  # 8 samples in batches of 3: 3 + 3 + 2
+
+
+def test_evaluate_counts_accuracy_and_loss():
+    model = LogisticRegression([2], 2)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        model.linear.bias.zero_()
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1, 1, 1])  # the third sample is predicted 0
+    result = evaluate(model, ArrayDataset(x, y), torch.device("cpu"), batch_size=3)
+    assert result.accuracy == pytest.approx(0.75)
+    expected_loss = (3 * np.log(1 + np.exp(-2.0)) + np.log(1 + np.exp(2.0))) / 4
+    assert result.loss == pytest.approx(expected_loss, rel=1e-6)
+
+
+def test_strategy_keys_override_client_config():
+    experiment = {"client": {"local_epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "proximal_mu": 0.0}}
+    record = experiment_record(experiment)
+    assert train_settings(experiment, record).proximal_mu == 0.0
+    record["proximal-mu"] = 0.25
+    record["local-epochs"] = 1
+    settings = train_settings(experiment, record)
+    assert settings.proximal_mu == 0.25 and settings.epochs == 1 and settings.lr == 0.1
+
+
+def test_client_seed_depends_on_seed_round_and_partition():
+    seeds = {client_seed(s, r, p) for s in (0, 1) for r in (1, 2) for p in (0, 1)}
+    assert len(seeds) == 8
+    assert client_seed(3, 4, 5) == client_seed(3, 4, 5)
