@@ -54,10 +54,15 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Accuracy and loss of the received global model on this client's local validation split."""
+    """Accuracy and loss of the received global model on this client's local validation split.
+
+    A client too small to hold out a validation row (one sample) evaluates on its training data instead.
+    """
     experiment = experiment_from_record(msg.content["config"])
     federation = federation_for(experiment)
-    _, val_data = federation.client_split(_partition_id(context))
+    train_data, val_data = federation.client_split(_partition_id(context))
+    if len(val_data) == 0:
+        val_data = train_data
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     result = evaluate(model, val_data, resolve_device(experiment["device"]))

@@ -129,3 +129,21 @@ def test_hub_dataset_without_internet_fails_with_one_line(monkeypatch):
         load_data(compose_experiment(["dataset=mnist"])["dataset"], seed=0)
     message = str(raised.value)
     assert "\n" not in message and "dataset=local" in message and "ylecun/mnist" in message
+
+
+def test_local_csv_and_imagefolder(tmp_path):
+    rng = np.random.default_rng(1)
+    csv_path = tmp_path / "table.csv"
+    datasets.Dataset.from_dict({"a": rng.normal(size=30).tolist(), "b": rng.normal(size=30).tolist(),
+                                "label": (np.arange(30) % 2).tolist()}).to_csv(str(csv_path))
+    table = load_data({"name": "local", "source": "local", "format": "csv", "path": str(csv_path), "test_path": None,
+                       "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
+    assert table.input_shape == (2,) and len(table.train) == 24
+
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+    folder = load_data({"name": "local", "source": "local", "format": "imagefolder", "path": str(tmp_path / "images"),
+                        "test_path": None, "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
+    assert folder.input_shape == (1, 6, 6) and folder.num_classes == 2 and len(folder.train) == 8

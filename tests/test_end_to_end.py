@@ -55,3 +55,11 @@ def test_fedprox_strategy_changes_the_client_update(run_quietly):
 def test_other_settings_learn(run_quietly, overrides, floor):
     summary, _ = run_quietly(*overrides)
     assert summary["final_accuracy"] >= floor
+
+
+def test_tiny_clients_still_evaluate(run_quietly):
+    """With about 1.4 samples per client, single-sample clients evaluate on their one training row."""
+    summary, run_dir = run_quietly("num_clients=1000", "partition=iid", "num_rounds=1", "fraction_train=0.01",
+                                   "fraction_evaluate=0.01", "model=logreg")
+    assert summary["client_accuracy"]["clients"] == 1000
+    assert read_metrics(run_dir)[1]["train_clients"] == "10"
