@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from .data.federation import federation_for
+from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
 from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
 from .training import client_seed, evaluate, resolve_device, train_local
 
@@ -49,7 +50,11 @@ def train(msg: Message, context: Context) -> Message:
         {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy}
     )
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": arrays, "metrics": metrics})
+    if config.get(HISTOGRAM_REQUEST_KEY):  # FedDisco asks once for the training-label counts
+        counts = torch.bincount(train_data.y, minlength=federation.data.num_classes)
+        content[HISTOGRAM_RECORD] = histogram_reply(counts.tolist())
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -18,6 +18,7 @@ from . import config_dir
 from .errors import ConfigError, FedsimError
 
 GROUPS = ("dataset", "partition", "model", "strategy", "engine")
+DEFAULT_PROXY_SIZE = 200
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,7 +55,31 @@ def to_experiment(cfg: DictConfig) -> dict[str, Any]:
         raise FedsimError(f"config could not be resolved: {str(error).splitlines()[0]}") from None
     assert isinstance(container, dict)
     container.pop("hydra", None)
-    return container
+    return resolve_auto_values(container)
+
+
+def strategy_class(experiment: Mapping[str, Any]) -> type:
+    """The class `strategy._target_` names; a ConfigError if it cannot be imported."""
+    import hydra.utils
+
+    target = experiment["strategy"].get("_target_")
+    try:
+        return hydra.utils.get_class(str(target))
+    except Exception:  # pylint: disable=broad-exception-caught
+        raise ConfigError("strategy._target_", target, "an importable Flower Strategy class") from None
+
+
+def needs_server_data(experiment: Mapping[str, Any]) -> bool:
+    """Whether the strategy learns on a server-side proxy set (FedLAW)."""
+    return bool(getattr(strategy_class(experiment), "requires_server_data", False))
+
+
+def resolve_auto_values(experiment: dict[str, Any]) -> dict[str, Any]:
+    """Replace `auto` settings by concrete values; clients receive the resolved experiment."""
+    server = experiment.setdefault("server", {})
+    if server.get("proxy_size", 0) == "auto":
+        server["proxy_size"] = DEFAULT_PROXY_SIZE if needs_server_data(experiment) else 0
+    return experiment
 
 
 def compose_experiment(overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -138,6 +163,30 @@ def _validate_partition(partition: Mapping[str, Any], num_clients: int) -> None:
         _integer("partition.num_classes_per_partition", partition["num_classes_per_partition"], 1)
 
 
+def _validate_strategy(strategy: Mapping[str, Any]) -> None:
+    from fedsim.strategies.feddisco import MEASURES, TARGETS
+    from fedsim.strategies.stragglers import STRAGGLER_MODES
+
+    if "proximal_mu" in strategy:
+        _non_negative("strategy.proximal_mu", strategy["proximal_mu"])
+    if "straggler_mode" in strategy:
+        _choice("strategy.straggler_mode", strategy["straggler_mode"], STRAGGLER_MODES)
+    if "a" in strategy:
+        _non_negative("strategy.a", strategy["a"])
+    if "b" in strategy:
+        _number("strategy.b", strategy["b"])
+    if "measure" in strategy:
+        _choice("strategy.measure", strategy["measure"], MEASURES)
+    if "target" in strategy:
+        _choice("strategy.target", strategy["target"], TARGETS)
+    if "server_lr" in strategy:
+        _positive("strategy.server_lr", strategy["server_lr"])
+    if "server_epochs" in strategy:
+        _integer("strategy.server_epochs", strategy["server_epochs"], 0)
+    if "batch_size" in strategy:
+        _integer("strategy.batch_size", strategy["batch_size"], 1)
+
+
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
     for key in ("test_fraction", "train_fraction"):
         if key in dataset:
@@ -173,13 +222,15 @@ def validate(experiment: Mapping[str, Any]) -> None:
     if fraction_evaluate > 0 and val_fraction == 0:
         raise ConfigError("client.val_fraction", 0, "must be > 0 while fraction_evaluate > 0 (clients evaluate on it)")
 
+    _in_range("stragglers.fraction", experiment.get("stragglers", {}).get("fraction", 0.0), 0, 1, high_open=True)
     server = experiment["server"]
+    proxy_size = _integer("server.proxy_size", server.get("proxy_size", 0), 0)
+    if proxy_size == 0 and needs_server_data(experiment):
+        raise ConfigError("server.proxy_size", 0, f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} learns on a server proxy set: use e.g. {DEFAULT_PROXY_SIZE}")
     _integer("server.eval_batch_size", server["eval_batch_size"], 1)
     _positive("server.round_timeout", server["round_timeout"])
 
-    strategy = experiment["strategy"]
-    if "proximal_mu" in strategy:
-        _non_negative("strategy.proximal_mu", strategy["proximal_mu"])
+    _validate_strategy(experiment["strategy"])
     _validate_partition(experiment["partition"], num_clients)
     _validate_dataset(experiment["dataset"])
 

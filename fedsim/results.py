@@ -102,13 +102,17 @@ class Recorder:
         self.num_clients = num_clients
         self.choices = dict(choices)
         self.rows: list[dict[str, Any]] = []
+        self._scalar_columns: list[str] = []  # strategy scalars (e.g. gamma, stragglers), in order of appearance
+        self._has_weights = False
         self.started = time.perf_counter()
         self._last_round_end = self.started
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(experiment), sort_keys=False).encode())
 
     @property
-    def client_columns(self) -> list[str]:
-        return [f"acc_client_{pid}" for pid in range(self.num_clients)]
+    def columns(self) -> list[str]:
+        clients = [f"acc_client_{pid}" for pid in range(self.num_clients)]
+        weights = [f"weight_client_{pid}" for pid in range(self.num_clients)] if self._has_weights else []
+        return ROUND_COLUMNS + self._scalar_columns + clients + weights
 
     def record_round(
         self,
@@ -118,8 +122,13 @@ class Recorder:
         train: Mapping[int, Mapping[str, float]],
         evaluate: Mapping[int, Mapping[str, float]],
         failures: int,
+        weights: Mapping[int, float] | None = None,
+        scalars: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
-        """Add and write the row of `server_round` (round 0 is the initial model, before any training)."""
+        """Add and write the row of `server_round` (round 0 is the initial model, before any training).
+
+        `weights` are the strategy's aggregation weights by partition id, `scalars` its named per-round numbers.
+        """
         now = time.perf_counter()
         accuracies = {pid: m["eval_acc"] for pid, m in evaluate.items() if "eval_acc" in m}
         stats = client_accuracy_stats(list(accuracies.values()))
@@ -138,6 +147,12 @@ class Recorder:
             "wall_seconds": now - self.started,
         }
         row.update({f"acc_client_{pid}": acc for pid, acc in accuracies.items()})
+        row.update({f"weight_client_{pid}": w for pid, w in (weights or {}).items()})
+        self._has_weights = self._has_weights or bool(weights)
+        for name, value in (scalars or {}).items():
+            if name not in self._scalar_columns:
+                self._scalar_columns.append(name)
+            row[name] = value
         self._last_round_end = now
         self.rows.append(row)
         self._write_metrics()
@@ -145,7 +160,7 @@ class Recorder:
 
     def _write_metrics(self) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=ROUND_COLUMNS + self.client_columns, restval="")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, restval="")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})

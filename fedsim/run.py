@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import app as client_app
-from .config import GROUPS, validate
+from .config import GROUPS, resolve_auto_values, validate
 from .data.federation import federation_for
 from .engines import make_engine
 from .results import Recorder
@@ -33,6 +33,7 @@ def run_experiment(
 
     Returns the summary also written to `run_dir/summary.json`.
     """
+    experiment = resolve_auto_values(dict(experiment))
     validate(experiment)
     federation = federation_for(experiment)  # data and partition errors surface here, before training
     flower_logger = logging.getLogger("flwr")

@@ -12,7 +12,8 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from .data.federation import federation_for
+from .config import needs_server_data
+from .data.federation import Federation, federation_for
 from .experiment import ROUND_KEY, build_model, experiment_record
 from .progress import RoundProgress
 from .results import Recorder
@@ -22,12 +23,29 @@ from .training import evaluate, resolve_device
 NODE_DISCOVERY_TIMEOUT = 600.0
 
 
-def build_strategy(experiment: Mapping[str, Any]) -> Strategy:
-    """Instantiate the `strategy` config group entry (any Flower message-based strategy)."""
-    strategy = hydra.utils.instantiate(dict(experiment["strategy"]))
+def build_strategy(experiment: Mapping[str, Any], federation: Federation | None = None, device: str = "cpu") -> Strategy:
+    """Instantiate the `strategy` config group entry (any Flower message-based strategy).
+
+    A strategy class with `requires_server_data = True` (FedLAW) also gets `model` (the architecture), `proxy_data`
+    (the server's proxy set) and `device`.
+    """
+    extras: dict[str, Any] = {}
+    if needs_server_data(experiment):
+        if federation is None:
+            raise ValueError("this strategy needs the federation's proxy set")
+        proxy = federation.proxy
+        extras = {"model": build_model(experiment, federation.data), "proxy_data": (proxy.x, proxy.y), "device": device}
+    strategy = hydra.utils.instantiate(dict(experiment["strategy"]), **extras)
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy._target_ must build a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
     return strategy
+
+
+def _round_report(strategy: Strategy, grid: FedsimGrid) -> tuple[dict[int, float], dict[str, float]]:
+    """A strategy's per-client aggregation weights (by partition id) and named scalars of its last round."""
+    weights = getattr(strategy, "client_weights", None) or {}
+    scalars = getattr(strategy, "round_scalars", None) or {}
+    return {grid.partition_of(node): float(w) for node, w in weights.items()}, {k: float(v) for k, v in scalars.items()}
 
 
 def _to_cpu_arrays(model: torch.nn.Module) -> ArrayRecord:
@@ -58,7 +76,7 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
 
     fedsim_grid = FedsimGrid(grid)
     fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
-    strategy = build_strategy(experiment)
+    strategy = build_strategy(experiment, federation, str(device))
     test_data, batch_size = federation.data.test_arrays, int(experiment["server"]["eval_batch_size"])
 
     with RoundProgress(num_rounds, enabled=show_progress) as progress:
@@ -67,7 +85,10 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
             model.load_state_dict(arrays.to_torch_state_dict())
             result = evaluate(model, test_data, device, batch_size)
             log = fedsim_grid.take_round_log()
-            recorder.record_round(server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures))
+            weights, scalars = _round_report(strategy, fedsim_grid) if server_round > 0 else ({}, {})
+            recorder.record_round(
+                server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures), weights, scalars
+            )
             progress.update(server_round, result.accuracy, result.loss)
             return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 

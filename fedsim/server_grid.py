@@ -3,6 +3,8 @@
 It does two things no strategy should have to know about:
 - it orders node IDs by partition id (learned once with a `query` message), so that a strategy's seeded
   `random.sample` over `get_node_ids()` picks the same partitions on every engine, where node IDs are random;
+- it hands replies to the strategy sorted by partition id, so that float sums in aggregation run in the same order
+  whatever order a parallel engine's replies arrived in;
 - it keeps each round's per-client reply metrics, keyed by partition id, for the recorder.
 """
 
@@ -84,14 +86,17 @@ class FedsimGrid(Grid):
         return self._inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = list(self._inner.pull_messages(message_ids))
+        replies = self._in_partition_order(self._inner.pull_messages(message_ids))
         self._observe(replies)
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
+        replies = self._in_partition_order(self._inner.send_and_receive(messages, timeout=timeout))
         self._observe(replies)
         return replies
+
+    def _in_partition_order(self, replies: Iterable[Message]) -> list[Message]:
+        return sorted(replies, key=lambda reply: (self.partition_of(reply.metadata.src_node_id), reply.metadata.src_node_id))
 
     # --- reply log -----------------------------------------------------------------------------------------
     def _observe(self, replies: list[Message]) -> None:

@@ -1,7 +1,7 @@
 """fedsim's partitioners, importable as `fedsim.partitions`.
 
 Each is a `flwr_datasets.partitioner.Partitioner`. flwr-datasets' own IID, Dirichlet, shard, pathological and
-natural-id partitioners are re-exported rather than rewritten.
+natural-id partitioners are re-exported rather than rewritten; fedsim's own live one per module.
 """
 
 from flwr_datasets.partitioner import (
@@ -13,9 +13,12 @@ from flwr_datasets.partitioner import (
     ShardPartitioner,
 )
 
+from .label_shards_with_iid import LabelShardsWithIidPartitioner
+
 __all__ = [
     "DirichletPartitioner",
     "IidPartitioner",
+    "LabelShardsWithIidPartitioner",
     "NaturalIdPartitioner",
     "Partitioner",
     "PathologicalPartitioner",

@@ -1,9 +1,14 @@
 """fedsim's aggregation strategies, importable as `fedsim.strategies`.
 
 Every strategy is a Flower message-based strategy (`flwr.serverapp.strategy.Strategy`), so it drops into any
-Flower `ServerApp`. Flower's own strategies are re-exported here so that configs and users find them in one place.
+Flower `ServerApp`. One module per strategy; `common` and `stragglers` hold what they share.
 """
 
-from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import Strategy
 
-__all__ = ["FedAvg", "FedProx", "Strategy"]
+from .feddisco import FedDisco, discrepancy, disco_weights
+from .fedavg import FedAvg
+from .fedlaw import FedLAW
+from .fedprox import FedProx
+
+__all__ = ["FedAvg", "FedDisco", "FedLAW", "FedProx", "Strategy", "discrepancy", "disco_weights"]

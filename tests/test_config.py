@@ -19,7 +19,8 @@ def test_default_config_is_the_main_job():
     assert experiment["num_clients"] == 10 and experiment["num_rounds"] == 20
     assert experiment["partition"]["alpha"] == 0.5 and experiment["partition"]["_target_"].endswith("DirichletPartitioner")
     assert experiment["model"]["_target_"] == "fedsim.models.MLP"
-    assert experiment["strategy"]["_target_"] == "flwr.serverapp.strategy.FedAvg"
+    assert experiment["strategy"]["_target_"] == "fedsim.strategies.FedAvg"  # Flower's FedAvg + stragglers
+    assert experiment["strategy"]["stragglers_fraction"] == 0.0 and experiment["server"]["proxy_size"] == 0
     assert experiment["engine"]["name"] == "inprocess"
 
 
@@ -55,6 +56,14 @@ BAD_VALUES = [
     (["dataset=synthetic", "dataset.num_users=0"], "dataset.num_users"),
     (["dataset.test_fraction=1.0"], "dataset.test_fraction"),
     (["log_level=LOUD"], "log_level"),
+    (["stragglers.fraction=1.0"], "stragglers.fraction"),
+    (["strategy=feddisco", "strategy.measure=js"], "strategy.measure"),
+    (["strategy=feddisco", "strategy.target=test"], "strategy.target"),
+    (["strategy=feddisco", "strategy.a=-1"], "strategy.a"),
+    (["strategy=fedlaw", "server.proxy_size=0"], "server.proxy_size"),
+    (["strategy=fedlaw", "strategy.server_epochs=-1"], "strategy.server_epochs"),
+    (["strategy=fedlaw", "strategy.server_lr=0"], "strategy.server_lr"),
+    (["strategy=fedavg", "strategy.straggler_mode=slow"], "strategy.straggler_mode"),
 ]
 
 

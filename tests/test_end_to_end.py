@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from .conftest import read_metrics
@@ -63,3 +64,39 @@ def test_tiny_clients_still_evaluate(run_quietly):
                                    "fraction_evaluate=0.01", "model=logreg")
     assert summary["client_accuracy"]["clients"] == 1000
     assert read_metrics(run_dir)[1]["train_clients"] == "10"
+
+
+def test_stragglers_are_dropped_by_fedavg_and_kept_by_fedprox(run_quietly):
+    _, avg_dir = run_quietly("num_rounds=2", "stragglers.fraction=0.5", name="avg")
+    _, prox_dir = run_quietly("num_rounds=2", "stragglers.fraction=0.5", "strategy=fedprox", name="prox")
+    avg_rows, prox_rows = read_metrics(avg_dir)[1:], read_metrics(prox_dir)[1:]
+    assert all(r["train_clients"] == "5" and r["stragglers"] == "5.0" for r in avg_rows)
+    assert all(r["train_clients"] == "10" and r["stragglers"] == "5.0" for r in prox_rows)
+    for a, p in zip(avg_rows, prox_rows):  # the active clients FedAvg keeps are among FedProx's cohort
+        assert set(a["sampled"].split()) <= set(p["sampled"].split())
+
+
+def test_feddisco_weights_and_fedlaw_gamma_are_logged(run_quietly):
+    _, disco_dir = run_quietly("num_rounds=2", "strategy=feddisco", name="disco")
+    rows = read_metrics(disco_dir)
+    weights = [float(rows[1][f"weight_client_{i}"]) for i in range(10)]
+    assert sum(weights) == pytest.approx(1.0) and rows[0]["weight_client_0"] == ""
+    summary, law_dir = run_quietly("num_rounds=2", "strategy=fedlaw", name="law")
+    rows = read_metrics(law_dir)
+    assert float(rows[1]["gamma"]) > 0 and sum(float(rows[2][f"weight_client_{i}"]) for i in range(10)) == pytest.approx(1.0)
+    assert summary["final_accuracy"] > 0.3
+
+
+def test_fedlaw_proxy_set_is_carved_before_partitioning():
+    from fedsim.config import compose_experiment
+    from fedsim.data import build_federation
+
+    law = build_federation(compose_experiment(["strategy=fedlaw"]))
+    assert len(law.proxy_rows) == 200
+    assert np.bincount(law.data.train_arrays.y.numpy()[law.proxy_rows]).tolist() == [20] * 10  # class-balanced
+    clients = np.concatenate(law.client_indices)
+    assert len(np.intersect1d(clients, law.proxy_rows)) == 0 and len(clients) + 200 == len(law.data.train)
+    avg = build_federation(compose_experiment(["strategy=fedavg"]))
+    assert len(avg.proxy_rows) == 0
+    fair = build_federation(compose_experiment(["strategy=fedavg", "server.proxy_size=200"]))
+    assert all(np.array_equal(a, b) for a, b in zip(fair.client_indices, law.client_indices))  # same partition

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -81,14 +81,32 @@ def partition_indices(train: datasets.Dataset, partitioner: Partitioner) -> list
     ]
 
 
+def class_balanced_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` rows taking classes in turn (a class that runs out is skipped), each class's rows in seeded order."""
+    rng = np.random.default_rng([seed, 104729])
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    chosen: list[int] = []
+    for depth in range(max(len(pool) for pool in pools)):
+        for pool in pools:
+            if depth < len(pool) and len(chosen) < size:
+                chosen.append(int(pool[depth]))
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
 @dataclass(frozen=True)
 class Federation:
-    """A partitioned data set: each client's rows, split into local train and validation parts."""
+    """A partitioned data set: each client's rows, split into local train and validation parts, and the server's
+    proxy rows (carved out of the training pool before partitioning, so no client holds them)."""
 
     data: LoadedData
     client_indices: tuple[np.ndarray, ...]
     val_fraction: float
     seed: int
+    proxy_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def proxy(self) -> ArrayDataset:
+        return self.data.train_arrays.subset(self.proxy_rows)
 
     @property
     def num_clients(self) -> int:
@@ -117,30 +135,38 @@ def _partition_name(partition: Mapping[str, Any]) -> str:
     return str(partition.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
+def _carve_proxy(data: LoadedData, proxy_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(proxy rows, client pool rows): the server's class-balanced proxy set leaves the pool before partitioning."""
+    if proxy_size >= len(data.train):
+        raise ConfigError("server.proxy_size", proxy_size, f"fewer than the {len(data.train)} training samples of dataset={data.name}")
+    if proxy_size == 0:
+        return np.zeros(0, dtype=np.int64), np.arange(len(data.train))
+    proxy_rows = class_balanced_rows(data.train_arrays.y.numpy(), proxy_size, seed)
+    return proxy_rows, np.setdiff1d(np.arange(len(data.train)), proxy_rows)
+
+
 def build_federation(experiment: Mapping[str, Any]) -> Federation:
     """Load and partition as the experiment config says, refusing partitions that leave a client without data."""
     seed, num_clients = int(experiment["seed"]), int(experiment["num_clients"])
     data = load_data(experiment["dataset"], seed)
-    if num_clients > len(data.train):
-        raise ConfigError(
-            "num_clients", num_clients, f"at most the {len(data.train)} training samples of dataset={data.name}"
-        )
+    proxy_rows, client_pool = _carve_proxy(data, int(experiment.get("server", {}).get("proxy_size", 0) or 0), seed)
+    pool = data.train if len(proxy_rows) == 0 else data.train.select(client_pool)
+    if num_clients > len(pool):
+        raise ConfigError("num_clients", num_clients, f"at most the {len(pool)} training samples of dataset={data.name}")
     partition = dict(experiment["partition"])
     partitioner = hydra.utils.instantiate(partition)
     by = partition.get("partition_by")
-    if by is not None and by not in data.train.column_names:
-        raise ConfigError(
-            "partition.partition_by", by, f"a column of dataset={data.name}: {', '.join(data.train.column_names)}"
-        )
+    if by is not None and by not in pool.column_names:
+        raise ConfigError("partition.partition_by", by, f"a column of dataset={data.name}: {', '.join(pool.column_names)}")
     if isinstance(partitioner, NaturalIdPartitioner):
-        ids = len(set(data.train[by]))
+        ids = len(set(pool[by]))
         if ids != num_clients:
             raise ConfigError("num_clients", num_clients, f"partition=natural gives one client per {by}: use num_clients={ids}")
     try:
         with warnings.catch_warnings():  # flwr-datasets warns on each retry; the outcome is reported below
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            indices = partition_indices(data.train, partitioner)
+            indices = [client_pool[rows] for rows in partition_indices(pool, partitioner)]
     except (ValueError, ZeroDivisionError, IndexError) as error:  # what flwr-datasets raises on impossible splits
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise DataError(
@@ -153,20 +179,23 @@ def build_federation(experiment: Mapping[str, Any]) -> Federation:
             f"partition ({_partition_name(partition)}) leaves {len(empty)} of {num_clients} clients without data "
             f"(first: client {empty[0]}); use fewer clients or a less extreme partition"
         )
-    return Federation(data, tuple(indices), float(experiment["client"]["val_fraction"]), seed)
+    return Federation(data, tuple(indices), float(experiment["client"]["val_fraction"]), seed, proxy_rows)
 
 
 def _federation_key(experiment: Mapping[str, Any]) -> str:
     keys = ("dataset", "partition", "num_clients", "seed")
     part = {key: experiment[key] for key in keys}
     part["val_fraction"] = experiment["client"]["val_fraction"]
+    part["proxy_size"] = experiment.get("server", {}).get("proxy_size", 0)
     return json.dumps(part, sort_keys=True, default=str)
 
 
 @lru_cache(maxsize=4)
 def _cached_federation(key: str) -> Federation:
     parts = json.loads(key)
-    return build_federation({**parts, "client": {"val_fraction": parts["val_fraction"]}})
+    return build_federation(
+        {**parts, "client": {"val_fraction": parts["val_fraction"]}, "server": {"proxy_size": parts["proxy_size"]}}
+    )
 
 
 def federation_for(experiment: Mapping[str, Any]) -> Federation:

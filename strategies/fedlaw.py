@@ -1,0 +1,138 @@
+"""FedLAW (Li, Lin, Shang, Wu, ICML 2023): learn the aggregation weights and a global shrinking factor.
+
+Reference: `ZexiLee/ICML-2023-FedLAW` (`server_funct.py`: fedlaw_optimization, fedlaw_generate_global_model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore import log
+from torch import nn
+from torch.func import functional_call
+
+from .common import NUM_EXAMPLES, single_array_record, single_metric, to_array_record, weighted_average
+from .fedavg import FedAvg
+
+
+class FedLAW(FedAvg):
+    r"""Global model w_g = gamma * sum_i lambda_i w_i, with gamma = exp(g) and lambda = softmax(l) learned each round.
+
+    Server optimisation (reference `fedlaw_optimization`, `server_funct='exp'`): initialise l_i = log(n_i / n) and
+    g = 0, i.e. exactly FedAvg with gamma = 1; minimise the cross-entropy of the model with parameters
+    gamma * sum_i lambda_i w_i on the server's proxy set, computed with `torch.func.functional_call` so gradients flow
+    only to (l, g); Adam with betas (0.5, 0.999), `server_epochs` passes over the proxy set in minibatches of
+    `batch_size`, model in train mode. The reference's StepLR(step 20, x0.5) never fires within 20 epochs and is
+    left out. gamma < 1 shrinks the global model (a learned weight decay); the paper finds it smaller under more
+    heterogeneity and more local epochs.
+
+    What crosses the wire: nothing beyond FedAvg (clients send weights and `num-examples`). The proxy set is the
+    server's own: fedsim carves a class-balanced `server.proxy_size` (200) samples out of the training pool before
+    partitioning; the reference takes it from the test split, which leaks test data.
+
+    Normalisation buffers (decision): buffers are not shrunk or learned. Floating buffers (e.g. BatchNorm running
+    statistics) are averaged with the FedAvg weights n_i / n; during the proxy optimisation the model sees clones
+    of those averaged buffers, so train-mode passes cannot change what is sent. Integer buffers (batch counters)
+    take the rounded FedAvg average. fedsim's models use GroupNorm and have no buffers.
+
+    Parameters (beyond FedAvg's)
+    ----------
+    model : nn.Module
+        The architecture (its weights are ignored): used to evaluate candidate parameters functionally.
+    proxy_data : (inputs, labels)
+        The server's proxy set.
+    server_lr : float, default 0.01 (the reference uses 0.01 on CIFAR-10, 0.005 elsewhere)
+    server_epochs : int, default 20
+        0 returns FedAvg's aggregate bit for bit.
+    batch_size : int, default 128
+    betas : (float, float), default (0.5, 0.999)
+    device : str, default "cpu"
+    """
+
+    requires_server_data = True
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        proxy_data: tuple[torch.Tensor, torch.Tensor],
+        server_lr: float = 0.01,
+        server_epochs: int = 20,
+        batch_size: int = 128,
+        betas: tuple[float, float] = (0.5, 0.999),
+        device: str = "cpu",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if server_epochs < 0 or server_lr <= 0 or batch_size < 1:
+            raise ValueError("FedLAW needs server_epochs >= 0, server_lr > 0 and batch_size >= 1")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.proxy_x, self.proxy_y = (t.to(self.device) for t in proxy_data)
+        if len(self.proxy_y) == 0:
+            raise ValueError("FedLAW needs a non-empty proxy set")
+        self.server_lr, self.server_epochs, self.batch_size, self.betas = server_lr, server_epochs, batch_size, tuple(betas)
+        self.parameter_names = [name for name, _ in self.model.named_parameters()]
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FedLAW: proxy %d samples, Adam lr %s betas %s, %d epochs, batch %d",
+            len(self.proxy_y), self.server_lr, self.betas, self.server_epochs, self.batch_size)
+        super().summary()
+
+    def learn_weights(self, stacked: dict[str, torch.Tensor], sizes: np.ndarray, buffers: dict[str, torch.Tensor], server_round: int) -> tuple[float, np.ndarray]:
+        """Optimise (g, l) on the proxy set; returns gamma and lambda."""
+        logits_l = torch.tensor(np.log(sizes / sizes.sum()), dtype=torch.float32, device=self.device, requires_grad=True)
+        g = torch.zeros((), device=self.device, requires_grad=True)
+        optimizer = torch.optim.Adam([logits_l, g], lr=self.server_lr, betas=self.betas)
+        generator = torch.Generator().manual_seed(int(self.seed) * 100_003 + server_round)
+        self.model.train()
+        for _ in range(self.server_epochs):
+            order = torch.randperm(len(self.proxy_y), generator=generator).to(self.device)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                lam, gamma = torch.softmax(logits_l, 0), torch.exp(g)
+                params = {name: gamma * torch.tensordot(lam, stacked[name], dims=1) for name in self.parameter_names}
+                state = {**params, **{k: v.clone() for k, v in buffers.items()}}
+                loss = nn.functional.cross_entropy(functional_call(self.model, state, (self.proxy_x[batch],)), self.proxy_y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            return float(torch.exp(g)), torch.softmax(logits_l, 0).double().cpu().numpy()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        nodes = [m.metadata.src_node_id for m in valid]
+        sizes = np.array([single_metric(c, NUM_EXAMPLES) for c in contents], dtype=np.float64)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        fedavg_weights = sizes / sizes.sum()
+        if self.server_epochs == 0:  # the initial point is exactly FedAvg
+            self.client_weights = {node: float(w) for node, w in zip(nodes, fedavg_weights, strict=True)}
+            self.round_scalars["gamma"] = 1.0
+            return aggregate_arrayrecords(contents, self.weighted_by_key), metrics
+
+        names = list(single_array_record(contents[0]).keys())
+        missing = set(self.parameter_names) - set(names)
+        if missing:
+            raise ValueError(f"FedLAW: replies lack the model's parameters {sorted(missing)}")
+        buffer_names = [name for name in names if name not in self.parameter_names]
+        averaged_buffers = weighted_average(contents, fedavg_weights, buffer_names)
+        stacked = {
+            name: torch.stack([torch.from_numpy(single_array_record(c)[name].numpy()).float() for c in contents]).to(self.device)
+            for name in self.parameter_names
+        }
+        buffers = {name: torch.from_numpy(averaged_buffers[name]).to(self.device) for name in buffer_names}
+        gamma, lam = self.learn_weights(stacked, sizes, buffers, server_round)
+        arrays = {**weighted_average(contents, gamma * lam, self.parameter_names), **averaged_buffers}
+        self.client_weights = {node: float(w) for node, w in zip(nodes, lam, strict=True)}
+        self.round_scalars["gamma"] = gamma
+        return to_array_record(arrays, names), metrics

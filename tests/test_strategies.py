@@ -1,0 +1,207 @@
+"""Strategies against hand computations on fixed client replies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.engines import InProcessGrid
+from fedsim.models import LogisticRegression
+from fedsim.strategies import FedAvg, FedDisco, FedLAW, FedProx, disco_weights, discrepancy
+from fedsim.strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
+from fedsim.strategies.stragglers import plan_stragglers
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def _grid(num_nodes: int) -> InProcessGrid:
+    return InProcessGrid(ClientApp(), num_nodes)
+
+
+def _reply(node_id: int, arrays: dict[str, np.ndarray], num_examples: int, **extra_records) -> Message:
+    instruction = Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
+    instruction.metadata.__dict__["_message_id"] = f"m{node_id}"
+    content = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": num_examples, "train_loss": 1.0})})
+    for name, record in extra_records.items():
+        content[name] = record
+    return Message(content, reply_to=instruction)
+
+
+def _common(**kwargs):
+    return {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1, **kwargs}
+
+
+# --- stragglers ---------------------------------------------------------------------------------------------
+
+
+def test_straggler_plan_counts_and_epoch_range():
+    plan = plan_stragglers(10, 0.9, local_epochs=20, seed=0, server_round=3)
+    assert len(plan.active) == 1 and len(plan.stragglers) == 9
+    assert all(1 <= e <= 19 for e in plan.epochs.values())
+    assert plan == plan_stragglers(10, 0.9, local_epochs=20, seed=0, server_round=3)
+    assert plan != plan_stragglers(10, 0.9, local_epochs=20, seed=0, server_round=4)
+    epochs = [e for r in range(200) for e in plan_stragglers(10, 0.5, 3, 0, r).epochs.values()]
+    assert set(epochs) == {1, 2}  # randint(1, E): uniform on 1..E-1, never E
+
+
+def test_fedavg_drops_and_fedprox_shortens_the_same_stragglers():
+    grid = _grid(10)
+    arrays = ArrayRecord([np.zeros(2)])
+    import random
+
+    random.seed(0)
+    avg = list(FedAvg(stragglers_fraction=0.5, local_epochs=5, seed=1, **_common()).configure_train(2, arrays, ConfigRecord(), grid))
+    random.seed(0)
+    prox_strategy = FedProx(proximal_mu=1.0, stragglers_fraction=0.5, local_epochs=5, seed=1, **_common())
+    shared_config = ConfigRecord()
+    prox = list(prox_strategy.configure_train(2, arrays, shared_config, grid))
+    assert len(avg) == 5 and len(prox) == 10 and prox_strategy.round_scalars["stragglers"] == 5
+    active = {m.metadata.dst_node_id for m in avg}
+    for message in prox:
+        config = message.content["config"]
+        assert config["proximal-mu"] == 1.0
+        if message.metadata.dst_node_id in active:
+            assert "local-epochs" not in config
+        else:
+            assert 1 <= config["local-epochs"] <= 4
+    assert "local-epochs" not in shared_config  # per-node copies, the shared config is untouched
+
+
+def test_no_stragglers_is_flowers_fedavg():
+    grid = _grid(4)
+    replies = [_reply(node, {"w": np.full(3, float(node), dtype=np.float32)}, n) for node, n in zip(grid.get_node_ids(), (1, 2, 3, 4))]
+    ours, _ = FedAvg(**_common()).aggregate_train(1, replies)
+    flowers, _ = FlowerFedAvg(**_common()).aggregate_train(1, replies)
+    np.testing.assert_array_equal(ours["w"].numpy(), flowers["w"].numpy())
+    nodes = list(grid.get_node_ids())
+    expected = sum(n * node for n, node in zip((1, 2, 3, 4), nodes)) / 10
+    np.testing.assert_allclose(ours["w"].numpy(), np.full(3, expected), rtol=1e-6)
+
+
+# --- FedDisco -----------------------------------------------------------------------------------------------
+
+
+def test_discrepancy_by_hand():
+    uniform = [0.25] * 4
+    assert discrepancy([3, 1, 0, 0], uniform, "kl") == pytest.approx(0.75 * math.log(3) + 0.25 * math.log(1))
+    assert discrepancy([3, 1, 0, 0], uniform, "l2") == pytest.approx(math.sqrt(0.5**2 + 0 + 0.25**2 + 0.25**2))
+    assert discrepancy([3, 1, 0, 0], uniform, "l1") == pytest.approx(0.5 + 0 + 0.25 + 0.25)
+    assert discrepancy([5, 5, 5, 5], uniform, "kl") == pytest.approx(0.0)
+
+
+def test_disco_weights_by_hand():
+    # n = [0.1, 0.3, 0.6]; KL discrepancies normalised over the round: [0.2, 0.2, 0.6]
+    # p~ = n - 0.5 d + 0.1 = [0.1, 0.3, 0.4] -> p = [0.125, 0.375, 0.5]
+    np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 1.0, 3.0], a=0.5, b=0.1), [0.125, 0.375, 0.5])
+    # l2 is not normalised: p~ = [0.1 - 0.5 + 0.1, 0.3 - 0.1 + 0.1, 0.6 - 0 + 0.1] -> ReLU -> [0, 0.3, 0.7]
+    np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 0.2, 0.0], a=0.5, b=0.1, measure="l2"), [0.0, 0.3, 0.7])
+    # every term <= 0: fall back to FedAvg weights (the reference crashes here)
+    np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 1.0, 1.0], a=50.0, b=0.0), [0.1, 0.3, 0.6])
+    # all-zero KL discrepancies: d = 0, so p ∝ n + b
+    np.testing.assert_allclose(disco_weights([1, 3], [0.0, 0.0], a=0.5, b=0.1), np.array([0.35, 0.85]) / 1.2)
+
+
+def test_feddisco_aggregates_with_disco_weights_and_asks_once():
+    grid = _grid(3)
+    nodes = list(grid.get_node_ids())
+    strategy = FedDisco(**_common())
+    first = list(strategy.configure_train(1, ArrayRecord([np.zeros(1)]), ConfigRecord(), grid))
+    assert all(m.content["config"][HISTOGRAM_REQUEST_KEY] is True for m in first)
+    histograms = [[6, 0], [3, 3], [0, 6]]  # uniform target [0.5, 0.5]
+    replies = [
+        _reply(node, {"w": np.array([float(k)], dtype=np.float32)}, 10 * (k + 1), **{HISTOGRAM_RECORD: histogram_reply(h)})
+        for k, (node, h) in enumerate(zip(nodes, histograms))
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    n = np.array([10, 20, 30]) / 60
+    d = np.array([math.log(2), 0.0, math.log(2)])
+    d = d / d.sum()
+    p = np.maximum(n - 0.5 * d + 0.1, 0)
+    p = p / p.sum()
+    np.testing.assert_allclose(arrays["w"].numpy(), [p @ np.array([0.0, 1.0, 2.0])], rtol=1e-6)
+    assert strategy.client_weights == pytest.approx(dict(zip(nodes, p)))
+    assert metrics["train_loss"] == pytest.approx(1.0)
+    second = list(strategy.configure_train(2, ArrayRecord([np.zeros(1)]), ConfigRecord(), grid))
+    assert all(HISTOGRAM_REQUEST_KEY not in m.content["config"] for m in second)  # histograms are sent once
+
+
+def test_feddisco_target_from_clients():
+    strategy = FedDisco(target="clients", **_common())
+    strategy.histograms = {1: np.array([8.0, 2.0]), 2: np.array([2.0, 8.0]), 3: np.array([5.0, 5.0])}
+    np.testing.assert_allclose(strategy.target_distribution(2), [0.5, 0.5])
+    strategy.histograms[4] = np.array([10.0, 0.0])
+    np.testing.assert_allclose(strategy.target_distribution(2), [25 / 40, 15 / 40])
+
+
+# --- FedLAW -------------------------------------------------------------------------------------------------
+
+
+def _logreg_replies(grid, weights, sizes):
+    return [_reply(node, {"linear.weight": w.astype(np.float32), "linear.bias": np.zeros(2, dtype=np.float32)}, n)
+            for node, w, n in zip(grid.get_node_ids(), weights, sizes)]
+
+
+def test_fedlaw_with_zero_server_epochs_is_fedavg_bit_for_bit():
+    grid = _grid(3)
+    rng = np.random.default_rng(0)
+    replies = _logreg_replies(grid, [rng.normal(size=(2, 4)) for _ in range(3)], (7, 11, 13))
+    model = LogisticRegression([4], 2)
+    proxy = (torch.randn(20, 4), torch.randint(0, 2, (20,)))
+    fedlaw, _ = FedLAW(model=model, proxy_data=proxy, server_epochs=0, **_common()).aggregate_train(1, replies)
+    fedavg, _ = FlowerFedAvg(**_common()).aggregate_train(1, replies)
+    for name in ("linear.weight", "linear.bias"):
+        assert np.array_equal(fedlaw[name].numpy(), fedavg[name].numpy())
+
+
+def test_fedlaw_learns_to_shrink_overconfident_clients():
+    """Clients that overfit send weights 6x too large; on noisy proxy labels the learned gamma shrinks them."""
+    grid = _grid(3)
+    generator = torch.Generator().manual_seed(0)
+    true_w = torch.randn(2, 4, generator=generator)
+    x = torch.randn(400, 4, generator=generator)
+    y = (x @ true_w.T).argmax(1)
+    flip = torch.rand(400, generator=generator) < 0.25
+    y = torch.where(flip, 1 - y, y)  # 25% label noise: a confident model pays for it
+    client_weights = [(6.0 * true_w + 0.3 * torch.randn(2, 4, generator=generator)).numpy() for _ in range(3)]
+    replies = _logreg_replies(grid, client_weights, (10, 10, 10))
+    strategy = FedLAW(model=LogisticRegression([4], 2), proxy_data=(x[:200], y[:200]), seed=0, **_common())
+    arrays, _ = strategy.aggregate_train(1, replies)
+    gamma = strategy.round_scalars["gamma"]
+    assert gamma < 0.9
+    lam = np.array([strategy.client_weights[node] for node in grid.get_node_ids()])
+    assert lam.sum() == pytest.approx(1.0) and (lam > 0).all()
+    expected = gamma * sum(l * w for l, w in zip(lam, client_weights))
+    np.testing.assert_allclose(arrays["linear.weight"].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+    def proxy_loss(weight: np.ndarray) -> float:
+        logits = x[200:] @ torch.from_numpy(weight).T
+        return float(torch.nn.functional.cross_entropy(logits, y[200:]))
+
+    fedavg = np.mean(client_weights, axis=0)
+    assert proxy_loss(arrays["linear.weight"].numpy()) < proxy_loss(fedavg)  # it also generalises better
+
+
+def test_fedlaw_averages_buffers_with_fedavg_weights():
+    grid = _grid(2)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    names = list(model.state_dict().keys())
+    replies = []
+    for node, scale, n in zip(grid.get_node_ids(), (1.0, 3.0), (1, 3)):
+        arrays = {k: (v.float().numpy() * 0 + scale).astype(v.numpy().dtype) for k, v in model.state_dict().items()}
+        replies.append(_reply(node, arrays, n))
+    strategy = FedLAW(model=model, proxy_data=(torch.randn(16, 3), torch.randint(0, 2, (16,))), server_epochs=2, **_common())
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert list(arrays.keys()) == names
+    np.testing.assert_allclose(arrays["1.running_mean"].numpy(), [2.5, 2.5])  # (1*1 + 3*3) / 4, no gamma
+    assert arrays["1.num_batches_tracked"].numpy() == 2  # rounded FedAvg mean of 1 and 3 -> 2.5 -> 2 (banker's)
