@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
-from flwr.supercore import log
 
 from .common import RoundReport
 from .stragglers import StragglerMixin
@@ -52,11 +47,3 @@ class FedProx(StragglerMixin, RoundReport, FlowerFedProx):
         super().__init__(proximal_mu=proximal_mu, **kwargs)
         self._init_stragglers(stragglers_fraction, local_epochs, straggler_mode, seed)
         self.reset_report()
-
-    def summary(self) -> None:
-        log(INFO, "\t├──> Stragglers: fraction %s, mode %s, E = %s", self.stragglers_fraction, self.straggler_mode, self.local_epochs)
-        super().summary()
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self.reset_report()
-        return self._with_stragglers(server_round, list(super().configure_train(server_round, arrays, config, grid)))

@@ -8,11 +8,14 @@ FedProx they train a random 1..E-1 epochs (numpy's `randint(1, E)`) and are aggr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from logging import INFO
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.supercore import log
 
 from .common import with_config
 
@@ -54,7 +57,8 @@ def apply_stragglers(
 
 
 class StragglerMixin:
-    """Adds FedProx-style stragglers to a Flower strategy's `configure_train` (use before the Flower base class)."""
+    """Adds FedProx-style stragglers to a Flower strategy's `configure_train` (list it before the Flower base class,
+    together with `RoundReport`, whose `round_scalars` receives the number of stragglers)."""
 
     stragglers_fraction: float
     local_epochs: int
@@ -71,7 +75,14 @@ class StragglerMixin:
             raise ValueError(f"local_epochs={local_epochs!r}: must be >= 1")
         self.stragglers_fraction, self.local_epochs, self.straggler_mode, self.seed = fraction, local_epochs, mode, seed
 
-    def _with_stragglers(self, server_round: int, messages: Sequence[Message]) -> list[Message]:
+    def summary(self) -> None:
+        log(INFO, "\t├──> Stragglers: fraction %s, mode %s, E = %s", self.stragglers_fraction, self.straggler_mode, self.local_epochs)
+        super().summary()  # type: ignore[misc]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """The Flower base class's messages, minus dropped stragglers or with stragglers' shorter local work."""
+        self.reset_report()  # type: ignore[attr-defined]
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         kept, count = apply_stragglers(
             messages, self.straggler_mode, self.stragglers_fraction, self.local_epochs, self.seed, server_round
         )
