@@ -25,6 +25,7 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 PLOT_FILE = "accuracy.png"
+MODEL_FILE = "model.pt"
 
 ROUND_COLUMNS = [
     "round",
@@ -165,6 +166,15 @@ class Recorder:
         for row in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         write_atomic(self.run_dir / METRICS_FILE, buffer.getvalue().encode())
+
+    def save_model(self, state_dict: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> None:
+        """The final global model as a torch state dict, with what is needed to rebuild it under `__fedsim__`."""
+        import torch
+
+        buffer = io.BytesIO()
+        meta = {"input_shape": list(input_shape), "num_classes": int(num_classes)}
+        torch.save({**dict(state_dict), "__fedsim__": meta}, buffer)
+        write_atomic(self.run_dir / MODEL_FILE, buffer.getvalue())
 
     def finish(self, final_client_accuracy: Mapping[int, float], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write `summary.json` and `accuracy.png`; return the summary."""

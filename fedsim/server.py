@@ -104,6 +104,7 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
             evaluate_fn=central_evaluation,
         )
     final_arrays = result.arrays if result.arrays is not None else initial_arrays
+    recorder.save_model(final_arrays.to_torch_state_dict(), federation.data.input_shape, federation.data.num_classes)
     client_accuracy = {}
     if float(experiment["client"]["val_fraction"]) > 0:
         client_accuracy = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
