@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import Partitioner
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 
+from .base import PrecomputedPartitioner
 from .encoders import EncoderSpec, embed
 
 BY_MODES = ("embedding", "label")
@@ -78,7 +77,7 @@ def assign_from_clusters(
     return [np.sort(np.concatenate(chunks)) for chunks in parts]
 
 
-class EmbeddingPartitioner(Partitioner):
+class EmbeddingPartitioner(PrecomputedPartitioner):
     """Clients as Dirichlet mixtures of embedding clusters, not of labels.
 
     Embed every sample with `encoder` (see `partitions.encoders`; `pca` on raw inputs by default), reduce with PCA to
@@ -113,12 +112,11 @@ class EmbeddingPartitioner(Partitioner):
         cache_dir: str | None = None,
         seed: int | None = 42,
     ) -> None:
-        super().__init__()
+        super().__init__(num_partitions)
         if by not in BY_MODES:
             raise ValueError(f"by={by!r}: one of {', '.join(BY_MODES)}")
         if alpha <= 0 or num_partitions < 1 or num_clusters < 1:
             raise ValueError("EmbeddingPartitioner needs alpha > 0, num_partitions >= 1 and num_clusters >= 1")
-        self._num_partitions = num_partitions
         self.alpha, self.num_clusters, self.encoder, self.pca_components = alpha, num_clusters, encoder, pca_components
         self.by, self.partition_by, self.feature_column = by, partition_by, feature_column
         self.min_partition_size, self.max_retries, self.keep_leftovers = min_partition_size, max_retries, keep_leftovers
@@ -126,24 +124,13 @@ class EmbeddingPartitioner(Partitioner):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
         self.cluster_of: np.ndarray | None = None
-        self._indices: list[np.ndarray] | None = None
 
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
-
-    def load_partition(self, partition_id: int) -> datasets.Dataset:
-        return self.dataset.select(self.all_partition_indices()[partition_id])
-
-    def all_partition_indices(self) -> list[np.ndarray]:
-        """Every client's row indices, computed once."""
-        if self._indices is None:
-            self.cluster_of = self._clusters()
-            rng = np.random.default_rng(self.seed)
-            counts = np.bincount(self.cluster_of, minlength=int(self.cluster_of.max()) + 1)
-            mixtures, sizes = cluster_mixture_sizes(counts, self._num_partitions, self.alpha, self.min_partition_size, rng, self.max_retries)
-            self._indices = assign_from_clusters(self.cluster_of, mixtures, sizes, rng, self.keep_leftovers)
-        return self._indices
+    def _compute_partition_indices(self) -> list[np.ndarray]:
+        self.cluster_of = self._clusters()
+        rng = np.random.default_rng(self.seed)
+        counts = np.bincount(self.cluster_of, minlength=int(self.cluster_of.max()) + 1)
+        mixtures, sizes = cluster_mixture_sizes(counts, self.num_partitions, self.alpha, self.min_partition_size, rng, self.max_retries)
+        return assign_from_clusters(self.cluster_of, mixtures, sizes, rng, self.keep_leftovers)
 
     def _clusters(self) -> np.ndarray:
         if self.by == "label":

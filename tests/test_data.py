@@ -147,3 +147,18 @@ def test_local_csv_and_imagefolder(tmp_path):
     folder = load_data({"name": "local", "source": "local", "format": "imagefolder", "path": str(tmp_path / "images"),
                         "test_path": None, "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
     assert folder.input_shape == (1, 6, 6) and folder.num_classes == 2 and len(folder.train) == 8
+
+
+def test_niid2_gives_two_class_clients_and_one_uniform_client():
+    from fedsim.partitions import LabelShardsWithIidPartitioner
+
+    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    parts = partition_indices(data.train, LabelShardsWithIidPartitioner(6, num_iid_partitions=1, seed=0))
+    labels = data.train_arrays.y.numpy()
+    joined = np.concatenate(parts)
+    assert len(joined) == len(set(joined.tolist())) == len(data.train)
+    for client in range(5):  # sorted shards: client i holds (mostly) classes 2i and 2i+1
+        counts = np.bincount(labels[parts[client]], minlength=10)
+        assert counts[[2 * client, 2 * client + 1]].sum() >= 0.95 * len(parts[client])
+    uniform = np.bincount(labels[parts[5]], minlength=10) / len(parts[5])
+    assert len(parts[5]) == len(data.train) // 6 and np.abs(uniform - 0.1).max() < 0.05

@@ -71,9 +71,12 @@ def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
 def partition_indices(train: datasets.Dataset, partitioner: Partitioner) -> list[np.ndarray]:
     """Run any flwr-datasets Partitioner and return, per partition, the row indices it chose.
 
-    An index column rides along through the partitioner, so this works for every Partitioner, ours included,
-    without relying on its internals.
+    An index column rides along through the partitioner, so this works for every Partitioner without relying on
+    its internals. fedsim's own partitioners hand over all partitions at once (`all_partition_indices`).
     """
+    if callable(getattr(partitioner, "all_partition_indices", None)):
+        partitioner.dataset = train
+        return [np.asarray(rows, dtype=np.int64) for rows in partitioner.all_partition_indices()]
     partitioner.dataset = train.add_column(INDEX_COLUMN, np.arange(len(train)))
     return [
         np.asarray(partitioner.load_partition(pid)[INDEX_COLUMN], dtype=np.int64)
