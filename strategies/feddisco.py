@@ -5,6 +5,7 @@ Reference: `MediaBrain-SJTU/FedDisco` (`disco.py`: get_distribution_difference, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
 from typing import Any
@@ -102,7 +103,14 @@ class FedDisco(FedProx):
             raise ValueError(f"measure={measure!r}: one of {', '.join(MEASURES)}")
         if target not in TARGETS:
             raise ValueError(f"target={target!r}: one of {', '.join(TARGETS)}")
-        super().__init__(proximal_mu=proximal_mu, straggler_mode=straggler_mode, **kwargs)
+        flower_logger = logging.getLogger("flwr")
+        level = flower_logger.level
+        if proximal_mu == 0:  # FedDisco over FedAvg clients is the default: Flower's "mu=0" warning would mislead
+            flower_logger.setLevel(logging.ERROR)
+        try:
+            super().__init__(proximal_mu=proximal_mu, straggler_mode=straggler_mode, **kwargs)
+        finally:
+            flower_logger.setLevel(level)
         self.a, self.b, self.measure, self.target = a, b, measure, target
         self.histograms: dict[int, np.ndarray] = {}
 
