@@ -159,6 +159,12 @@ def _validate_partition(partition: Mapping[str, Any], num_clients: int) -> None:
         _integer("partition.num_shards_per_partition", partition["num_shards_per_partition"], 1)
     if partition.get("shard_size") is not None:
         _integer("partition.shard_size", partition["shard_size"], 1)
+    if "sigma" in partition:
+        _positive("partition.sigma", partition["sigma"])
+    if "distribution" in partition:
+        from fedsim.partitions.quantity import DISTRIBUTIONS
+
+        _choice("partition.distribution", partition["distribution"], DISTRIBUTIONS)
     if "num_classes_per_partition" in partition:
         _integer("partition.num_classes_per_partition", partition["num_classes_per_partition"], 1)
 

@@ -14,6 +14,7 @@ from flwr_datasets.partitioner import (
 )
 
 from .label_shards_with_iid import LabelShardsWithIidPartitioner
+from .quantity import QuantitySkewPartitioner
 
 __all__ = [
     "DirichletPartitioner",
@@ -22,5 +23,6 @@ __all__ = [
     "NaturalIdPartitioner",
     "Partitioner",
     "PathologicalPartitioner",
+    "QuantitySkewPartitioner",
     "ShardPartitioner",
 ]

@@ -9,6 +9,18 @@ import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
 
+def largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
+    """Whole numbers proportional to `shares` that add up to `total` (all zeros if the shares are all zero)."""
+    shares = np.asarray(shares, dtype=np.float64)
+    if shares.sum() <= 0:
+        return np.zeros(len(shares), dtype=np.int64)
+    exact = shares / shares.sum() * total
+    whole = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - whole), kind="stable")
+    whole[order[: total - int(whole.sum())]] += 1
+    return whole
+
+
 class PrecomputedPartitioner(Partitioner):
     """Computes all partitions in one pass on first use; `load_partition` then selects a client's rows.
 

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 
-from .base import PrecomputedPartitioner
+from .base import PrecomputedPartitioner, largest_remainder
 from .encoders import EncoderSpec, embed
 
 BY_MODES = ("embedding", "label")
@@ -48,15 +48,6 @@ def cluster_mixture_sizes(
     )
 
 
-def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
-    """Integers proportional to `shares` that sum to `total`."""
-    exact = shares / shares.sum() * total if shares.sum() > 0 else np.zeros_like(shares)
-    whole = np.floor(exact).astype(np.int64)
-    order = np.argsort(-(exact - whole), kind="stable")
-    whole[order[: total - whole.sum()]] += 1
-    return whole
-
-
 def assign_from_clusters(
     cluster_of: np.ndarray, mixtures: np.ndarray, sizes: np.ndarray, rng: np.random.Generator, keep_leftovers: bool
 ) -> list[np.ndarray]:
@@ -70,7 +61,7 @@ def assign_from_clusters(
     for cluster in range(mixtures.shape[1]):
         rows = rng.permutation(np.flatnonzero(cluster_of == cluster))
         wanted = sizes * mixtures[:, cluster]
-        takes = _largest_remainder(wanted, len(rows)) if keep_leftovers else wanted.astype(np.int64)
+        takes = largest_remainder(wanted, len(rows)) if keep_leftovers else wanted.astype(np.int64)
         bounds = np.concatenate([[0], np.cumsum(takes)])
         for client in range(num_clients):
             parts[client].append(rows[bounds[client] : bounds[client + 1]])

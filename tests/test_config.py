@@ -25,7 +25,9 @@ def test_default_config_is_the_main_job():
 
 
 def test_every_group_has_its_options():
-    assert {"iid", "dirichlet", "shard", "pathological", "natural"} <= set(group_options("partition"))
+    assert {"iid", "dirichlet", "shard", "pathological", "natural", "niid2", "classes_per_client", "quantity"} <= set(
+        group_options("partition")
+    )
     assert {"logreg", "mlp", "cnn", "resnet"} <= set(group_options("model"))
     assert {"inprocess", "flower"} <= set(group_options("engine"))
     assert {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "hf", "local"} <= set(group_options("dataset"))
@@ -64,6 +66,8 @@ BAD_VALUES = [
     (["strategy=fedlaw", "strategy.server_epochs=-1"], "strategy.server_epochs"),
     (["strategy=fedlaw", "strategy.server_lr=0"], "strategy.server_lr"),
     (["strategy=fedavg", "strategy.straggler_mode=slow"], "strategy.straggler_mode"),
+    (["partition=quantity", "partition.distribution=zipf"], "partition.distribution"),
+    (["partition=quantity", "partition.distribution=lognormal", "partition.sigma=0"], "partition.sigma"),
 ]
 
 
