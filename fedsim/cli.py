@@ -1,4 +1,5 @@
-"""The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep)."""
+"""The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
+`fedsim partition [override ...]` only builds the partition and reports its heterogeneity."""
 
 from __future__ import annotations
 
@@ -32,6 +33,34 @@ def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
     return float(summary["final_accuracy"])
 
 
+def partition_command(args: list[str]) -> None:
+    """`fedsim partition <overrides> [--out DIR]`: build the partition (no training) and report its heterogeneity."""
+    import time
+    from pathlib import Path
+
+    from .config import compose_experiment, validate
+    from .data.federation import build_federation
+    from .partitions.report import HEATMAP_FILE, REPORT_FILE, write_report
+    from .progress import partition_table
+
+    out = Path("outputs") / "partition" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if "--out" in args:
+        position = args.index("--out")
+        if position + 1 >= len(args):
+            _fail(FedsimError("--out needs a folder"))
+        out = Path(args[position + 1])
+        args = args[:position] + args[position + 2 :]
+    try:
+        experiment = compose_experiment(args)
+        validate(experiment)
+        federation = build_federation(experiment)
+    except FedsimError as error:
+        _fail(error)
+    report = write_report(out, federation.label_counts(), title=" ".join(args) or "default partition")
+    console.print(partition_table(report))
+    console.print(f"report: {out / REPORT_FILE}\nheatmap: {out / HEATMAP_FILE}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fedsim` console script."""
     import hydra
@@ -40,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .config import check_group_overrides, compose_experiment, validate
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["partition"]:
+        partition_command(args[1:])
+        return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)
     informational = any(arg.startswith(("--help", "-h", "--cfg", "-c", "--info", "--hydra-help")) for arg in args)

@@ -59,3 +59,21 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_row("rounds", str(summary["rounds_completed"]))
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     return table
+
+
+def partition_table(report: Mapping[str, Any], max_rows: int = 30) -> Table:
+    """Per-client heterogeneity (first `max_rows` clients) and the summary over all clients."""
+    labels = report["labels"]
+    table = Table(title=f"partition heterogeneity ({report['num_clients']} clients)", header_style="bold")
+    for column in ("client", "size", "classes", "entropy", "JS div.", "EMD"):
+        table.add_column(column, justify="right")
+    for client, row in enumerate(labels["clients"][:max_rows]):
+        table.add_row(str(client), str(row["size"]), str(row["classes"]), f"{row['entropy']:.3f}",
+                      f"{row['js_divergence']:.3f}", f"{row['emd']:.3f}")
+    if report["num_clients"] > max_rows:
+        table.add_row("…", "", "", "", "", "")
+    summary = labels["summary"]
+    for stat in ("mean", "min", "max"):
+        table.add_row(stat, f"{summary['size'][stat]:.0f}", f"{summary['classes'][stat]:.1f}", f"{summary['entropy'][stat]:.3f}",
+                      f"{summary['js_divergence'][stat]:.3f}", f"{summary['emd'][stat]:.3f}", style="bold")
+    return table

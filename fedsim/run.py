@@ -12,6 +12,7 @@ from .config import GROUPS, resolve_auto_values, validate
 from .data.federation import federation_for
 from .engines import make_engine
 from .results import Recorder
+from .partitions.report import write_report
 from .server import make_server_app
 
 
@@ -39,7 +40,9 @@ def run_experiment(
     flower_logger = logging.getLogger("flwr")
     flower_logger.setLevel(str(experiment.get("log_level", "WARNING")).upper())
     flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
-    recorder = Recorder(Path(run_dir), experiment, federation.num_clients, choices or describe_choices(experiment))
+    choices = choices or describe_choices(experiment)
+    recorder = Recorder(Path(run_dir), experiment, federation.num_clients, choices)
+    write_report(Path(run_dir), federation.label_counts(), title=f"partition={choices['partition']} · dataset={choices['dataset']}")
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress)
     make_engine(experiment["engine"]).run(server_app, client_app, federation.num_clients)
