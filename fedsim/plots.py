@@ -8,16 +8,28 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.figure
 import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None:
-    """Global test accuracy per round, with the clients' mean and worst-10% validation accuracy where recorded."""
+def save_figure(figure: matplotlib.figure.Figure, path: Path, title: str = "") -> None:
+    """Title, tighten, render to PNG and write atomically (run folders are never left with a torn file)."""
     from .results import write_atomic
 
+    if title:
+        figure.axes[0].set_title(title, fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None:
+    """Global test accuracy per round, with the clients' mean and worst-10% validation accuracy where recorded."""
     rounds = [row["round"] for row in rows]
     figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     axis.plot(rounds, [row["test_accuracy"] for row in rows], marker="o", markersize=3, label="global model, test split")
@@ -33,10 +45,4 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
     axis.set_ylim(0, 1.02)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
-    if title:
-        axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    write_atomic(Path(path), buffer.getvalue())
+    save_figure(figure, path, title)

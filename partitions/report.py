@@ -10,7 +10,6 @@ Distances compare a client's distribution p with the global one g (the pooled co
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,10 +67,9 @@ def heterogeneity_report(label_counts: np.ndarray, cluster_counts: np.ndarray | 
 
 def plot_heatmap(counts: np.ndarray, path: Path, what: str = "label", title: str = "") -> None:
     """Clients x classes heatmap of each client's share of each class (rows normalised), with client sizes."""
-    import matplotlib
+    from fedsim.plots import save_figure  # selects the headless Agg backend before pyplot loads
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
     counts = np.asarray(counts, dtype=np.float64)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -85,15 +83,7 @@ def plot_heatmap(counts: np.ndarray, path: Path, what: str = "label", title: str
     if counts.shape[1] <= 40:
         axis.set_xticks(range(counts.shape[1]))
     figure.colorbar(image, ax=axis, label=f"share of the client's samples per {what}")
-    if title:
-        axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    from fedsim.results import write_atomic
-
-    write_atomic(Path(path), buffer.getvalue())
+    save_figure(figure, path, title)
 
 
 def write_report(folder: Path, label_counts: np.ndarray, title: str = "") -> dict[str, Any]:
