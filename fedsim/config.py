@@ -74,12 +74,13 @@ def needs_server_data(experiment: Mapping[str, Any]) -> bool:
     return bool(getattr(strategy_class(experiment), "requires_server_data", False))
 
 
-def resolve_auto_values(experiment: dict[str, Any]) -> dict[str, Any]:
-    """Replace `auto` settings by concrete values; clients receive the resolved experiment."""
-    server = experiment.setdefault("server", {})
+def resolve_auto_values(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy with `auto` settings replaced by concrete values (the caller's mapping is left as it is); clients
+    receive the resolved experiment."""
+    server = dict(experiment.get("server", {}))
     if server.get("proxy_size", 0) == "auto":
         server["proxy_size"] = DEFAULT_PROXY_SIZE if needs_server_data(experiment) else 0
-    return experiment
+    return {**experiment, "server": server}
 
 
 def compose_experiment(overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def run_experiment(
 
     Returns the summary also written to `run_dir/summary.json`.
     """
-    experiment = resolve_auto_values(dict(experiment))
+    experiment = resolve_auto_values(experiment)
     validate(experiment)
     federation = federation_for(experiment)  # data and partition errors surface here, before training
     flower_logger = logging.getLogger("flwr")

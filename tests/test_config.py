@@ -128,3 +128,13 @@ def test_cli_exits_2_with_one_line_before_training(tmp_path, args, expected):
     lines = [line for line in completed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], completed.stderr
     assert not (tmp_path / "run" / "metrics.csv").exists()  # refused before any round ran
+
+
+def test_auto_proxy_size_resolves_without_touching_the_callers_config():
+    from fedsim.config import resolve_auto_values
+
+    raw = {"strategy": {"_target_": "fedsim.strategies.FedLAW"}, "server": {"proxy_size": "auto"}}
+    assert resolve_auto_values(raw)["server"]["proxy_size"] == 200
+    assert raw["server"]["proxy_size"] == "auto"
+    raw["strategy"]["_target_"] = "fedsim.strategies.FedAvg"
+    assert resolve_auto_values(raw)["server"]["proxy_size"] == 0
