@@ -40,7 +40,7 @@ def partition_command(args: list[str]) -> None:
 
     from .config import compose_experiment, validate
     from .data.federation import build_federation
-    from .partitions.report import HEATMAP_FILE, REPORT_FILE, write_report
+    from .partitions.report import CLUSTER_HEATMAP_FILE, HEATMAP_FILE, REPORT_FILE, write_report
     from .progress import partition_table
 
     out = Path("outputs") / "partition" / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -56,9 +56,10 @@ def partition_command(args: list[str]) -> None:
         federation = build_federation(experiment)
     except FedsimError as error:
         _fail(error)
-    report = write_report(out, federation.label_counts(), title=" ".join(args) or "default partition")
+    report = write_report(out, federation.label_counts(), " ".join(args) or "default partition", federation.cluster_counts)
     console.print(partition_table(report))
-    console.print(f"report: {out / REPORT_FILE}\nheatmap: {out / HEATMAP_FILE}", highlight=False, soft_wrap=True)
+    heatmaps = [HEATMAP_FILE] + ([CLUSTER_HEATMAP_FILE] if federation.cluster_counts is not None else [])
+    console.print(f"report: {out / REPORT_FILE}\nheatmap: " + ", ".join(str(out / name) for name in heatmaps), highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

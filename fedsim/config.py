@@ -168,6 +168,36 @@ def _validate_partition(partition: Mapping[str, Any], num_clients: int) -> None:
         _choice("partition.distribution", partition["distribution"], DISTRIBUTIONS)
     if "num_classes_per_partition" in partition:
         _integer("partition.num_classes_per_partition", partition["num_classes_per_partition"], 1)
+    _validate_feature_partition(partition)
+
+
+def _validate_feature_partition(partition: Mapping[str, Any]) -> None:
+    """Keys of the embedding and semantic partitions."""
+    from fedsim.partitions.cluster_mixture import SIZE_RULES
+    from fedsim.partitions.embedding import BY_MODES
+
+    if "num_clusters" in partition:
+        _integer("partition.num_clusters", partition["num_clusters"], 1)
+    if partition.get("pca_components") is not None:
+        _integer("partition.pca_components", partition["pca_components"], 1)
+    if "by" in partition:
+        _choice("partition.by", partition["by"], BY_MODES)
+    if "size_rule" in partition:
+        _choice("partition.size_rule", partition["size_rule"], SIZE_RULES)
+    if "max_retries" in partition:
+        _integer("partition.max_retries", partition["max_retries"], 1)
+    if "covariance_type" in partition:
+        _choice("partition.covariance_type", partition["covariance_type"], ("full", "tied", "diag", "spherical"))
+    if "reg_covar" in partition:
+        _positive("partition.reg_covar", partition["reg_covar"])
+    if "encoder" in partition:
+        from fedsim.partitions.encoders import resolve_encoder
+
+        try:
+            resolve_encoder(partition["encoder"])
+        except ValueError:
+            allowed = "pca, torchvision:<model>, timm:<model>, sentence-transformers:<model> or model:<run folder>"
+            raise ConfigError("partition.encoder", partition["encoder"], allowed) from None
 
 
 def _validate_strategy(strategy: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -62,18 +63,34 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
 
 
 def partition_table(report: Mapping[str, Any], max_rows: int = 30) -> Table:
-    """Per-client heterogeneity (first `max_rows` clients) and the summary over all clients."""
-    labels = report["labels"]
-    table = Table(title=f"partition heterogeneity ({report['num_clients']} clients)", header_style="bold")
-    for column in ("client", "size", "classes", "entropy", "JS div.", "EMD"):
-        table.add_column(column, justify="right")
-    for client, row in enumerate(labels["clients"][:max_rows]):
-        table.add_row(str(client), str(row["size"]), str(row["classes"]), f"{row['entropy']:.3f}",
-                      f"{row['js_divergence']:.3f}", f"{row['emd']:.3f}")
+    """Per-client heterogeneity (first `max_rows` clients) and the summary over all clients; over labels, and over
+    embedding clusters when the partition has them."""
+    parts = [("labels", report["labels"])] + ([("clusters", report["clusters"])] if "clusters" in report else [])
+    caption = ("labels, clusters: how many the client holds · H: entropy (nats) · JS: Jensen-Shannon divergence "
+               "(base 2) to the global mix · EMD: sum |p - global|" + (" · left over labels, right over embedding "
+                                                                        "clusters" if len(parts) > 1 else ""))
+    table = Table(title=f"partition heterogeneity ({report['num_clients']} clients)", header_style="bold", caption=caption,
+                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    table.add_column("client", justify="right", no_wrap=True, min_width=6)
+    table.add_column("size", justify="right", no_wrap=True, min_width=4)
+    for name, _ in parts:
+        for column in (name, "H", "JS", "EMD"):
+            table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+
+    def cells(row: Mapping[str, float], integer_classes: bool = True) -> list[str]:
+        classes = str(row["classes"]) if integer_classes else f"{row['classes']:.1f}"
+        return [classes, f"{row['entropy']:.3f}", f"{row['js_divergence']:.3f}", f"{row['emd']:.3f}"]
+
+    for client in range(min(report["num_clients"], max_rows)):
+        row = [str(client), str(report["labels"]["clients"][client]["size"])]
+        for _, part in parts:
+            row += cells(part["clients"][client])
+        table.add_row(*row)
     if report["num_clients"] > max_rows:
-        table.add_row("…", "", "", "", "", "")
-    summary = labels["summary"]
+        table.add_row(*(["…"] + [""] * (1 + 4 * len(parts))))
     for stat in ("mean", "min", "max"):
-        table.add_row(stat, f"{summary['size'][stat]:.0f}", f"{summary['classes'][stat]:.1f}", f"{summary['entropy'][stat]:.3f}",
-                      f"{summary['js_divergence'][stat]:.3f}", f"{summary['emd'][stat]:.3f}", style="bold")
+        row = [stat, f"{report['labels']['summary']['size'][stat]:.0f}"]
+        for _, part in parts:
+            row += cells({key: values[stat] for key, values in part["summary"].items()}, integer_classes=False)
+        table.add_row(*row, style="bold")
     return table

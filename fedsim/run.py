@@ -42,7 +42,8 @@ def run_experiment(
     flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
     choices = choices or describe_choices(experiment)
     recorder = Recorder(Path(run_dir), experiment, federation.num_clients, choices)
-    write_report(Path(run_dir), federation.label_counts(), title=f"partition={choices['partition']} · dataset={choices['dataset']}")
+    write_report(Path(run_dir), federation.label_counts(), f"partition={choices['partition']} · dataset={choices['dataset']}",
+                 federation.cluster_counts)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress)
     make_engine(experiment["engine"]).run(server_app, client_app, federation.num_clients)

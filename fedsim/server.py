@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import hydra.utils
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -52,15 +53,19 @@ def _to_cpu_arrays(model: torch.nn.Module) -> ArrayRecord:
     return ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
 
 
-def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any], timeout: float) -> dict[int, float]:
-    """The final global model on every client's validation split (the summary's per-client accuracy)."""
+def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any],
+                           timeout: float) -> tuple[dict[int, float], dict[int, float]]:
+    """The final global model on every client's validation split: (accuracy, loss) per partition id."""
     config = experiment_record(experiment)
     config[ROUND_KEY] = int(experiment["num_rounds"])
     content = RecordDict({"arrays": arrays, "config": config})
     messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
     grid.send_and_receive(messages, timeout=timeout)
     log = grid.take_round_log()
-    return {pid: metrics["eval_acc"] for pid, metrics in sorted(log.evaluate.items()) if "eval_acc" in metrics}
+    replies = sorted(log.evaluate.items())
+    accuracy = {pid: metrics["eval_acc"] for pid, metrics in replies if "eval_acc" in metrics}
+    loss = {pid: metrics["eval_loss"] for pid, metrics in replies if "eval_loss" in metrics}
+    return accuracy, loss
 
 
 def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> dict[str, Any]:
@@ -105,10 +110,12 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
         )
     final_arrays = result.arrays if result.arrays is not None else initial_arrays
     recorder.save_model(final_arrays.to_torch_state_dict(), federation.data.input_shape, federation.data.num_classes)
-    client_accuracy = {}
+    client_accuracy, client_loss = {}, {}
     if float(experiment["client"]["val_fraction"]) > 0:
-        client_accuracy = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
-    return recorder.finish(client_accuracy)
+        client_accuracy, client_loss = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
+    losses = list(client_loss.values())
+    loss_stats = {"mean": float(np.mean(losses)), "std": float(np.std(losses)), "max": float(np.max(losses))} if losses else {}
+    return recorder.finish(client_accuracy, {"client_loss": loss_stats})
 
 
 def make_server_app(experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> tuple[ServerApp, dict]:

