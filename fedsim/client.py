@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from .data.federation import federation_for
 from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
-from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
+from .experiment import PRETRAIN_EVAL_KEY, ROUND_KEY, build_model, experiment_from_record, train_settings
 from .training import client_seed, evaluate, resolve_device, train_local
 
 PARTITION_ID = "partition-id"
@@ -44,11 +44,15 @@ def train(msg: Message, context: Context) -> Message:
     train_data, _ = federation.client_split(partition_id)
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    device = resolve_device(experiment["device"])
+    before = evaluate(model, train_data, device) if config.get(PRETRAIN_EVAL_KEY) else None
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
-    result = train_local(model, train_data, train_settings(experiment, config), generator, resolve_device(experiment["device"]))
+    result = train_local(model, train_data, train_settings(experiment, config), generator, device)
     metrics = MetricRecord(
         {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy}
     )
+    if before is not None:  # the received model on the whole training set, before any local step
+        metrics["pretrain_loss"], metrics["pretrain_accuracy"] = before.loss, before.accuracy
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
     content = RecordDict({"arrays": arrays, "metrics": metrics})
     if config.get(HISTOGRAM_REQUEST_KEY):  # FedDisco asks once for the training-label counts

@@ -222,6 +222,8 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
         _integer("strategy.server_epochs", strategy["server_epochs"], 0)
     if "batch_size" in strategy:
         _integer("strategy.batch_size", strategy["batch_size"], 1)
+    if "q" in strategy:
+        _non_negative("strategy.q", strategy["q"])
 
 
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:

@@ -23,6 +23,10 @@ CONFIG_KEY = "fedsim-config"
 PROXIMAL_MU_KEY = "proximal-mu"
 LOCAL_EPOCHS_KEY = "local-epochs"
 LR_KEY = "lr"
+MOMENTUM_KEY = "momentum"
+# A strategy sets this to have each client evaluate the received model on its whole training set before training
+# (q-FFL's F_k(w^t)); the reply's metrics then carry `pretrain_loss` and `pretrain_accuracy`.
+PRETRAIN_EVAL_KEY = "pretrain-eval"
 ROUND_KEY = "server-round"
 
 
@@ -49,7 +53,7 @@ def train_settings(experiment: Mapping[str, Any], record: ConfigRecord) -> Train
         epochs=int(record.get(LOCAL_EPOCHS_KEY, client["local_epochs"])),
         batch_size=int(client["batch_size"]),
         lr=float(record.get(LR_KEY, client["lr"])),
-        momentum=float(client["momentum"]),
+        momentum=float(record.get(MOMENTUM_KEY, client["momentum"])),
         weight_decay=float(client["weight_decay"]),
         proximal_mu=float(record.get(PROXIMAL_MU_KEY, client["proximal_mu"])),
     )

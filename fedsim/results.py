@@ -37,7 +37,10 @@ ROUND_COLUMNS = [
     "eval_clients",
     "failures",
     "client_acc_mean",
+    "client_acc_std",
     "client_acc_worst10",
+    "client_acc_best10",
+    "client_acc_jain",
     "round_seconds",
     "wall_seconds",
 ]
@@ -65,14 +68,23 @@ def tail_mean(values: Sequence[float], share: float, lowest: bool) -> float:
     return float(np.mean(ordered[:count]))
 
 
+def jain_index(values: Sequence[float]) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when every client is equal, 1/n when one has everything."""
+    array = np.asarray(values, dtype=np.float64)
+    squares = float((array**2).sum())
+    return float(array.sum() ** 2 / (len(array) * squares)) if squares > 0 else 1.0
+
+
 def client_accuracy_stats(accuracies: Sequence[float]) -> dict[str, float | None]:
+    """Performance fairness over clients: mean, std, worst-10%, best-10% (q-FFL's statistics) and Jain's index."""
     if not accuracies:
-        return {"mean": None, "std": None, "worst10": None, "best10": None}
+        return {"mean": None, "std": None, "worst10": None, "best10": None, "jain": None}
     return {
         "mean": float(np.mean(accuracies)),
         "std": float(np.std(accuracies)),
         "worst10": tail_mean(accuracies, 0.1, lowest=True),
         "best10": tail_mean(accuracies, 0.1, lowest=False),
+        "jain": jain_index(accuracies),
     }
 
 
@@ -143,7 +155,10 @@ class Recorder:
             "eval_clients": len(accuracies),
             "failures": failures,
             "client_acc_mean": stats["mean"],
+            "client_acc_std": stats["std"],
             "client_acc_worst10": stats["worst10"],
+            "client_acc_best10": stats["best10"],
+            "client_acc_jain": stats["jain"],
             "round_seconds": now - self._last_round_end,
             "wall_seconds": now - self.started,
         }

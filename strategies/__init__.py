@@ -10,5 +10,6 @@ from .feddisco import FedDisco, discrepancy, disco_weights
 from .fedavg import FedAvg
 from .fedlaw import FedLAW
 from .fedprox import FedProx
+from .qffl import QFFL
 
-__all__ = ["FedAvg", "FedDisco", "FedLAW", "FedProx", "Strategy", "discrepancy", "disco_weights"]
+__all__ = ["FedAvg", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]
