@@ -201,6 +201,7 @@ def _validate_feature_partition(partition: Mapping[str, Any]) -> None:
 
 
 def _validate_strategy(strategy: Mapping[str, Any]) -> None:
+    from fedsim.strategies.fedce import MODES
     from fedsim.strategies.feddisco import MEASURES, TARGETS
     from fedsim.strategies.stragglers import STRAGGLER_MODES
 
@@ -224,6 +225,8 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
         _integer("strategy.batch_size", strategy["batch_size"], 1)
     if "q" in strategy:
         _non_negative("strategy.q", strategy["q"])
+    if "mode" in strategy:
+        _choice("strategy.mode", strategy["mode"], MODES)
 
 
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
