@@ -239,6 +239,15 @@ def _validate_dataset(dataset: Mapping[str, Any]) -> None:
         _integer("dataset.num_users", dataset["num_users"], 1)
 
 
+def _validate_excluded(excluded: Any, num_clients: int) -> None:
+    allowed = f"a list of distinct partition ids in 0..{num_clients - 1}, leaving at least one client"
+    if not isinstance(excluded, list) or len(set(map(str, excluded))) != len(excluded) or len(excluded) >= num_clients:
+        raise ConfigError("exclude_clients", excluded, allowed)
+    for pid in excluded:
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < num_clients:
+            raise ConfigError("exclude_clients", excluded, allowed)
+
+
 def validate(experiment: Mapping[str, Any]) -> None:
     """Check every value the run will use; raise a ConfigError on the first bad one."""
     import torch
@@ -264,6 +273,7 @@ def validate(experiment: Mapping[str, Any]) -> None:
     if fraction_evaluate > 0 and val_fraction == 0:
         raise ConfigError("client.val_fraction", 0, "must be > 0 while fraction_evaluate > 0 (clients evaluate on it)")
 
+    _validate_excluded(experiment.get("exclude_clients") or [], num_clients)
     _in_range("stragglers.fraction", experiment.get("stragglers", {}).get("fraction", 0.0), 0, 1, high_open=True)
     server = experiment["server"]
     proxy_size = _integer("server.proxy_size", server.get("proxy_size", 0), 0)
