@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from .data.federation import federation_for
+from .data.noise import with_label_noise
 from .strategies.fedce import COEF_KEY, MINUS_SCORE, client_minus_score, remember_local_model
 from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
 from .experiment import PRETRAIN_EVAL_KEY, ROUND_KEY, build_model, experiment_from_record, train_settings
@@ -43,6 +44,7 @@ def train(msg: Message, context: Context) -> Message:
     partition_id = _partition_id(context)
     federation = federation_for(experiment)
     train_data, val_data = federation.client_split(partition_id)
+    train_data = with_label_noise(train_data, experiment, partition_id, federation.data.num_classes)
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = resolve_device(experiment["device"])

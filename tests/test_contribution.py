@@ -59,3 +59,25 @@ def test_contribution_command_writes_a_consistent_report(tmp_path, capsys):
     assert report["pearson"]["final_weight"] == (None if r is None else pytest.approx(r))
     printed = capsys.readouterr().err
     assert "[1/5] full federation" in printed and "[5/5] without client 3" in printed and "Pearson" in printed
+
+
+def test_label_noise_relabels_a_seeded_share_of_the_listed_clients_rows():
+    import torch
+
+    from fedsim.data import ArrayDataset
+    from fedsim.data.noise import with_label_noise
+
+    data = ArrayDataset(torch.arange(200.0).reshape(200, 1), torch.arange(200) % 10)
+    experiment = {"seed": 0, "label_noise": {"clients": [2], "rate": 0.5}}
+    noisy = with_label_noise(data, experiment, 2, 10)
+    changed = int((noisy.y != data.y).sum())
+    assert 70 <= changed <= 100  # 100 rows redrawn, each keeps its label with chance 1/10
+    assert torch.equal(noisy.x, data.x) and torch.equal(with_label_noise(data, experiment, 2, 10).y, noisy.y)
+    assert with_label_noise(data, experiment, 1, 10) is data
+    assert not torch.equal(with_label_noise(data, {**experiment, "seed": 1}, 2, 10).y, noisy.y)
+
+
+@pytest.mark.parametrize("override, key", [("label_noise.rate=1.5", "label_noise.rate"), ("label_noise.clients=[4]", "label_noise.clients")])
+def test_label_noise_is_validated(override, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_experiment(["num_clients=4", override]))
