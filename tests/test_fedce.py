@@ -189,7 +189,7 @@ def test_client_reply_carries_the_minus_score():
     first = send(1, theta0, 0.0)
     assert first.content["metrics"][MINUS_SCORE] == 1.0
     local = first.content["arrays"]
-    mixed = ArrayRecord({k: Array((theta0[k].numpy() + local[k].numpy()) / 2) for k in theta0.keys()})
+    mixed = ArrayRecord({k: Array((theta0[k].numpy() + local[k].numpy()) / 2) for k in theta0})
     second = send(2, mixed, 0.5)
     accuracy = evaluate(model, federation.client_split(2)[1], torch.device("cpu")).accuracy
     assert 0 < accuracy < 0.5  # an untrained model

@@ -23,7 +23,7 @@ def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partitio
     if partition_id not in (noise.get("clients") or []) or rate == 0 or len(data) == 0:
         return data
     rng = np.random.default_rng([int(experiment["seed"]), partition_id, 7919])
-    rows = rng.choice(len(data), size=int(round(rate * len(data))), replace=False)
+    rows = rng.choice(len(data), size=round(rate * len(data)), replace=False)
     labels = data.y.clone()
     labels[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(rng.integers(0, num_classes, len(rows)), dtype=labels.dtype)
     return ArrayDataset(data.x, labels)
