@@ -1,5 +1,6 @@
 """The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
-`fedsim partition [override ...]` only builds the partition and reports its heterogeneity."""
+`fedsim partition [override ...]` only builds the partition and reports its heterogeneity;
+`fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions."""
 
 from __future__ import annotations
 
@@ -62,6 +63,35 @@ def partition_command(args: list[str]) -> None:
     console.print(f"report: {out / REPORT_FILE}\nheatmap: " + ", ".join(str(out / name) for name in heatmaps), highlight=False, soft_wrap=True)
 
 
+def contribution_command(args: list[str]) -> None:
+    """`fedsim contribution <overrides> [--out DIR]`: one FedCE run plus one run per left-out client."""
+    import time
+    from pathlib import Path
+
+    from .config import compose_experiment, validate
+    from .contribution import CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table, run_contribution
+
+    out = Path("outputs") / "contribution" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if "--out" in args:
+        position = args.index("--out")
+        if position + 1 >= len(args):
+            _fail(FedsimError("--out needs a folder"))
+        out = Path(args[position + 1])
+        args = args[:position] + args[position + 2 :]
+
+    def progress_line(index: int, total: int, label: str, accuracy: float, seconds: float) -> None:
+        console.print(f"[{index}/{total}] {label}: test accuracy {accuracy:.4f} ({seconds:.1f} s)", highlight=False)
+
+    try:
+        experiment = compose_experiment(contribution_overrides(args))
+        validate(experiment)
+        report = run_contribution(experiment, out, progress_line)
+    except FedsimError as error:
+        _fail(error)
+    console.print(contribution_table(report))
+    console.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fedsim` console script."""
     import hydra
@@ -72,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["partition"]:
         partition_command(args[1:])
+        return
+    if args[:1] == ["contribution"]:
+        contribution_command(args[1:])
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)

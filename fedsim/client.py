@@ -10,6 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from .data.federation import federation_for
+from .data.noise import with_label_noise
+from .strategies.fedce import COEF_KEY, MINUS_SCORE, client_minus_score, remember_local_model
 from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
 from .experiment import PRETRAIN_EVAL_KEY, ROUND_KEY, build_model, experiment_from_record, train_settings
 from .training import client_seed, evaluate, resolve_device, train_local
@@ -41,11 +43,21 @@ def train(msg: Message, context: Context) -> Message:
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
     federation = federation_for(experiment)
-    train_data, _ = federation.client_split(partition_id)
+    train_data, val_data = federation.client_split(partition_id)
+    train_data = with_label_noise(train_data, experiment, partition_id, federation.data.num_classes)
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = resolve_device(experiment["device"])
     before = evaluate(model, train_data, device) if config.get(PRETRAIN_EVAL_KEY) else None
+    minus_score = None
+    if COEF_KEY in config:  # FedCE: score the global model without this client's last local model, before training
+        probe = build_model(experiment, federation.data)
+
+        def accuracy_of(arrays: ArrayRecord) -> float:
+            probe.load_state_dict(arrays.to_torch_state_dict())
+            return evaluate(probe, val_data if len(val_data) else train_data, device).accuracy
+
+        minus_score = client_minus_score(context.state, msg.content["arrays"], float(config[COEF_KEY]), accuracy_of)
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
     result = train_local(model, train_data, train_settings(experiment, config), generator, device)
     metrics = MetricRecord(
@@ -53,7 +65,11 @@ def train(msg: Message, context: Context) -> Message:
     )
     if before is not None:  # the received model on the whole training set, before any local step
         metrics["pretrain_loss"], metrics["pretrain_accuracy"] = before.loss, before.accuracy
+    if minus_score is not None:
+        metrics[MINUS_SCORE] = minus_score
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+    if minus_score is not None:
+        remember_local_model(context.state, arrays)
     content = RecordDict({"arrays": arrays, "metrics": metrics})
     if config.get(HISTOGRAM_REQUEST_KEY):  # FedDisco asks once for the training-label counts
         counts = torch.bincount(train_data.y, minlength=federation.data.num_classes)

@@ -201,6 +201,7 @@ def _validate_feature_partition(partition: Mapping[str, Any]) -> None:
 
 
 def _validate_strategy(strategy: Mapping[str, Any]) -> None:
+    from fedsim.strategies.fedce import MODES
     from fedsim.strategies.feddisco import MEASURES, TARGETS
     from fedsim.strategies.stragglers import STRAGGLER_MODES
 
@@ -224,6 +225,8 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
         _integer("strategy.batch_size", strategy["batch_size"], 1)
     if "q" in strategy:
         _non_negative("strategy.q", strategy["q"])
+    if "mode" in strategy:
+        _choice("strategy.mode", strategy["mode"], MODES)
 
 
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
@@ -234,6 +237,16 @@ def _validate_dataset(dataset: Mapping[str, Any]) -> None:
         _non_negative("dataset.alpha", dataset["alpha"])
         _non_negative("dataset.beta", dataset["beta"])
         _integer("dataset.num_users", dataset["num_users"], 1)
+
+
+def _partition_ids(key: str, value: Any, num_clients: int, leave_one: bool) -> None:
+    """A list of distinct partition ids; with `leave_one`, it may not name every client."""
+    allowed = f"a list of distinct partition ids in 0..{num_clients - 1}" + (", leaving at least one client" if leave_one else "")
+    if not isinstance(value, list) or len(set(map(str, value))) != len(value) or len(value) > num_clients - leave_one:
+        raise ConfigError(key, value, allowed)
+    for pid in value:
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < num_clients:
+            raise ConfigError(key, value, allowed)
 
 
 def validate(experiment: Mapping[str, Any]) -> None:
@@ -261,6 +274,10 @@ def validate(experiment: Mapping[str, Any]) -> None:
     if fraction_evaluate > 0 and val_fraction == 0:
         raise ConfigError("client.val_fraction", 0, "must be > 0 while fraction_evaluate > 0 (clients evaluate on it)")
 
+    _partition_ids("exclude_clients", experiment.get("exclude_clients") or [], num_clients, leave_one=True)
+    noise = experiment.get("label_noise") or {}
+    _partition_ids("label_noise.clients", noise.get("clients") or [], num_clients, leave_one=False)
+    _in_range("label_noise.rate", noise.get("rate", 0.0), 0, 1)
     _in_range("stragglers.fraction", experiment.get("stragglers", {}).get("fraction", 0.0), 0, 1, high_open=True)
     server = experiment["server"]
     proxy_size = _integer("server.proxy_size", server.get("proxy_size", 0), 0)

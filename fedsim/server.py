@@ -55,11 +55,12 @@ def _to_cpu_arrays(model: torch.nn.Module) -> ArrayRecord:
 
 def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any],
                            timeout: float) -> tuple[dict[int, float], dict[int, float]]:
-    """The final global model on every client's validation split: (accuracy, loss) per partition id."""
+    """The final global model on every client's validation split, excluded clients included: (accuracy, loss) per
+    partition id."""
     config = experiment_record(experiment)
     config[ROUND_KEY] = int(experiment["num_rounds"])
     content = RecordDict({"arrays": arrays, "config": config})
-    messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.all_node_ids()]
     grid.send_and_receive(messages, timeout=timeout)
     log = grid.take_round_log()
     replies = sorted(log.evaluate.items())
@@ -79,9 +80,12 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
     model = build_model(experiment, federation.data).to(device)
     initial_arrays = _to_cpu_arrays(model)
 
-    fedsim_grid = FedsimGrid(grid)
+    excluded = list(experiment.get("exclude_clients") or [])
+    fedsim_grid = FedsimGrid(grid, excluded)
     fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
     strategy = build_strategy(experiment, federation, str(device))
+    if excluded and hasattr(strategy, "min_available_nodes"):  # Flower's samplers wait for this many visible nodes
+        strategy.min_available_nodes = min(strategy.min_available_nodes, int(experiment["num_clients"]) - len(excluded))
     test_data, batch_size = federation.data.test_arrays, int(experiment["server"]["eval_batch_size"])
 
     with RoundProgress(num_rounds, enabled=show_progress) as progress:

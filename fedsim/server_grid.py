@@ -6,6 +6,8 @@ It does two things no strategy should have to know about:
 - it hands replies to the strategy sorted by partition id, so that float sums in aggregation run in the same order
   whatever order a parallel engine's replies arrived in;
 - it keeps each round's per-client reply metrics, keyed by partition id, for the recorder.
+- it hides the partitions in `excluded` (config `exclude_clients`) from `get_node_ids`/`get_nodes`, so no strategy
+  ever samples them; `all_node_ids()` still lists every node.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ class RoundLog:
 class FedsimGrid(Grid):
     """Delegates to an engine's Grid; see the module docstring for what it adds."""
 
-    def __init__(self, inner: Grid) -> None:
+    def __init__(self, inner: Grid, excluded: Iterable[int] = ()) -> None:
         self._inner = inner
+        self._excluded = {int(pid) for pid in excluded}
         self._partition_of: dict[int, int] = {}
         self._log = RoundLog()
 
@@ -75,12 +78,16 @@ class FedsimGrid(Grid):
     ) -> Message:
         return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
-    def get_node_ids(self) -> Iterable[int]:
+    def all_node_ids(self) -> list[int]:
+        """Every node, excluded ones included, in partition order."""
         node_ids = list(self._inner.get_node_ids())
         return sorted(node_ids, key=lambda node_id: (self._partition_of.get(node_id, len(self._partition_of)), node_id))
 
+    def get_node_ids(self) -> Iterable[int]:
+        return [node_id for node_id in self.all_node_ids() if self.partition_of(node_id) not in self._excluded]
+
     def get_nodes(self) -> Iterable[NodeInfo]:
-        return self._inner.get_nodes()
+        return [node for node in self._inner.get_nodes() if self.partition_of(node.node_id) not in self._excluded]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._inner.push_messages(messages)
