@@ -234,6 +234,13 @@ def _validate_dataset(dataset: Mapping[str, Any]) -> None:
         _non_negative("dataset.alpha", dataset["alpha"])
         _non_negative("dataset.beta", dataset["beta"])
         _integer("dataset.num_users", dataset["num_users"], 1)
+    if dataset.get("name") == "fair_synthetic":
+        _integer("dataset.num_samples", dataset["num_samples"], 2)
+        _integer("dataset.dim", dataset["dim"], 2)
+        _in_range("dataset.correlation", dataset["correlation"], 0, 1, high_open=True)
+        _in_range("dataset.sensitive_share", dataset["sensitive_share"], 0, 1, low_open=True, high_open=True)
+        _non_negative("dataset.signal", dataset["signal"])
+        _non_negative("dataset.leak", dataset["leak"])
 
 
 def validate(experiment: Mapping[str, Any]) -> None:
