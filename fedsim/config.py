@@ -21,6 +21,7 @@ GROUPS = ("dataset", "partition", "model", "strategy", "engine")
 DEFAULT_PROXY_SIZE = 200
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
+SENSITIVE_DATASETS = ("fair_synthetic", "adult")  # data sets with a binary sensitive attribute (FairFed, SPD/EOD)
 
 
 def group_options(group: str, root: Path | None = None) -> list[str]:
@@ -224,6 +225,12 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
         _integer("strategy.batch_size", strategy["batch_size"], 1)
     if "q" in strategy:
         _non_negative("strategy.q", strategy["q"])
+    if "beta" in strategy:
+        _non_negative("strategy.beta", strategy["beta"])
+    if "metric" in strategy:
+        from fedsim.fairness import METRICS
+
+        _choice("strategy.metric", strategy["metric"], METRICS)
 
 
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
@@ -277,6 +284,8 @@ def validate(experiment: Mapping[str, Any]) -> None:
     _positive("server.round_timeout", server["round_timeout"])
 
     _validate_strategy(experiment["strategy"])
+    if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and experiment["dataset"].get("name") not in SENSITIVE_DATASETS:
+        raise ConfigError("dataset", experiment["dataset"].get("name"), f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}")
     _validate_partition(experiment["partition"], num_clients)
     _validate_dataset(experiment["dataset"])
 

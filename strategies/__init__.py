@@ -6,10 +6,11 @@ Flower `ServerApp`. One module per strategy; `common` and `stragglers` hold what
 
 from flwr.serverapp.strategy import Strategy
 
+from .fairfed import FairFed
 from .feddisco import FedDisco, discrepancy, disco_weights
 from .fedavg import FedAvg
 from .fedlaw import FedLAW
 from .fedprox import FedProx
 from .qffl import QFFL
 
-__all__ = ["FedAvg", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]
+__all__ = ["FairFed", "FedAvg", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]
