@@ -48,7 +48,9 @@ def train(msg: Message, context: Context) -> Message:
     device = resolve_device(experiment["device"])
     before = evaluate(model, train_data, device) if config.get(PRETRAIN_EVAL_KEY) else None
     # FairFed's local fairness F_k(w^t): group counts of the received model on the training data
-    groups = model_group_counts(model, train_data, device) if before is not None and train_data.sensitive is not None else None
+    groups = None
+    if before is not None and train_data.sensitive is not None:
+        groups = model_group_counts(model, train_data, device)
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
     result = train_local(model, train_data, train_settings(experiment, config), generator, device)
     metrics = MetricRecord(

@@ -284,8 +284,10 @@ def validate(experiment: Mapping[str, Any]) -> None:
     _positive("server.round_timeout", server["round_timeout"])
 
     _validate_strategy(experiment["strategy"])
-    if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and experiment["dataset"].get("name") not in SENSITIVE_DATASETS:
-        raise ConfigError("dataset", experiment["dataset"].get("name"), f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}")
+    dataset_name = experiment["dataset"].get("name")
+    if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and dataset_name not in SENSITIVE_DATASETS:
+        allowed = f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"
+        raise ConfigError("dataset", dataset_name, allowed)
     _validate_partition(experiment["partition"], num_clients)
     _validate_dataset(experiment["dataset"])
 

@@ -6,7 +6,7 @@ FairFed's server computes F_g. SPD and EOD follow the FairFed paper's sign conve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,14 @@ class GroupCounts:
         total = np.array([[metrics[f"{PREFIX}n_a{a}_y{y}"] for y in (0, 1)] for a in (0, 1)], dtype=np.int64)
         positive = np.array([[metrics[f"{PREFIX}pos_a{a}_y{y}"] for y in (0, 1)] for a in (0, 1)], dtype=np.int64)
         return cls(total, positive, int(metrics[f"{PREFIX}correct"]))
+
+
+def pooled(counts: Sequence[GroupCounts]) -> GroupCounts:
+    """The counts of several clients summed: what the global metric is computed from."""
+    total = counts[0]
+    for part in counts[1:]:
+        total = total + part
+    return total
 
 
 def group_counts(predictions: np.ndarray, labels: np.ndarray, sensitive: np.ndarray) -> GroupCounts:

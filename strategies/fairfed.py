@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
 from fedsim.experiment import PRETRAIN_EVAL_KEY
-from fedsim.fairness import METRICS, GroupCounts
+from fedsim.fairness import METRICS, GroupCounts, pooled
 
 from .common import NUM_EXAMPLES, RoundReport, single_metric, to_array_record, weighted_average
 
@@ -24,10 +24,8 @@ from .common import NUM_EXAMPLES, RoundReport, single_metric, to_array_record, w
 def fairness_gaps(counts: Sequence[GroupCounts], metric: str) -> np.ndarray:
     """Delta_k = |F_k - F_g| with F_g from the summed counts; a client whose local metric is undefined (it lacks a
     group, or for EOD a group with Y=1) gets the accuracy gap |Acc_k - Acc_g| instead."""
-    pooled = counts[0]
-    for part in counts[1:]:
-        pooled = pooled + part
-    global_metric, global_accuracy = pooled.metric(metric), pooled.accuracy
+    everyone = pooled(counts)
+    global_metric, global_accuracy = everyone.metric(metric), everyone.accuracy
     gaps = []
     for local in counts:
         value = local.metric(metric)
@@ -116,11 +114,7 @@ class FairFed(RoundReport, FlowerFedAvg):
             raise ValueError(f"FairFed has no group counts from node(s) {missing}: their data needs a sensitive attribute "
                              "(dataset=fair_synthetic or dataset=adult)")
         weights = self.aggregation_weights(nodes, [single_metric(c, NUM_EXAMPLES) for c in contents], counts)
-        pooled = counts[0]
-        for part in counts[1:]:
-            pooled = pooled + part
-        global_metric = pooled.metric(self.metric)
-        self.round_scalars = {"fairfed_global_metric": global_metric, **self.round_scalars}
+        self.round_scalars = {"fairfed_global_metric": pooled(counts).metric(self.metric), **self.round_scalars}
         self.client_weights = {node: float(w) for node, w in zip(nodes, weights, strict=True)}
         order = list(next(iter(contents[0].array_records.values())).keys())
         arrays = to_array_record(weighted_average(contents, weights), order)

@@ -174,5 +174,5 @@ def test_fairfed_runs_end_to_end(run_quietly):
         weights = [float(row[f"weight_client_{pid}"]) for pid in range(5)]
         assert sum(weights) == pytest.approx(1.0) and min(weights) >= 0
         assert float(row["fairfed_mean_gap"]) >= 0
-    assert summary["final_accuracy"] > 0.75  # measured 0.849 (a centralised logistic regression: 0.86)
+    assert summary["final_accuracy"] > 0.75  # measured 0.850 (a centralised logistic regression: 0.876)
     assert abs(summary["fairness"]["test_eod"]) < 1 and summary["fairness"]["test_spd"] > 0

@@ -13,7 +13,7 @@ from fedsim.data import ArrayDataset, build_federation, load_data
 from fedsim.data import adult
 from fedsim.data.fair_synthetic import generate_fair_synthetic
 from fedsim.errors import ConfigError, DataError
-from fedsim.fairness import GroupCounts, group_counts, model_group_counts
+from fedsim.fairness import GroupCounts, fairness_summary, group_counts, model_group_counts, pooled
 
 # 10 examples: (a, y, prediction)
 ROWS = [(0, 1, 1), (0, 1, 1), (0, 1, 0), (0, 0, 1), (0, 0, 0),
@@ -44,6 +44,15 @@ def test_counts_add_and_travel_through_a_metric_record():
     doubled = counts + counts
     assert doubled.total.tolist() == [[4, 6], [2, 8]] and doubled.spd() == pytest.approx(0.4)
     assert GroupCounts.from_metrics({"eval_acc": 0.5}) is None
+
+
+def test_fairness_summary_and_pooled_counts():
+    one_group = group_counts(np.array([1, 0]), np.array([1, 1]), np.array([0, 0]))
+    summary = fairness_summary(_counts(), {1: one_group, 0: _counts()})
+    assert summary["test_spd"] == pytest.approx(0.4) and summary["test_eod"] == pytest.approx(5 / 12)
+    assert list(summary["clients"]) == ["0", "1"]
+    assert summary["clients"]["1"] == {"spd": None, "eod": None, "accuracy": 0.5}
+    assert pooled([_counts(), one_group]).total.tolist() == [[2, 5], [1, 4]]
 
 
 def test_a_missing_group_gives_nan():
@@ -145,7 +154,7 @@ def test_runs_record_test_spd_and_eod(run_quietly):
     assert fairness["test_spd"] == pytest.approx(float(rows[-1]["test_spd"]))
     assert fairness["test_eod"] == pytest.approx(float(rows[-1]["test_eod"]))
     assert set(fairness["clients"]) == {str(pid) for pid in range(5)}
-    assert float(rows[-1]["test_spd"]) > 0.1  # measured ~0.3: group 0's higher base rate leaks into predictions
+    assert float(rows[-1]["test_spd"]) > 0.1  # measured 0.53: group 0's higher base rate leaks into predictions
 
 
 def test_other_data_has_no_fairness_columns(run_quietly):
