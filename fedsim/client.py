@@ -13,6 +13,7 @@ from .data.federation import federation_for
 from .data.noise import with_label_noise
 from .strategies.fedce import COEF_KEY, MINUS_SCORE, client_minus_score, remember_local_model
 from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
+from .fairness import model_group_counts
 from .experiment import PRETRAIN_EVAL_KEY, ROUND_KEY, build_model, experiment_from_record, train_settings
 from .training import client_seed, evaluate, resolve_device, train_local
 
@@ -58,6 +59,10 @@ def train(msg: Message, context: Context) -> Message:
             return evaluate(probe, val_data if len(val_data) else train_data, device).accuracy
 
         minus_score = client_minus_score(context.state, msg.content["arrays"], float(config[COEF_KEY]), accuracy_of)
+    # FairFed's local fairness F_k(w^t): group counts of the received model on the training data
+    groups = None
+    if before is not None and train_data.sensitive is not None:
+        groups = model_group_counts(model, train_data, device)
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
     result = train_local(model, train_data, train_settings(experiment, config), generator, device)
     metrics = MetricRecord(
@@ -67,6 +72,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics["pretrain_loss"], metrics["pretrain_accuracy"] = before.loss, before.accuracy
     if minus_score is not None:
         metrics[MINUS_SCORE] = minus_score
+    if groups is not None:
+        metrics.update(groups.to_metrics())
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
     if minus_score is not None:
         remember_local_model(context.state, arrays)
@@ -81,7 +88,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received global model on this client's local validation split.
 
-    A client too small to hold out a validation row (one sample) evaluates on its training data instead.
+    A client too small to hold out a validation row (one sample) evaluates on its training data instead. Data with
+    a sensitive attribute adds the model's group counts (`fedsim.fairness`).
     """
     experiment = experiment_from_record(msg.content["config"])
     federation = federation_for(experiment)
@@ -90,6 +98,9 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         val_data = train_data
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    result = evaluate(model, val_data, resolve_device(experiment["device"]))
+    device = resolve_device(experiment["device"])
+    result = evaluate(model, val_data, device)
     metrics = MetricRecord({"num-examples": result.num_examples, "eval_loss": result.loss, "eval_acc": result.accuracy})
+    if val_data.sensitive is not None:
+        metrics.update(model_group_counts(model, val_data, device).to_metrics())
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

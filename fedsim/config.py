@@ -21,6 +21,7 @@ GROUPS = ("dataset", "partition", "model", "strategy", "engine")
 DEFAULT_PROXY_SIZE = 200
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
+SENSITIVE_DATASETS = ("fair_synthetic", "adult")  # data sets with a binary sensitive attribute (FairFed, SPD/EOD)
 
 
 def group_options(group: str, root: Path | None = None) -> list[str]:
@@ -227,6 +228,12 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
         _non_negative("strategy.q", strategy["q"])
     if "mode" in strategy:
         _choice("strategy.mode", strategy["mode"], MODES)
+    if "beta" in strategy:
+        _non_negative("strategy.beta", strategy["beta"])
+    if "metric" in strategy:
+        from fedsim.fairness import METRICS
+
+        _choice("strategy.metric", strategy["metric"], METRICS)
 
 
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
@@ -237,6 +244,13 @@ def _validate_dataset(dataset: Mapping[str, Any]) -> None:
         _non_negative("dataset.alpha", dataset["alpha"])
         _non_negative("dataset.beta", dataset["beta"])
         _integer("dataset.num_users", dataset["num_users"], 1)
+    if dataset.get("name") == "fair_synthetic":
+        _integer("dataset.num_samples", dataset["num_samples"], 2)
+        _integer("dataset.dim", dataset["dim"], 2)
+        _in_range("dataset.correlation", dataset["correlation"], 0, 1, high_open=True)
+        _in_range("dataset.sensitive_share", dataset["sensitive_share"], 0, 1, low_open=True, high_open=True)
+        _non_negative("dataset.signal", dataset["signal"])
+        _non_negative("dataset.leak", dataset["leak"])
 
 
 def _partition_ids(key: str, value: Any, num_clients: int, leave_one: bool) -> None:
@@ -287,6 +301,10 @@ def validate(experiment: Mapping[str, Any]) -> None:
     _positive("server.round_timeout", server["round_timeout"])
 
     _validate_strategy(experiment["strategy"])
+    dataset_name = experiment["dataset"].get("name")
+    if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and dataset_name not in SENSITIVE_DATASETS:
+        allowed = f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"
+        raise ConfigError("dataset", dataset_name, allowed)
     _validate_partition(experiment["partition"], num_clients)
     _validate_dataset(experiment["dataset"])
 

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 
 from .config import needs_server_data
 from .data.federation import Federation, federation_for
+from .fairness import GroupCounts, fairness_summary, model_group_counts
 from .experiment import ROUND_KEY, build_model, experiment_record
 from .progress import RoundProgress
 from .results import Recorder
@@ -54,9 +55,9 @@ def _to_cpu_arrays(model: torch.nn.Module) -> ArrayRecord:
 
 
 def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any],
-                           timeout: float) -> tuple[dict[int, float], dict[int, float]]:
-    """The final global model on every client's validation split, excluded clients included: (accuracy, loss) per
-    partition id."""
+                           timeout: float) -> tuple[dict[int, float], dict[int, float], dict[int, GroupCounts]]:
+    """The final global model on every client's validation split, excluded clients included: (accuracy, loss,
+    fairness group counts) per partition id (group counts only for data with a sensitive attribute)."""
     config = experiment_record(experiment)
     config[ROUND_KEY] = int(experiment["num_rounds"])
     content = RecordDict({"arrays": arrays, "config": config})
@@ -66,7 +67,8 @@ def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Ma
     replies = sorted(log.evaluate.items())
     accuracy = {pid: metrics["eval_acc"] for pid, metrics in replies if "eval_acc" in metrics}
     loss = {pid: metrics["eval_loss"] for pid, metrics in replies if "eval_loss" in metrics}
-    return accuracy, loss
+    groups = {pid: counts for pid, metrics in replies if (counts := GroupCounts.from_metrics(metrics)) is not None}
+    return accuracy, loss, groups
 
 
 def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> dict[str, Any]:
@@ -95,6 +97,9 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
             result = evaluate(model, test_data, device, batch_size)
             log = fedsim_grid.take_round_log()
             weights, scalars = _round_report(strategy, fedsim_grid) if server_round > 0 else ({}, {})
+            if test_data.sensitive is not None:  # group fairness of the global model on the test split
+                groups = model_group_counts(model, test_data, device, batch_size)
+                scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **scalars}
             recorder.record_round(
                 server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures), weights, scalars
             )
@@ -114,12 +119,16 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
         )
     final_arrays = result.arrays if result.arrays is not None else initial_arrays
     recorder.save_model(final_arrays.to_torch_state_dict(), federation.data.input_shape, federation.data.num_classes)
-    client_accuracy, client_loss = {}, {}
+    client_accuracy, client_loss, client_groups = {}, {}, {}
     if float(experiment["client"]["val_fraction"]) > 0:
-        client_accuracy, client_loss = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
+        client_accuracy, client_loss, client_groups = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
     losses = list(client_loss.values())
     loss_stats = {"mean": float(np.mean(losses)), "std": float(np.std(losses)), "max": float(np.max(losses))} if losses else {}
-    return recorder.finish(client_accuracy, {"client_loss": loss_stats})
+    extra: dict[str, Any] = {"client_loss": loss_stats}
+    if test_data.sensitive is not None:
+        model.load_state_dict(final_arrays.to_torch_state_dict())
+        extra["fairness"] = fairness_summary(model_group_counts(model, test_data, device, batch_size), client_groups)
+    return recorder.finish(client_accuracy, extra)
 
 
 def make_server_app(experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> tuple[ServerApp, dict]:

@@ -7,10 +7,11 @@ Flower `ServerApp`. One module per strategy; `common` and `stragglers` hold what
 from flwr.serverapp.strategy import Strategy
 
 from .fedce import FedCE
+from .fairfed import FairFed
 from .feddisco import FedDisco, discrepancy, disco_weights
 from .fedavg import FedAvg
 from .fedlaw import FedLAW
 from .fedprox import FedProx
 from .qffl import QFFL
 
-__all__ = ["FedAvg", "FedCE", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]
+__all__ = ["FairFed", "FedAvg", "FedCE", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]

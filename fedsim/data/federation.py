@@ -22,13 +22,15 @@ from flwr_datasets.partitioner import NaturalIdPartitioner, Partitioner
 from ..errors import ConfigError, DataError
 from ..partitions.cluster_mixture import PartitionImpossible
 from .base import LoadedData
+from .adult import load_adult_data
 from .builtin import load_digits_data, load_synthetic_data
+from .fair_synthetic import load_fair_synthetic_data
 from .hub import load_hub_data
 from .local import load_local_data
 from .tensors import ArrayDataset
 
 INDEX_COLUMN = "__fedsim_index__"
-BUILTIN = ("digits", "synthetic")
+BUILTIN = ("digits", "synthetic", "fair_synthetic", "adult")
 
 
 def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
@@ -46,6 +48,19 @@ def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
                 float(dataset["train_fraction"]),
                 seed,
             )
+        if name == "fair_synthetic":
+            return load_fair_synthetic_data(
+                int(dataset["num_samples"]),
+                int(dataset["dim"]),
+                float(dataset["correlation"]),
+                float(dataset["sensitive_share"]),
+                float(dataset["signal"]),
+                float(dataset["leak"]),
+                float(dataset["test_fraction"]),
+                seed,
+            )
+        if name == "adult":
+            return load_adult_data(float(dataset["test_fraction"]), seed)
         raise ConfigError("dataset.name", name, f"built-in data sets are {', '.join(BUILTIN)}")
     if source == "hub":
         return load_hub_data(

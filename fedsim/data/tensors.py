@@ -11,17 +11,22 @@ import torch
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Inputs and integer labels held as tensors; clients index into them instead of copying a split."""
+    """Inputs and integer labels held as tensors; clients index into them instead of copying a split.
+
+    `sensitive` is a binary sensitive attribute A per row (0/1), for fairness data sets; None elsewhere.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    sensitive: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return ArrayDataset(self.x[index], self.y[index])
+        sensitive = None if self.sensitive is None else self.sensitive[index]
+        return ArrayDataset(self.x[index], self.y[index], sensitive)
 
 
 def images_to_tensor(images: list | np.ndarray) -> torch.Tensor:

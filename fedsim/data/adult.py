@@ -1,0 +1,76 @@
+"""UCI Adult from OpenML (A = sex, Y = income > 50K): the FairFed paper's main data set. Needs the internet once
+(scikit-learn then caches it under its data home)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from ..errors import DataError
+from .base import LABEL, LoadedData
+from .fair_synthetic import SENSITIVE
+from .tensors import ArrayDataset
+
+OPENML_HOST = "www.openml.org"
+OFFLINE_HINT = "run once where you have internet (scikit-learn caches it), or use dataset=fair_synthetic offline"
+
+
+def _openml_reachable(timeout: float = 3.0) -> bool:
+    """A quick DNS + TCP probe, so an offline machine fails in seconds rather than after fetch_openml's retries."""
+    try:
+        with socket.create_connection((OPENML_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached() -> bool:
+    from sklearn.datasets import get_data_home
+
+    return any((Path(get_data_home()) / "openml").glob("**/*.gz"))
+
+
+def adult_from_frame(frame: pd.DataFrame, test_fraction: float, seed: int) -> LoadedData:
+    """Features: numeric columns standardised with the training split's mean and std, categorical ones one-hot
+    (a missing value is its own category); `sex` stays a feature, as in the FairFed paper. A = 1 for Male, Y = 1
+    for income >50K. The test split is stratified on (A, Y) and seeded."""
+    target = frame["class"].astype(str).str.strip().str.rstrip(".")
+    y = (target == ">50K").to_numpy(np.int64)
+    a = (frame["sex"].astype(str).str.strip() == "Male").to_numpy(np.int64)
+    features = frame.drop(columns=["class"])
+    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
+    categorical = [c for c in features.columns if c not in numeric]
+    labels = features[categorical].apply(lambda column: column.astype(object).where(column.notna(), "missing").astype(str))
+    onehot = pd.get_dummies(labels, dtype=np.float32)
+    values = np.concatenate([features[numeric].to_numpy(np.float64), onehot.to_numpy(np.float64)], axis=1)
+    rows = np.arange(len(frame))
+    train_rows, test_rows = train_test_split(rows, test_size=test_fraction, stratify=2 * a + y, random_state=seed)
+    mean, std = values[train_rows, : len(numeric)].mean(0), values[train_rows, : len(numeric)].std(0)
+    values[:, : len(numeric)] = (values[:, : len(numeric)] - mean) / np.where(std > 0, std, 1.0)
+    x = np.nan_to_num(values).astype(np.float32)
+
+    def arrays(part: np.ndarray) -> ArrayDataset:
+        return ArrayDataset(torch.from_numpy(x[part]), torch.from_numpy(y[part]), torch.from_numpy(a[part]))
+
+    train = datasets.Dataset.from_dict({"x": x[train_rows], LABEL: y[train_rows], SENSITIVE: a[train_rows]})
+    return LoadedData("adult", train, "x", arrays(train_rows), arrays(test_rows), num_classes=2)
+
+
+def load_adult_data(test_fraction: float, seed: int) -> LoadedData:
+    """Adult (OpenML id 1590, version 2); without a connection or cache, one DataError line before any training."""
+    if not _cached() and not _openml_reachable():
+        raise DataError(f"dataset=adult cannot be fetched: {OPENML_HOST} is unreachable; {OFFLINE_HINT}")
+    from sklearn.datasets import fetch_openml
+
+    try:
+        frame = fetch_openml("adult", version=2, as_frame=True).frame
+    except (OSError, ValueError) as error:  # URLError is an OSError
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"dataset=adult could not be loaded ({first_line}); {OFFLINE_HINT}") from None
+    return adult_from_frame(frame, test_fraction, seed)

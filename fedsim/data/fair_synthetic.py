@@ -1,0 +1,58 @@
+"""A synthetic binary task with a binary sensitive attribute A, for fairness experiments that must run offline.
+
+Rows carry `x`, `label` and `sensitive`, so any partitioner can split the federation by A (FairFed's experiments:
+`partition=dirichlet partition.partition_by=sensitive`).
+"""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import torch
+
+from .base import LABEL, LoadedData
+from .tensors import ArrayDataset
+
+SENSITIVE = "sensitive"
+
+
+def generate_fair_synthetic(
+    num_samples: int, dim: int, correlation: float, sensitive_share: float, signal: float, leak: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, a): A ~ Bernoulli(sensitive_share); P(Y=1 | A=a) = 0.5 + correlation/2 for a = 0, 0.5 - correlation/2
+    for a = 1; x = signal (2y-1) u + leak (2a-1) v + N(0, I_dim), with u, v fixed random orthogonal unit directions.
+
+    Because A leaks into x (leak > 0) and Y depends on A (correlation > 0), the most accurate model also predicts
+    from A: an unconstrained model favours group 0 (positive SPD and EOD), which is what fairness methods must undo.
+    """
+    rng = np.random.default_rng([seed, 5150])
+    u, v = np.linalg.qr(rng.normal(size=(dim, 2)))[0].T
+    a = (rng.random(num_samples) < sensitive_share).astype(np.int64)
+    p_positive = np.where(a == 0, 0.5 + correlation / 2, 0.5 - correlation / 2)
+    y = (rng.random(num_samples) < p_positive).astype(np.int64)
+    x = signal * (2 * y - 1)[:, None] * u + leak * (2 * a - 1)[:, None] * v + rng.normal(size=(num_samples, dim))
+    return x.astype(np.float32), y, a
+
+
+def load_fair_synthetic_data(
+    num_samples: int, dim: int, correlation: float, sensitive_share: float, signal: float, leak: float,
+    test_fraction: float, seed: int,
+) -> LoadedData:
+    """The generated rows, the last `test_fraction` of a seeded shuffle held out as the server's test split."""
+    x, y, a = generate_fair_synthetic(num_samples, dim, correlation, sensitive_share, signal, leak, seed)
+    order = np.random.default_rng([seed, 5151]).permutation(num_samples)
+    cut = num_samples - int(round(test_fraction * num_samples))
+    train_rows, test_rows = order[:cut], order[cut:]
+
+    def arrays(rows: np.ndarray) -> ArrayDataset:
+        return ArrayDataset(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]), torch.from_numpy(a[rows]))
+
+    train = datasets.Dataset.from_dict({"x": x[train_rows], LABEL: y[train_rows], SENSITIVE: a[train_rows]})
+    return LoadedData(
+        name="fair_synthetic",
+        train=train,
+        feature_column="x",
+        train_arrays=arrays(train_rows),
+        test_arrays=arrays(test_rows),
+        num_classes=2,
+    )

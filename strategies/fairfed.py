@@ -1,0 +1,121 @@
+"""FairFed (Ezzeldin, Yan, He, Ferrara, Avestimehr, AAAI 2023): fairness-aware aggregation weights.
+
+References read: the paper and the Inria declearn implementation (`declearn/fairness/fairfed`); no official code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.supercore import log
+
+from fedsim.experiment import PRETRAIN_EVAL_KEY
+from fedsim.fairness import METRICS, GroupCounts, pooled
+
+from .common import NUM_EXAMPLES, RoundReport, single_metric, to_array_record, weighted_average
+
+
+def fairness_gaps(counts: Sequence[GroupCounts], metric: str) -> np.ndarray:
+    """Delta_k = |F_k - F_g| with F_g from the summed counts; a client whose local metric is undefined (it lacks a
+    group, or for EOD a group with Y=1) gets the accuracy gap |Acc_k - Acc_g| instead."""
+    everyone = pooled(counts)
+    global_metric, global_accuracy = everyone.metric(metric), everyone.accuracy
+    gaps = []
+    for local in counts:
+        value = local.metric(metric)
+        gaps.append(abs(local.accuracy - global_accuracy) if np.isnan(value) else abs(value - global_metric))
+    return np.asarray(gaps, dtype=np.float64)
+
+
+def update_weights(previous: np.ndarray, gaps: np.ndarray, beta: float) -> np.ndarray:
+    """omega_bar^t = max(omega_bar^{t-1} - beta (Delta_k - mean_j Delta_j), 0): the paper's step, clipped at 0."""
+    return np.maximum(previous - beta * (gaps - gaps.mean()), 0.0)
+
+
+class FairFed(RoundReport, FlowerFedAvg):
+    """FedAvg whose aggregation weights move away from clients whose local fairness deviates from the global one.
+
+    Each round, the train instruction carries `pretrain-eval`: a client evaluates the received global model w^t on
+    its training data before training and adds its group counts (`fedsim.fairness.GroupCounts`: examples and
+    predicted positives per (A, Y) cell, correct predictions) to its reply. The server sums them to the global
+    metric F_g (EOD or SPD) and accuracy Acc_g, computes each client's F_k and Acc_k, and
+
+        Delta_k = |F_k - F_g|   (or |Acc_k - Acc_g| when the client lacks a group; for EOD a group with Y=1)
+        omega_bar_k^0 = n_k / n,   omega_bar_k^t = omega_bar_k^{t-1} - beta (Delta_k - mean_j Delta_j)
+        omega_k = omega_bar_k / sum_j omega_bar_j,   w^{t+1} = sum_k omega_k w_k^{t+1},
+
+    with the mean over the round's clients. beta = 0 is FedAvg.
+
+    Deviations: (1) the paper exchanges F_g, then the clients' Delta_k, then mean Delta through secure aggregation
+    in extra message rounds; here the server computes F_g and every F_k from the clients' counts of one train
+    round, which gives the same weights but lets the server see each client's counts. (2) omega_bar is clipped at 0
+    (the paper leaves it unconstrained; a large beta can drive it negative); if every weight is 0, the round falls
+    back to n_k / n. (3) With partial participation, n in omega_bar^0 = n_k / n is the total of the clients present
+    the first time a client is seen (the paper assumes every client takes part).
+
+    The report's `client_weights` are omega_k; `round_scalars` hold `fairfed_global_metric` (F_g on the clients'
+    training data, before local training) and `fairfed_mean_gap` (mean Delta).
+
+    Parameters (beyond Flower's FedAvg)
+    ----------
+    beta : float >= 0, default 1.0 (declearn's default)
+        Fairness budget: how fast weights move.
+    metric : "eod" (default) | "spd"
+    """
+
+    def __init__(self, *, beta: float = 1.0, metric: str = "eod", **kwargs: Any) -> None:
+        if beta < 0:
+            raise ValueError(f"beta={beta!r}: must be >= 0")
+        if metric not in METRICS:
+            raise ValueError(f"metric={metric!r}: one of {', '.join(METRICS)}")
+        super().__init__(**kwargs)
+        self.beta, self.metric = float(beta), metric
+        self.omega_bar: dict[int, float] = {}
+        self.reset_report()
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FairFed: beta=%s, metric=%s", self.beta, self.metric)
+        super().summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        config = ConfigRecord({**dict(config), PRETRAIN_EVAL_KEY: True})
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregation_weights(self, nodes: Sequence[int], num_examples: Sequence[float], counts: Sequence[GroupCounts]) -> np.ndarray:
+        """Update the cumulative omega_bar of this round's clients and return their normalised weights omega."""
+        sizes = np.asarray(num_examples, dtype=np.float64)
+        for node, size in zip(nodes, sizes, strict=True):
+            self.omega_bar.setdefault(node, float(size / sizes.sum()))
+        gaps = fairness_gaps(counts, self.metric)
+        previous = np.array([self.omega_bar[node] for node in nodes])
+        current = update_weights(previous, gaps, self.beta)
+        self.omega_bar.update({node: float(value) for node, value in zip(nodes, current, strict=True)})
+        self.round_scalars = {"fairfed_mean_gap": float(gaps.mean())}
+        if current.sum() <= 0:
+            return sizes / sizes.sum()
+        return current / current.sum()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.reset_report()
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        nodes = [m.metadata.src_node_id for m in valid]
+        counts = [GroupCounts.from_metrics(next(iter(c.metric_records.values()))) for c in contents]
+        missing = [node for node, c in zip(nodes, counts, strict=True) if c is None]
+        if missing:
+            raise ValueError(f"FairFed has no group counts from node(s) {missing}: their data needs a sensitive attribute "
+                             "(dataset=fair_synthetic or dataset=adult)")
+        weights = self.aggregation_weights(nodes, [single_metric(c, NUM_EXAMPLES) for c in contents], counts)
+        self.round_scalars = {"fairfed_global_metric": pooled(counts).metric(self.metric), **self.round_scalars}
+        self.client_weights = {node: float(w) for node, w in zip(nodes, weights, strict=True)}
+        order = list(next(iter(contents[0].array_records.values())).keys())
+        arrays = to_array_record(weighted_average(contents, weights), order)
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -1,0 +1,164 @@
+"""Fairness data and metrics: group counts, SPD and EOD against hand computations; the fair_synthetic generator's
+statistics; Adult's preprocessing and its one-line offline error; test_spd/test_eod in a run folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedsim.config import compose_experiment, validate
+from fedsim.data import ArrayDataset, build_federation, load_data
+from fedsim.data import adult
+from fedsim.data.fair_synthetic import generate_fair_synthetic
+from fedsim.errors import ConfigError, DataError
+from fedsim.fairness import GroupCounts, fairness_summary, group_counts, model_group_counts, pooled
+
+# 10 examples: (a, y, prediction)
+ROWS = [(0, 1, 1), (0, 1, 1), (0, 1, 0), (0, 0, 1), (0, 0, 0),
+        (1, 1, 1), (1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 0, 0)]
+
+
+def _counts() -> GroupCounts:
+    a, y, p = (np.array(column) for column in zip(*ROWS))
+    return group_counts(p, y, a)
+
+
+def test_group_counts_spd_eod_by_hand():
+    """A=0: 5 rows, 3 predicted positive, of its 3 Y=1 rows 2 are; A=1: 5 rows, 1 positive, of 4 Y=1 rows 1 is.
+    SPD = 3/5 - 1/5 = 0.4; EOD = 2/3 - 1/4 = 5/12; correct: A=0: 2 of Y=1 + 1 of Y=0, A=1: 1 + 1, so 5 of 10."""
+    counts = _counts()
+    assert counts.total.tolist() == [[2, 3], [1, 4]]
+    assert counts.positive.tolist() == [[1, 2], [0, 1]]
+    assert counts.correct == 5 and counts.accuracy == pytest.approx(0.5)
+    assert counts.spd() == pytest.approx(0.4)
+    assert counts.eod() == pytest.approx(2 / 3 - 1 / 4)
+    assert counts.metric("eod") == counts.eod() and counts.metric("spd") == counts.spd()
+
+
+def test_counts_add_and_travel_through_a_metric_record():
+    counts = _counts()
+    back = GroupCounts.from_metrics(counts.to_metrics())
+    assert back.total.tolist() == counts.total.tolist() and back.positive.tolist() == counts.positive.tolist() and back.correct == counts.correct
+    doubled = counts + counts
+    assert doubled.total.tolist() == [[4, 6], [2, 8]] and doubled.spd() == pytest.approx(0.4)
+    assert GroupCounts.from_metrics({"eval_acc": 0.5}) is None
+
+
+def test_fairness_summary_and_pooled_counts():
+    one_group = group_counts(np.array([1, 0]), np.array([1, 1]), np.array([0, 0]))
+    summary = fairness_summary(_counts(), {1: one_group, 0: _counts()})
+    assert summary["test_spd"] == pytest.approx(0.4) and summary["test_eod"] == pytest.approx(5 / 12)
+    assert list(summary["clients"]) == ["0", "1"]
+    assert summary["clients"]["1"] == {"spd": None, "eod": None, "accuracy": 0.5}
+    assert pooled([_counts(), one_group]).total.tolist() == [[2, 5], [1, 4]]
+
+
+def test_a_missing_group_gives_nan():
+    only_group_0 = group_counts(np.array([1, 0]), np.array([1, 0]), np.array([0, 0]))
+    assert np.isnan(only_group_0.spd()) and np.isnan(only_group_0.eod())
+    no_positive_label_in_group_1 = group_counts(np.array([1, 0, 1]), np.array([1, 0, 0]), np.array([0, 0, 1]))
+    assert no_positive_label_in_group_1.spd() == pytest.approx(0.5 - 1.0) and np.isnan(no_positive_label_in_group_1.eod())
+
+
+def test_model_group_counts_uses_argmax_predictions():
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0], [1.0]]))  # predicts 1 exactly when x > 0
+    a, y, p = (np.array(column) for column in zip(*ROWS))
+    x = torch.tensor(np.where(p == 1, 1.0, -1.0), dtype=torch.float32)[:, None]
+    data = ArrayDataset(x, torch.from_numpy(y), torch.from_numpy(a))
+    counts = model_group_counts(model, data, torch.device("cpu"), batch_size=3)
+    assert counts.positive.tolist() == _counts().positive.tolist() and counts.correct == 5
+
+
+def test_subset_carries_the_sensitive_attribute():
+    data = ArrayDataset(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]), torch.tensor([1, 1, 0, 0]))
+    assert data.subset(np.array([3, 0])).sensitive.tolist() == [0, 1]
+    assert ArrayDataset(torch.zeros(2, 2), torch.tensor([0, 1])).subset(np.array([1])).sensitive is None
+
+
+def test_fair_synthetic_statistics():
+    """P(Y=1 | A=0) = 0.5 + c/2 and P(Y=1 | A=1) = 0.5 - c/2; A is visible in x; same seed, same data."""
+    x, y, a = generate_fair_synthetic(20000, 10, 0.6, 0.3, 1.0, 1.0, seed=3)
+    assert x.shape == (20000, 10) and x.dtype == np.float32
+    assert a.mean() == pytest.approx(0.3, abs=0.015)
+    assert y[a == 0].mean() == pytest.approx(0.8, abs=0.015) and y[a == 1].mean() == pytest.approx(0.2, abs=0.02)
+    again = generate_fair_synthetic(20000, 10, 0.6, 0.3, 1.0, 1.0, seed=3)
+    assert np.array_equal(x, again[0]) and not np.array_equal(x, generate_fair_synthetic(20000, 10, 0.6, 0.3, 1.0, 1.0, 4)[0])
+    # the group means differ by 2 * leak along a unit direction, the class means by 2 * signal along another
+    gap_a = x[a == 1].mean(0) - x[a == 0].mean(0)
+    assert np.linalg.norm(gap_a) > 1.0  # 2 leak = 2, diluted by the label direction only through Y's dependence on A
+
+
+def test_fair_synthetic_partitions_by_the_sensitive_attribute():
+    experiment = compose_experiment(["dataset=fair_synthetic", "partition.partition_by=sensitive",
+                                     "partition.alpha=0.1", "num_clients=5"])
+    validate(experiment)
+    federation = build_federation(experiment)
+    data = federation.data
+    assert data.train.column_names == ["x", "label", "sensitive"] and data.num_classes == 2 and data.input_shape == (10,)
+    assert len(data.train) == 8000 and len(data.test_arrays) == 2000
+    assert np.array_equal(np.asarray(data.train["sensitive"]), data.train_arrays.sensitive.numpy())
+    shares = [float(data.train_arrays.sensitive[rows].float().mean()) for rows in federation.client_indices]
+    assert min(shares) < 0.2 and max(shares) > 0.8  # Dirichlet(0.1) over A: some clients hold nearly one group
+    train, val = federation.client_split(0)
+    assert train.sensitive is not None and val.sensitive is not None
+
+
+@pytest.mark.parametrize("key,value", [("dataset.correlation", 1.0), ("dataset.sensitive_share", 0.0), ("dataset.dim", 1)])
+def test_fair_synthetic_config_is_validated(key, value):
+    experiment = compose_experiment(["dataset=fair_synthetic", f"{key}={value}"])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(experiment)
+
+
+def test_adult_offline_is_one_line(monkeypatch):
+    monkeypatch.setattr(adult, "_openml_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(adult, "_cached", lambda: False)
+    with pytest.raises(DataError) as error:
+        load_data(compose_experiment(["dataset=adult"])["dataset"], seed=0)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("dataset=adult cannot be fetched") and "fair_synthetic" in message
+
+
+def test_adult_preprocessing_on_a_small_frame():
+    rng = np.random.default_rng(0)
+    n = 40
+    frame = pd.DataFrame({
+        "age": rng.integers(18, 80, n).astype(float),
+        "workclass": pd.Categorical(rng.choice(["Private", "State-gov", None], n)),
+        "sex": pd.Categorical(np.where(np.arange(n) % 2 == 0, "Male", "Female")),
+        "class": pd.Categorical(np.where(np.arange(n) % 4 < 2, ">50K", "<=50K")),
+    })
+    data = adult.adult_from_frame(frame, test_fraction=0.25, seed=0)
+    assert len(data.train_arrays) == 30 and len(data.test_arrays) == 10 and data.num_classes == 2
+    x = data.train_arrays.x.numpy()
+    assert x[:, 0].mean() == pytest.approx(0.0, abs=1e-5) and x[:, 0].std() == pytest.approx(1.0, abs=1e-4)
+    # age + workclass one-hot (3 incl. missing) + sex one-hot (2)
+    assert x.shape[1] == 1 + 3 + 2
+    rows = np.arange(n)
+    assert data.train_arrays.sensitive.sum() + data.test_arrays.sensitive.sum() == (rows % 2 == 0).sum()
+    assert data.train_arrays.y.sum() + data.test_arrays.y.sum() == (rows % 4 < 2).sum()
+
+
+def test_runs_record_test_spd_and_eod(run_quietly):
+    summary, run_dir = run_quietly("dataset=fair_synthetic", "partition.partition_by=sensitive", "num_clients=5",
+                                   "num_rounds=2", "model=logreg")
+    from tests.conftest import read_metrics
+
+    rows = read_metrics(run_dir)
+    assert all(row["test_spd"] != "" and row["test_eod"] != "" for row in rows)
+    fairness = summary["fairness"]
+    assert fairness["test_spd"] == pytest.approx(float(rows[-1]["test_spd"]))
+    assert fairness["test_eod"] == pytest.approx(float(rows[-1]["test_eod"]))
+    assert set(fairness["clients"]) == {str(pid) for pid in range(5)}
+    assert float(rows[-1]["test_spd"]) > 0.1  # measured 0.53: group 0's higher base rate leaks into predictions
+
+
+def test_other_data_has_no_fairness_columns(run_quietly):
+    summary, run_dir = run_quietly("num_clients=3", "num_rounds=1", "partition=iid")
+    from tests.conftest import read_metrics
+
+    assert "test_spd" not in read_metrics(run_dir)[0] and "fairness" not in summary
