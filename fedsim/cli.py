@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import FedsimError
 from .progress import console
@@ -34,23 +36,24 @@ def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
     return float(summary["final_accuracy"])
 
 
+def _output_folder(args: list[str], command: str) -> tuple[Path, list[str]]:
+    """The `--out DIR` of a subcommand (default outputs/<command>/<time>) and the remaining overrides."""
+    if "--out" not in args:
+        return Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S"), args
+    position = args.index("--out")
+    if position + 1 >= len(args):
+        _fail(FedsimError("--out needs a folder"))
+    return Path(args[position + 1]), args[:position] + args[position + 2 :]
+
+
 def partition_command(args: list[str]) -> None:
     """`fedsim partition <overrides> [--out DIR]`: build the partition (no training) and report its heterogeneity."""
-    import time
-    from pathlib import Path
-
     from .config import compose_experiment, validate
     from .data.federation import build_federation
     from .partitions.report import CLUSTER_HEATMAP_FILE, HEATMAP_FILE, REPORT_FILE, write_report
     from .progress import partition_table
 
-    out = Path("outputs") / "partition" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    if "--out" in args:
-        position = args.index("--out")
-        if position + 1 >= len(args):
-            _fail(FedsimError("--out needs a folder"))
-        out = Path(args[position + 1])
-        args = args[:position] + args[position + 2 :]
+    out, args = _output_folder(args, "partition")
     try:
         experiment = compose_experiment(args)
         validate(experiment)
@@ -65,19 +68,10 @@ def partition_command(args: list[str]) -> None:
 
 def contribution_command(args: list[str]) -> None:
     """`fedsim contribution <overrides> [--out DIR]`: one FedCE run plus one run per left-out client."""
-    import time
-    from pathlib import Path
-
     from .config import compose_experiment, validate
     from .contribution import CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table, run_contribution
 
-    out = Path("outputs") / "contribution" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    if "--out" in args:
-        position = args.index("--out")
-        if position + 1 >= len(args):
-            _fail(FedsimError("--out needs a folder"))
-        out = Path(args[position + 1])
-        args = args[:position] + args[position + 2 :]
+    out, args = _output_folder(args, "contribution")
 
     def progress_line(index: int, total: int, label: str, accuracy: float, seconds: float) -> None:
         console.print(f"[{index}/{total}] {label}: test accuracy {accuracy:.4f} ({seconds:.1f} s)", highlight=False)

@@ -7,7 +7,7 @@ exits with code 2.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,38 +202,27 @@ def _validate_feature_partition(partition: Mapping[str, Any]) -> None:
 
 
 def _validate_strategy(strategy: Mapping[str, Any]) -> None:
+    """Each strategy key that is present, checked by the rule for that key (keys are shared across strategies)."""
+    from fedsim.fairness import METRICS
     from fedsim.strategies.fedce import MODES
     from fedsim.strategies.feddisco import MEASURES, TARGETS
     from fedsim.strategies.stragglers import STRAGGLER_MODES
 
-    if "proximal_mu" in strategy:
-        _non_negative("strategy.proximal_mu", strategy["proximal_mu"])
-    if "straggler_mode" in strategy:
-        _choice("strategy.straggler_mode", strategy["straggler_mode"], STRAGGLER_MODES)
-    if "a" in strategy:
-        _non_negative("strategy.a", strategy["a"])
-    if "b" in strategy:
-        _number("strategy.b", strategy["b"])
-    if "measure" in strategy:
-        _choice("strategy.measure", strategy["measure"], MEASURES)
-    if "target" in strategy:
-        _choice("strategy.target", strategy["target"], TARGETS)
-    if "server_lr" in strategy:
-        _positive("strategy.server_lr", strategy["server_lr"])
-    if "server_epochs" in strategy:
-        _integer("strategy.server_epochs", strategy["server_epochs"], 0)
-    if "batch_size" in strategy:
-        _integer("strategy.batch_size", strategy["batch_size"], 1)
-    if "q" in strategy:
-        _non_negative("strategy.q", strategy["q"])
-    if "mode" in strategy:
-        _choice("strategy.mode", strategy["mode"], MODES)
-    if "beta" in strategy:
-        _non_negative("strategy.beta", strategy["beta"])
-    if "metric" in strategy:
-        from fedsim.fairness import METRICS
+    def one_of(allowed: Sequence[str]) -> Callable[[str, Any], None]:
+        return lambda key, value: _choice(key, value, allowed)
 
-        _choice("strategy.metric", strategy["metric"], METRICS)
+    def integer_from(minimum: int) -> Callable[[str, Any], int]:
+        return lambda key, value: _integer(key, value, minimum)
+
+    checks: dict[str, Callable[[str, Any], Any]] = {
+        "proximal_mu": _non_negative, "a": _non_negative, "b": _number, "q": _non_negative, "beta": _non_negative,
+        "server_lr": _positive, "server_epochs": integer_from(0), "batch_size": integer_from(1),
+        "straggler_mode": one_of(STRAGGLER_MODES), "measure": one_of(MEASURES), "target": one_of(TARGETS),
+        "mode": one_of(MODES), "metric": one_of(METRICS),
+    }
+    for name, check in checks.items():
+        if name in strategy:
+            check(f"strategy.{name}", strategy[name])
 
 
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
