@@ -76,6 +76,9 @@ def test_label_noise_relabels_a_seeded_share_of_the_listed_clients_rows():
     assert with_label_noise(data, experiment, 1, 10) is data
     assert not torch.equal(with_label_noise(data, {**experiment, "seed": 1}, 2, 10).y, noisy.y)
 
+    fair = ArrayDataset(data.x, data.y, torch.arange(200) % 2)
+    assert torch.equal(with_label_noise(fair, experiment, 2, 10).sensitive, fair.sensitive)  # A is kept
+
 
 @pytest.mark.parametrize("override, key", [("label_noise.rate=1.5", "label_noise.rate"), ("label_noise.clients=[4]", "label_noise.clients")])
 def test_label_noise_is_validated(override, key):

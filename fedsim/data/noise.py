@@ -26,4 +26,4 @@ def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partitio
     rows = rng.choice(len(data), size=round(rate * len(data)), replace=False)
     labels = data.y.clone()
     labels[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(rng.integers(0, num_classes, len(rows)), dtype=labels.dtype)
-    return ArrayDataset(data.x, labels)
+    return ArrayDataset(data.x, labels, data.sensitive)
