@@ -35,13 +35,17 @@ def test_inprocess_and_flower_runtime_agree(run_quietly):
     ("strategy=fedprox", "strategy.proximal_mu=0.5", "stragglers.fraction=0.5"),
     ("strategy=feddisco", "stragglers.fraction=0.5"),
     ("strategy=fedlaw", "strategy.server_epochs=2"),
+    ("strategy=qffl", "strategy.q=1"),
+    ("strategy=fedce", "num_rounds=3"),  # clients keep state (last local model, running mean) across rounds
+    ("strategy=fairfed", "dataset=fair_synthetic", "model=logreg", "partition.partition_by=sensitive"),
 ])
 def test_every_strategy_runs_the_same_on_both_engines(run_quietly, strategy):
     overrides = ("num_rounds=2", "num_clients=4", "seed=2", "client.local_epochs=2", *strategy)
     local, local_dir = run_quietly(*overrides, "engine=inprocess", name="inprocess")
     ray, ray_dir = run_quietly(*overrides, "engine=flower", name="flower")
     local_rows, ray_rows = read_metrics(local_dir), read_metrics(ray_dir)
-    weight_columns = [c for c in local_rows[1] if c.startswith("weight_client_") or c in ("gamma", "stragglers")]
+    weight_columns = [c for c in local_rows[1]
+                      if c.startswith("weight_client_") or c in ("gamma", "stragglers", "qffl_step", "test_eod")]
     assert weight_columns, "the strategy's round report reaches metrics.csv"
     for a, b in zip(local_rows, ray_rows):
         assert a["sampled"] == b["sampled"]
