@@ -9,12 +9,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .client_requests import AFTER_TRAINING, BEFORE_TRAINING, LocalRound, asked
 from .data.federation import federation_for
 from .data.noise import with_label_noise
-from .strategies.fedce import COEF_KEY, MINUS_SCORE, client_minus_score, remember_local_model
-from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
+from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
 from .fairness import model_group_counts
-from .experiment import PRETRAIN_EVAL_KEY, ROUND_KEY, build_model, experiment_from_record, train_settings
 from .training import client_seed, evaluate, resolve_device, train_local
 
 PARTITION_ID = "partition-id"
@@ -39,7 +38,8 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local SGD from the received global model; replies with the new weights and `num-examples`."""
+    """Local SGD from the received global model; replies with the new weights, `num-examples`, the training loss and
+    accuracy, and whatever the strategy asked for in the config (see `fedsim.client_requests`)."""
     config = msg.content["config"]
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
@@ -49,38 +49,21 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = resolve_device(experiment["device"])
-    before = evaluate(model, train_data, device) if config.get(PRETRAIN_EVAL_KEY) else None
-    minus_score = None
-    if COEF_KEY in config:  # FedCE: score the global model without this client's last local model, before training
-        probe = build_model(experiment, federation.data)
-
-        def accuracy_of(arrays: ArrayRecord) -> float:
-            probe.load_state_dict(arrays.to_torch_state_dict())
-            return evaluate(probe, val_data if len(val_data) else train_data, device).accuracy
-
-        minus_score = client_minus_score(context.state, msg.content["arrays"], float(config[COEF_KEY]), accuracy_of)
-    # FairFed's local fairness F_k(w^t): group counts of the received model on the training data
-    groups = None
-    if before is not None and train_data.sensitive is not None:
-        groups = model_group_counts(model, train_data, device)
+    local = LocalRound(config, context, experiment, federation, msg.content["arrays"], model, train_data, val_data, device)
+    answers: dict[str, float] = {}
+    for key, answer in BEFORE_TRAINING.items():
+        if asked(config, key):
+            answers.update(answer(local))
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
     result = train_local(model, train_data, train_settings(experiment, config), generator, device)
     metrics = MetricRecord(
-        {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy}
+        {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy, **answers}
     )
-    if before is not None:  # the received model on the whole training set, before any local step
-        metrics["pretrain_loss"], metrics["pretrain_accuracy"] = before.loss, before.accuracy
-    if minus_score is not None:
-        metrics[MINUS_SCORE] = minus_score
-    if groups is not None:
-        metrics.update(groups.to_metrics())
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
-    if minus_score is not None:
-        remember_local_model(context.state, arrays)
     content = RecordDict({"arrays": arrays, "metrics": metrics})
-    if config.get(HISTOGRAM_REQUEST_KEY):  # FedDisco asks once for the training-label counts
-        counts = torch.bincount(train_data.y, minlength=federation.data.num_classes)
-        content[HISTOGRAM_RECORD] = histogram_reply(counts.tolist())
+    for key, answer_after in AFTER_TRAINING.items():
+        if asked(config, key):
+            answer_after(local, arrays, content)
     return Message(content, reply_to=msg)
 
 
