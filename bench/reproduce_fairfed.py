@@ -66,7 +66,8 @@ def main() -> None:
     for name, values in results.items():
         lines.append(f"| {name} | {' | '.join(fmt([v[i] for v in values]) for i in range(5))} |")
     table = "\n".join(lines)
-    print(f"\nfair_synthetic, Dirichlet(0.1) over A, 5 clients, seeds {args.seeds}\n\n{table}")
+    setting = "Dirichlet(0.1) over A, 5 clients" + (f", overrides: {' '.join(args.override)}" if args.override else "")
+    print(f"\nfair_synthetic, {setting}, seeds {args.seeds}\n\n{table}")
     if args.markdown:
         args.markdown.write_text(table + "\n")
 
