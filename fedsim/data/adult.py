@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import datasets
@@ -15,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from ..errors import DataError
 from .base import LABEL, LoadedData
 from .fair_synthetic import SENSITIVE
+from .hub import host_reachable
 from .tensors import ArrayDataset
 
 OPENML_HOST = "www.openml.org"
@@ -22,12 +22,7 @@ OFFLINE_HINT = "run once where you have internet (scikit-learn caches it), or us
 
 
 def _openml_reachable(timeout: float = 3.0) -> bool:
-    """A quick DNS + TCP probe, so an offline machine fails in seconds rather than after fetch_openml's retries."""
-    try:
-        with socket.create_connection((OPENML_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return host_reachable(OPENML_HOST, timeout)
 
 
 def _cached() -> bool:

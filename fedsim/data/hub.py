@@ -18,14 +18,17 @@ LOCAL_FILES_HINT = (
 )
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def host_reachable(host: str, timeout: float = 3.0) -> bool:
     """A quick DNS + TCP probe, so that an offline machine fails in seconds instead of after minutes of retries."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    return host_reachable(urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co", timeout)
 
 
 def _offline_mode() -> bool:
