@@ -31,7 +31,7 @@ class EmbeddingPartitioner(PrecomputedPartitioner):
     paper's pinv-and-redraw rule), and `keep_leftovers=True` (rows no client drew are spread over the clients in
     proportion to what they drew, so the partition covers the data set; False drops them as the reference does).
     The reference's minimum client size is 128; here `min_partition_size` defaults to 10 for small data sets.
-    After partitioning, `cluster_of` holds each row's cluster (for the heterogeneity report).
+    After partitioning, `cluster_of` holds each row's cluster (labels under `by="label"`).
     """
 
     def __init__(
@@ -66,6 +66,12 @@ class EmbeddingPartitioner(PrecomputedPartitioner):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
         self.cluster_of: np.ndarray | None = None
+
+    @property
+    def embedding_clusters(self) -> np.ndarray | None:
+        """Each row's embedding cluster, for the heterogeneity report; None under `by="label"`, whose clusters are the
+        labels (reported already) or before partitioning."""
+        return self.cluster_of if self.by == "embedding" else None
 
     def _compute_partition_indices(self) -> list[np.ndarray]:
         self.cluster_of = self._clusters()

@@ -210,9 +210,9 @@ def build_federation(experiment: Mapping[str, Any]) -> Federation:
             f"partition ({_partition_name(partition)}) leaves {len(empty)} of {num_clients} clients without data "
             f"(first: client {empty[0]}); use fewer clients or a less extreme partition"
         )
-    clusters = getattr(partitioner, "cluster_of", None)
+    clusters = getattr(partitioner, "embedding_clusters", None)
     cluster_counts = None
-    if clusters is not None and partition.get("by", "embedding") != "label":
+    if clusters is not None:
         cluster_counts = np.stack([np.bincount(clusters[rows], minlength=int(clusters.max()) + 1) for rows in positions])
     return Federation(data, tuple(indices), float(experiment["client"]["val_fraction"]), seed, proxy_rows, cluster_counts)
 
