@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
 from fedsim.config import compose_experiment
 from fedsim.run import run_experiment
+from table_cells import mean_std  # bench/, on sys.path when a script runs
 
 
 def run(overrides: list[str], out: Path) -> dict[str, float]:
@@ -61,8 +61,7 @@ def main() -> None:
                 print(f"alpha {alpha} {name} seed {seed}: {results[-1]}", flush=True)
 
             def fmt(key: str, results: list[dict[str, float]] = results) -> str:
-                values = [r[key] for r in results]
-                return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+                return mean_std([r[key] for r in results])
 
             lines.append(f"| {alpha} | {name} | {fmt('accuracy')} | {fmt('test_loss')} | {fmt('client_loss')} | {fmt('label_js')} |")
     table = "\n".join(lines)

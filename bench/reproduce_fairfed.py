@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedsim.config import compose_experiment
 from fedsim.run import run_experiment
+from table_cells import mean_std  # bench/, on sys.path when a script runs
 
 SETTING = [
     "dataset=fair_synthetic", "partition=dirichlet", "partition.partition_by=sensitive", "partition.alpha=0.1",
@@ -59,7 +60,7 @@ def main() -> None:
                   f"last-5 |EOD| {eod5:.4f}, |SPD| {spd5:.4f}", flush=True)
 
     def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+        return mean_std(values)
 
     lines = ["| strategy | final test accuracy | final \\|EOD\\| | final \\|SPD\\| | \\|EOD\\|, last 5 rounds "
              "| \\|SPD\\|, last 5 rounds |", "|---|---|---|---|---|---|"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedsim.config import compose_experiment
 from fedsim.run import run_experiment
+from table_cells import mean_std  # bench/, on sys.path when a script runs
 
 SETTING = [
     "dataset=digits", "partition=niid2", "num_clients=6", "model=mlp", "num_rounds=30", "client.local_epochs=10",
@@ -48,7 +49,7 @@ def main() -> None:
             print(f"seed {seed} {name}: final {results[name][-1][0]:.4f}, last-5 mean {results[name][-1][1]:.4f}", flush=True)
 
     def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
+        return mean_std(values, 4)
 
     lines = ["| strategy | final test accuracy | mean accuracy, last 5 rounds |", "|---|---|---|"]
     for name, values in results.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fedsim.config import compose_experiment
 from fedsim.run import run_experiment
+from table_cells import mean_std  # bench/, on sys.path when a script runs
 
 SETTING = [
     "dataset=synthetic", "dataset.alpha=1", "dataset.beta=1", "partition=natural", "num_clients=30", "model=logreg",
@@ -101,8 +102,7 @@ def main() -> None:
 
     def cell(name: str, key: str, digits: int = 3) -> str:
         values = [r[key] for r in results[name]]
-        mean = statistics.mean(values)
-        return f"{mean:.{digits}f} ± {statistics.pstdev(values):.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+        return mean_std(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
 
     header = "| variant | final test acc | mean acc, last 10 rounds | max test loss, 2nd half | test-loss jumps (std of Δ), 2nd half | s / run |"
     lines = [header, "|---|---|---|---|---|---|"]

@@ -16,7 +16,6 @@ n_k. The q = 0 row separates what equal weighting does from what q adds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from fedsim.config import compose_experiment
 from fedsim.run import run_experiment
+from table_cells import mean_std  # bench/, on sys.path when a script runs
 
 SETTING = [
     "dataset=synthetic", "dataset.alpha=1", "dataset.beta=1", "partition=natural", "num_clients=30", "model=logreg",
@@ -66,8 +66,7 @@ def main() -> None:
     results = {name: [futures[(seed, name)].result() for seed in args.seeds] for name in VARIANTS}
 
     def fmt(values: list[float], key: str) -> str:
-        digits = 0 if key == "variance" else 3
-        return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
+        return mean_std(values, 0 if key == "variance" else 3)
 
     lines = ["| strategy | " + " | ".join(COLUMNS.values()) + " |", "|---|" + "---|" * len(COLUMNS)]
     for name, values in results.items():
