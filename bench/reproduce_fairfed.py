@@ -29,6 +29,10 @@ VARIANTS = {
     "FairFed (β=1, EOD)": ["strategy=fairfed", "strategy.beta=1.0", "strategy.metric=eod"],
     "FairFed (β=5, EOD)": ["strategy=fairfed", "strategy.beta=5.0", "strategy.metric=eod"],
     "FairFed (β=1, SPD)": ["strategy=fairfed", "strategy.beta=1.0", "strategy.metric=spd"],
+    # The paper's FairFed runs on top of local debiasing; reweighing is its main choice (FairBatch the other).
+    "FedAvg + local reweighing": ["strategy=fedavg", "client.local_debiasing=reweighing"],
+    "FairFed (β=1, EOD) + local reweighing": ["strategy=fairfed", "strategy.beta=1.0", "client.local_debiasing=reweighing"],
+    "FairFed (β=5, EOD) + local reweighing": ["strategy=fairfed", "strategy.beta=5.0", "client.local_debiasing=reweighing"],
 }
 
 
@@ -48,12 +52,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
+                        help=f"which rows to run (default all): {'; '.join(VARIANTS)}")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fairfed_"))
-    results: dict[str, list[tuple[float, ...]]] = {name: [] for name in VARIANTS}
+    chosen = {name: VARIANTS[name] for name in args.variants}
+    results: dict[str, list[tuple[float, ...]]] = {name: [] for name in chosen}
     for seed in args.seeds:
-        for index, (name, variant) in enumerate(VARIANTS.items()):
+        for index, (name, variant) in enumerate(chosen.items()):
             results[name].append(run(seed, variant, root / f"{seed}_{index}", args.override))
             acc, eod, spd, eod5, spd5 = results[name][-1]
             print(f"seed {seed} {name}: accuracy {acc:.4f}, |EOD| {eod:.4f}, |SPD| {spd:.4f}, "

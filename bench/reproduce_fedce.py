@@ -1,15 +1,18 @@
 """Collaboration fairness of FedCE on `digits` (Jiang et al., CVPR 2023, Table 2's metric): the Pearson correlation
-between FedCE's client weights and leave-one-out contributions (test accuracy of the full run minus the run
-without the client), over seeds, in settings with one "special" client (client 0):
+between FedCE's client weights and leave-one-out contributions (accuracy of the full run minus the run without the
+client; by default the mean over every client's held-out split, as the paper averages the sites' test sets), over
+seeds, in settings with one "special" client (client 0):
 
-- noisy: an IID partition where client 0's training labels are 80% redrawn at random (its validation rows clean);
+- noisy features: an IID partition where every input of client 0 (training and validation) carries Gaussian noise
+  of std 1.0 (`--noise-std`; pixels are in [0, 1]): a site with a noisier scanner, like the paper's domain-shifted sites;
+- noisy labels: an IID partition where 80% of client 0's training labels are redrawn at random (validation clean);
 - unique classes: client 0 holds every sample of classes 8 and 9 (nobody else has them) plus an IID share of the
   rest;
 - dirichlet: the default Dirichlet(0.5) label skew, no special client, for reference.
 
 6 clients as in the paper, 10 rounds, fedsim's default local work (3 epochs of SGD lr 0.1, momentum 0.9), MLP.
 
-    python bench/reproduce_fedce.py --seeds 0 1 2 [--markdown table.md]
+    python bench/reproduce_fedce.py --seeds 0 1 2 [--reference clients|test] [--markdown table.md]
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ class UniqueClassesPartitioner(PrecomputedPartitioner):
         return parts
 
 
-def experiment_for(setting: str, seed: int) -> dict[str, Any]:
-    if setting == "noisy":
-        return compose_experiment([*BASE, "partition=iid", "label_noise.clients=[0]", "label_noise.rate=0.8", f"seed={seed}"])
-    experiment = compose_experiment([*BASE, "partition=iid" if setting == "unique classes" else "partition=dirichlet", f"seed={seed}"])
+SETTINGS = ("noisy features", "noisy labels", "unique classes", "dirichlet")
+
+
+def experiment_for(setting: str, seed: int, noise_std: float = 1.0, extra: list[str] | None = None) -> dict[str, Any]:
+    base = [*BASE, *(extra or []), f"seed={seed}"]
+    if setting == "noisy features":
+        return compose_experiment([*base, "partition=iid", "feature_noise.clients=[0]", f"feature_noise.std={noise_std}"])
+    if setting == "noisy labels":
+        return compose_experiment([*base, "partition=iid", "label_noise.clients=[0]", "label_noise.rate=0.8"])
+    experiment = compose_experiment([*base, "partition=iid" if setting == "unique classes" else "partition=dirichlet"])
     if setting == "unique classes":
         experiment["partition"] = {"_target_": f"{__name__}.UniqueClassesPartitioner", "num_partitions": 6,
                                    "special_classes": SPECIAL_CLASSES, "seed": seed}
@@ -61,17 +70,23 @@ def experiment_for(setting: str, seed: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", default=["noisy", "unique classes", "dirichlet"])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--reference", default="clients", choices=("clients", "test"),
+                        help="accuracy the LOO difference is taken on: mean over clients' held-out splits, or the test split")
+    parser.add_argument("--noise-std", type=float, default=1.0, help="std of client 0's input noise (noisy features)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedce_"))
-    lines = ["| setting | seed | full test acc | Pearson r (final weight) | r (mean weight) | client 0: FedCE weight (rank of 6) | client 0: LOO |",
+    measure = "mean client acc" if args.reference == "clients" else "test acc"
+    lines = [f"| setting | seed | full run: {measure} | Pearson r (final weight) | r (mean weight) | client 0: FedCE weight (rank of 6) | client 0: LOO |",
              "|---|---|---|---|---|---|---|"]
     summary: dict[str, list[float]] = {}
     for setting in args.settings:
         for seed in args.seeds:
             started = time.perf_counter()
-            report = run_contribution(experiment_for(setting, seed), root / f"{setting.replace(' ', '_')}_{seed}")
+            report = run_contribution(experiment_for(setting, seed, args.noise_std, args.override), root / f"{setting.replace(' ', '_')}_{seed}",
+                                      reference=args.reference)
             weights = [c["fedce_weight"] for c in report["clients"]]
             rank = 1 + sorted(weights, reverse=True).index(weights[0])
             r, r_mean = report["pearson"]["final_weight"], report["pearson"]["mean_weight"]

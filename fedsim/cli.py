@@ -36,14 +36,20 @@ def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
     return float(summary["final_accuracy"])
 
 
+def _option(args: list[str], name: str, default: str, what: str) -> tuple[str, list[str]]:
+    """The value of a subcommand's `name VALUE` option (or `default`) and the remaining arguments."""
+    if name not in args:
+        return default, args
+    position = args.index(name)
+    if position + 1 >= len(args):
+        _fail(FedsimError(f"{name} needs {what}"))
+    return args[position + 1], args[:position] + args[position + 2 :]
+
+
 def _output_folder(args: list[str], command: str) -> tuple[Path, list[str]]:
     """The `--out DIR` of a subcommand (default outputs/<command>/<time>) and the remaining overrides."""
-    if "--out" not in args:
-        return Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S"), args
-    position = args.index("--out")
-    if position + 1 >= len(args):
-        _fail(FedsimError("--out needs a folder"))
-    return Path(args[position + 1]), args[:position] + args[position + 2 :]
+    folder, args = _option(args, "--out", str(Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S")), "a folder")
+    return Path(folder), args
 
 
 def partition_command(args: list[str]) -> None:
@@ -67,19 +73,22 @@ def partition_command(args: list[str]) -> None:
 
 
 def contribution_command(args: list[str]) -> None:
-    """`fedsim contribution <overrides> [--out DIR]`: one FedCE run plus one run per left-out client."""
+    """`fedsim contribution <overrides> [--out DIR] [--reference clients|test]`: one FedCE run plus one run per
+    left-out client."""
     from .config import compose_experiment, validate
     from .contribution import CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table, run_contribution
 
     out, args = _output_folder(args, "contribution")
+    reference, args = _option(args, "--reference", "clients", "clients or test")
+    measure = "mean client accuracy" if reference == "clients" else "test accuracy"
 
     def progress_line(index: int, total: int, label: str, accuracy: float, seconds: float) -> None:
-        console.print(f"[{index}/{total}] {label}: test accuracy {accuracy:.4f} ({seconds:.1f} s)", highlight=False)
+        console.print(f"[{index}/{total}] {label}: {measure} {accuracy:.4f} ({seconds:.1f} s)", highlight=False)
 
     try:
         experiment = compose_experiment(contribution_overrides(args))
         validate(experiment)
-        report = run_contribution(experiment, out, progress_line)
+        report = run_contribution(experiment, out, progress_line, reference)
     except FedsimError as error:
         _fail(error)
     console.print(contribution_table(report))

@@ -11,9 +11,10 @@ from flwr.clientapp import ClientApp
 
 from .client_requests import AFTER_TRAINING, BEFORE_TRAINING, LocalRound, asked
 from .data.federation import federation_for
-from .data.noise import with_label_noise
+from .data.noise import client_data
+from .data.tensors import ArrayDataset
 from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
-from .fairness import model_group_counts
+from .fairness import model_group_counts, reweighing_weights
 from .training import client_seed, evaluate, resolve_device, train_local
 
 PARTITION_ID = "partition-id"
@@ -44,8 +45,7 @@ def train(msg: Message, context: Context) -> Message:
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
     federation = federation_for(experiment)
-    train_data, val_data = federation.client_split(partition_id)
-    train_data = with_label_noise(train_data, experiment, partition_id, federation.data.num_classes)
+    train_data, val_data = client_data(federation, experiment, partition_id)
     model = build_model(experiment, federation.data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = resolve_device(experiment["device"])
@@ -55,7 +55,8 @@ def train(msg: Message, context: Context) -> Message:
         if asked(config, key):
             answers.update(answer(local))
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
-    result = train_local(model, train_data, train_settings(experiment, config), generator, device)
+    weights = _sample_weights(experiment, train_data)
+    result = train_local(model, train_data, train_settings(experiment, config), generator, device, weights)
     metrics = MetricRecord(
         {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy, **answers}
     )
@@ -67,6 +68,13 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _sample_weights(experiment: dict, data: ArrayDataset) -> torch.Tensor | None:
+    """Per-row loss weights of the configured local debiasing (`client.local_debiasing`), or None."""
+    if experiment["client"].get("local_debiasing", "none") != "reweighing" or data.sensitive is None:
+        return None
+    return reweighing_weights(data.y, data.sensitive)
+
+
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received global model on this client's local validation split.
@@ -76,7 +84,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """
     experiment = experiment_from_record(msg.content["config"])
     federation = federation_for(experiment)
-    train_data, val_data = federation.client_split(_partition_id(context))
+    train_data, val_data = client_data(federation, experiment, _partition_id(context))
     if len(val_data) == 0:
         val_data = train_data
     model = build_model(experiment, federation.data)

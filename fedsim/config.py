@@ -21,6 +21,7 @@ GROUPS = ("dataset", "partition", "model", "strategy", "engine")
 DEFAULT_PROXY_SIZE = 200
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
+LOCAL_DEBIASING = ("none", "reweighing")
 SENSITIVE_DATASETS = ("fair_synthetic", "adult")  # data sets with a binary sensitive attribute (FairFed, SPD/EOD)
 
 
@@ -281,6 +282,9 @@ def validate(experiment: Mapping[str, Any]) -> None:
     noise = experiment.get("label_noise") or {}
     _partition_ids("label_noise.clients", noise.get("clients") or [], num_clients, leave_one=False)
     _in_range("label_noise.rate", noise.get("rate", 0.0), 0, 1)
+    feature_noise = experiment.get("feature_noise") or {}
+    _partition_ids("feature_noise.clients", feature_noise.get("clients") or [], num_clients, leave_one=False)
+    _non_negative("feature_noise.std", feature_noise.get("std", 0.0))
     _in_range("stragglers.fraction", experiment.get("stragglers", {}).get("fraction", 0.0), 0, 1, high_open=True)
     server = experiment["server"]
     proxy_size = _integer("server.proxy_size", server.get("proxy_size", 0), 0)
@@ -293,6 +297,11 @@ def validate(experiment: Mapping[str, Any]) -> None:
     dataset_name = experiment["dataset"].get("name")
     if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and dataset_name not in SENSITIVE_DATASETS:
         allowed = f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"
+        raise ConfigError("dataset", dataset_name, allowed)
+    debiasing = client.get("local_debiasing", "none")
+    _choice("client.local_debiasing", debiasing, LOCAL_DEBIASING)
+    if debiasing != "none" and dataset_name not in SENSITIVE_DATASETS:
+        allowed = f"client.local_debiasing={debiasing} needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"
         raise ConfigError("dataset", dataset_name, allowed)
     _validate_partition(experiment["partition"], num_clients)
     _validate_dataset(experiment["dataset"])

@@ -1,9 +1,13 @@
 """Collaboration fairness (FedCE paper, Table 2): does FedCE's weight of a client track what the client is worth?
 
-The reference contribution of client k is leave-one-out: the final test accuracy of the full federation minus that
-of the same run (same seed, same partition, same everything) with k excluded from every round
-(`exclude_clients=[k]`). FedCE's estimate is k's weight in the last round (the mean over rounds is kept too). The
-agreement is their Pearson correlation over clients.
+The reference contribution of client k is leave-one-out: the final accuracy of the full federation minus that of
+the same run (same seed, same partition, same everything) with k excluded from every round (`exclude_clients=[k]`).
+Accuracy is measured one of two ways (`reference`):
+- `clients` (default, the paper's): the mean over every client's held-out split, the left-out client's included,
+  as the paper averages the sites' own test sets;
+- `test`: the pooled test split of the data set.
+FedCE's estimate is k's weight in the last round (the mean over rounds is kept too). The agreement is their
+Pearson correlation over clients.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .results import METRICS_FILE, write_atomic
 
 CONTRIBUTION_FILE = "contribution.json"
 CONTRIBUTION_PLOT = "contribution.png"
+REFERENCES = ("clients", "test")
 # Called after every run with (index from 1, total runs, label, final test accuracy, seconds).
 RunCallback = Callable[[int, int, str, float, float], None]
 
@@ -55,11 +60,22 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float
     return (None, None) if math.isnan(r) else (r, p)
 
 
-def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallback | None = None) -> dict[str, Any]:
+def reference_accuracy(summary: Mapping[str, Any], reference: str) -> float:
+    """The accuracy a leave-one-out difference is taken on (see the module docstring)."""
+    if reference == "clients":
+        return float(summary["client_accuracy"]["mean"])
+    return float(summary["final_accuracy"])
+
+
+def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallback | None = None,
+                     reference: str = "clients") -> dict[str, Any]:
     """The full FedCE run in out/full and one run per left-out client in out/without_<k>; writes and returns the
     report (also `contribution.json` and `contribution.png` in `out`)."""
+    from .errors import FedsimError
     from .run import run_experiment
 
+    if reference not in REFERENCES:
+        raise FedsimError(f"--reference {reference}: one of {', '.join(REFERENCES)}")
     out = Path(out)
     num_clients = int(experiment["num_clients"])
     total = num_clients + 1
@@ -68,7 +84,7 @@ def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallba
         started = time.perf_counter()
         summary = run_experiment({**experiment, "exclude_clients": excluded}, out / folder, show_progress=False)
         if on_run is not None:
-            on_run(index, total, label, float(summary["final_accuracy"]), time.perf_counter() - started)
+            on_run(index, total, label, reference_accuracy(summary, reference), time.perf_counter() - started)
         return summary
 
     full = one_run(1, "full federation", [], "full")
@@ -80,14 +96,15 @@ def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallba
             "client": k,
             "fedce_weight": final_weights[k],
             "fedce_weight_mean": mean_weights[k],
-            "accuracy_without": float(without["final_accuracy"]),
-            "loo_contribution": float(full["final_accuracy"]) - float(without["final_accuracy"]),
+            "accuracy_without": reference_accuracy(without, reference),
+            "loo_contribution": reference_accuracy(full, reference) - reference_accuracy(without, reference),
         })
     loo = [c["loo_contribution"] for c in clients]
     r_final, p_final = pearson(final_weights, loo)
     r_mean, p_mean = pearson(mean_weights, loo)
     report = {
-        "full_accuracy": float(full["final_accuracy"]),
+        "reference": reference,
+        "full_accuracy": reference_accuracy(full, reference),
         "num_rounds": int(experiment["num_rounds"]),
         "seed": int(experiment["seed"]),
         "mode": experiment["strategy"].get("mode", "plus"),
@@ -95,11 +112,11 @@ def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallba
         "pearson": {"final_weight": r_final, "final_weight_p": p_final, "mean_weight": r_mean, "mean_weight_p": p_mean},
     }
     write_atomic(out / CONTRIBUTION_FILE, json.dumps(report, indent=2).encode())
-    plot_contribution(clients, out / CONTRIBUTION_PLOT, r_final)
+    plot_contribution(clients, out / CONTRIBUTION_PLOT, r_final, reference)
     return report
 
 
-def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float | None) -> None:
+def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float | None, reference: str = "clients") -> None:
     """Two bars per client: FedCE's final weight and the leave-one-out accuracy drop (own axis each)."""
     import numpy as np
 
@@ -114,7 +131,7 @@ def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float
     axis.set_xticks(ids)
     axis.set_xlabel("client (partition id)")
     axis.set_ylabel("FedCE weight", color="tab:blue")
-    twin.set_ylabel("LOO contribution (test accuracy)", color="tab:orange")
+    twin.set_ylabel(f"LOO contribution ({_REFERENCE_NAMES[reference]})", color="tab:orange")
     _align_zeros(axis, twin, [c["fedce_weight"] for c in clients], [c["loo_contribution"] for c in clients])
     handles = axis.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     twin.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8)
@@ -133,7 +150,8 @@ def _align_zeros(left: Any, right: Any, weights: Sequence[float], drops: Sequenc
 
 
 def contribution_table(report: Mapping[str, Any]) -> Table:
-    table = Table(title=f"FedCE contribution vs leave-one-out (full run: test accuracy {report['full_accuracy']:.4f})",
+    name = _REFERENCE_NAMES[report.get("reference", "test")]
+    table = Table(title=f"FedCE contribution vs leave-one-out (full run: {name} {report['full_accuracy']:.4f})",
                   header_style="bold")
     for name in ("client", "FedCE weight", "mean weight", "accuracy without", "LOO contribution"):
         table.add_column(name, justify="right")
@@ -144,6 +162,9 @@ def contribution_table(report: Mapping[str, Any]) -> Table:
     table.caption = (f"Pearson r (final weight, LOO) = {_fmt(pearson_['final_weight'])} (p = {_fmt(pearson_['final_weight_p'])}); "
                      f"mean weight: r = {_fmt(pearson_['mean_weight'])}")
     return table
+
+
+_REFERENCE_NAMES = {"clients": "mean client accuracy", "test": "test accuracy"}
 
 
 def _fmt(value: float | None) -> str:

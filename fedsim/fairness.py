@@ -114,3 +114,21 @@ def fairness_summary(global_counts: GroupCounts, client_counts: Mapping[int, Gro
         "clients": {str(pid): {"spd": _finite(c.spd()), "eod": _finite(c.eod()), "accuracy": _finite(c.accuracy)}
                     for pid, c in sorted(client_counts.items())},
     }
+
+
+def reweighing_weights(labels: torch.Tensor, sensitive: torch.Tensor) -> torch.Tensor:
+    """Kamiran & Calders' reweighing (KAIS 2012), FairFed's local debiasing: each row of group (a, y) weighs
+    P(A=a)·P(Y=y) / P(A=a, Y=y), so that in the weighted data Y is independent of A. The weights average 1.
+
+    Computed on the client's own rows (what a client can see). A group with no row gets no weight; a client that
+    holds one group only gets weight 1 everywhere, i.e. plain training.
+    """
+    y = labels.long()
+    a = sensitive.long()
+    n = len(y)
+    joint = torch.zeros(2, 2, dtype=torch.float64)
+    joint.index_put_((a, y), torch.ones(n, dtype=torch.float64), accumulate=True)
+    joint /= max(n, 1)
+    expected = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
+    ratio = torch.where(joint > 0, expected / joint.clamp_min(1e-300), torch.zeros_like(joint))
+    return ratio[a, y].to(torch.float32)

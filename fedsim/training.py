@@ -39,12 +39,15 @@ class EvalResult:
 
 
 def train_local(
-    model: nn.Module, data: ArrayDataset, settings: TrainSettings, generator: torch.Generator, device: torch.device
+    model: nn.Module, data: ArrayDataset, settings: TrainSettings, generator: torch.Generator, device: torch.device,
+    sample_weights: torch.Tensor | None = None,
 ) -> TrainResult:
     """Minimise cross-entropy + (mu/2)||w - w_global||^2 with SGD, starting from the model's current weights.
 
     The proximal anchor w_global is the model as received (FedProx). Each epoch visits every sample once in an
     order drawn from `generator`; the last minibatch may be smaller. Weight decay and momentum are PyTorch SGD's.
+    `sample_weights` (one per row, e.g. fairness reweighing) turn a minibatch's loss into mean(w_i · CE_i); the
+    reported loss stays the unweighted cross-entropy.
     """
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -52,8 +55,8 @@ def train_local(
     optimizer = torch.optim.SGD(
         trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    criterion = nn.CrossEntropyLoss()
     x_all, y_all = data.x.to(device), data.y.to(device)
+    weights_all = None if sample_weights is None else sample_weights.to(device)
     total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(settings.epochs):
         order = torch.randperm(len(data), generator=generator).to(device)
@@ -62,11 +65,14 @@ def train_local(
             x, y = x_all[batch], y_all[batch]
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
-            loss = criterion(logits, y)
-            objective = loss
+            if weights_all is None:
+                loss = objective = nn.functional.cross_entropy(logits, y)
+            else:
+                losses = nn.functional.cross_entropy(logits, y, reduction="none")
+                loss, objective = losses.mean(), (weights_all[batch] * losses).mean()
             if anchor:
                 proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(trainable, anchor, strict=True))
-                objective = loss + 0.5 * settings.proximal_mu * proximal
+                objective = objective + 0.5 * settings.proximal_mu * proximal
             objective.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * len(batch)

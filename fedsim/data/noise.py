@@ -1,4 +1,11 @@
-"""Label noise on chosen clients' training rows: a client whose data hurts the federation, for contribution studies."""
+"""Noisy clients for contribution studies: what a client holds when the config marks it noisy.
+
+Two kinds, both seeded by (seed, partition id), so the same rows get the same noise every round:
+- `label_noise`: a share of the client's *training* labels redrawn at random (an annotator who errs); its
+  validation rows stay clean.
+- `feature_noise`: Gaussian noise on every input of the client, training and validation rows alike (a site whose
+  scanner or sensor is noisier: its own data really looks like that, as with FedCE's domain-shifted sites).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +15,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from .federation import Federation
 from .tensors import ArrayDataset
+
+_LABEL_SALT, _FEATURE_SALT = 7919, 104729
+
+
+def client_data(federation: Federation, experiment: Mapping[str, Any], partition_id: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """The client's (training, validation) rows with the configured noise applied."""
+    train_data, val_data = federation.client_split(partition_id)
+    train_data = with_label_noise(train_data, experiment, partition_id, federation.data.num_classes)
+    return (with_feature_noise(train_data, experiment, partition_id, split=0),
+            with_feature_noise(val_data, experiment, partition_id, split=1))
 
 
 def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int, num_classes: int) -> ArrayDataset:
     """`data` with round(rate * n) seeded rows relabelled uniformly at random over all classes (symmetric noise, so
-    about rate * (C-1)/C of the labels end up wrong) if this partition is in `label_noise.clients`; else `data`.
-
-    Only the training split passes through here: the client's validation rows stay clean. The same rows and labels
-    are drawn every round (seed, partition id).
-    """
+    about rate * (C-1)/C of the labels end up wrong) if this partition is in `label_noise.clients`; else `data`."""
     noise = experiment.get("label_noise") or {}
     rate = float(noise.get("rate", 0.0))
     if partition_id not in (noise.get("clients") or []) or rate == 0 or len(data) == 0:
         return data
-    rng = np.random.default_rng([int(experiment["seed"]), partition_id, 7919])
+    rng = np.random.default_rng([int(experiment["seed"]), partition_id, _LABEL_SALT])
     rows = rng.choice(len(data), size=round(rate * len(data)), replace=False)
     labels = data.y.clone()
     labels[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(rng.integers(0, num_classes, len(rows)), dtype=labels.dtype)
     return ArrayDataset(data.x, labels, data.sensitive)
+
+
+def with_feature_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int, split: int) -> ArrayDataset:
+    """`data` + N(0, std²) on every input value if this partition is in `feature_noise.clients`; else `data`.
+
+    `std` is in the data set's own input units (digits and image sets are scaled to [0, 1]). `split` keeps the
+    training and validation draws independent.
+    """
+    noise = experiment.get("feature_noise") or {}
+    std = float(noise.get("std", 0.0))
+    if partition_id not in (noise.get("clients") or []) or std == 0 or len(data) == 0:
+        return data
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
+        [int(experiment["seed"]), partition_id, _FEATURE_SALT, split]).generate_state(1)[0]))
+    noisy = data.x + std * torch.randn(data.x.shape, generator=generator, dtype=data.x.dtype)
+    return ArrayDataset(noisy, data.y, data.sensitive)
