@@ -323,3 +323,15 @@ def test_report_from_python(tmp_path):
     rows, path = report(the_plan, tmp_path, 0.5, "fedsim compare strategy=fedavg,fedprox seed=0")
     assert [row.strategy for row in rows] == ["fedavg"] and "1 of 2 runs finished." in path.read_text()
     assert io.BytesIO((tmp_path / "plots" / "accuracy_curves.png").read_bytes()).read(8) == PNG_MAGIC
+
+
+def test_two_sweeps_never_write_one_folder_at_once(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    from fedsim.compare.sweep import LOCK_FILE
+    from fedsim.errors import FedsimError
+
+    the_plan = plan(["seed=0"])
+    with open(tmp_path / LOCK_FILE, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FedsimError, match="another fedsim compare"):
+            run_sweep(the_plan.grid.points, the_plan.experiments, tmp_path, run=fake_run([]), show_progress=False)

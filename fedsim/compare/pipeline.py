@@ -78,7 +78,10 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
     compare_plots.plot_accuracy_curves(grouped, grid.strategies, plots[0][0])
     compare_plots.plot_client_distributions(grouped, grid.strategies, plots[1][0])
     if compare_plots.plot_weights(grouped, grid.strategies, folder / compare_plots.WEIGHTS_PLOT):
-        plots.append((folder / compare_plots.WEIGHTS_PLOT, "aggregation weights of the strategies that weight clients"))
+        unweighted = [s for s in grid.strategies if not any(m.weights for r in grouped.values() for m in r.get(s, []))]
+        caption = "aggregation weights of the strategies that report them" + (
+            f" ({', '.join(unweighted)} report no per-client weights)" if unweighted else "")
+        plots.append((folder / compare_plots.WEIGHTS_PLOT, caption))
     partitions = _partition_heatmaps(grid, out, runs)
     configs = {}
     for point, experiment in zip(grid.points, plan_.experiments):

@@ -26,8 +26,8 @@ def _colors(strategies: Sequence[str]) -> dict[str, tuple]:
     return {name: cmap(index % 10) for index, name in enumerate(strategies)}
 
 
-def _panels(count: int, width: float = 5.0, height: float = 3.8):  # type: ignore[no-untyped-def]
-    columns = min(count, 3)
+def _panels(count: int, width: float = 5.0, height: float = 3.8, columns: int = 3):  # type: ignore[no-untyped-def]
+    columns = max(1, min(count, columns))
     rows = math.ceil(count / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), dpi=110, squeeze=False)
     flat = list(axes.flat)
@@ -78,7 +78,8 @@ def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path)
         axis.set_xticks(range(1, len(names) + 1), names)
         axis.set_title(setting, fontsize=9)
         axis.set_ylabel("client accuracy (final round)")
-        axis.set_ylim(-0.02, 1.02)
+        lowest = min((a for values in data for a in values), default=0.0)
+        axis.set_ylim(max(-0.02, lowest - 0.05), 1.02)
         axis.grid(alpha=0.3, axis="y")
     figure.suptitle("client accuracy distribution, all seeds pooled (triangle = mean)", fontsize=10)
     save_figure(figure, path)
@@ -91,7 +92,8 @@ def plot_weights(runs: Runs, strategies: Sequence[str], path: Path) -> bool:
               if any(m.weights for m in by_strategy.get(strategy, []))]
     if not panels:
         return False
-    figure, axes = _panels(len(panels), width=5.0, height=3.4)
+    settings = len({setting for _, setting, _ in panels})
+    figure, axes = _panels(len(panels), width=5.0, height=3.4, columns=settings if settings <= 4 else 3)  # a row per strategy
     for axis, (strategy, setting, seeds) in zip(axes, panels):
         rounds = sorted({r for m in seeds for r in m.weights})
         clients = sorted({c for m in seeds for w in m.weights.values() for c in w})

@@ -7,10 +7,11 @@ half way keeps every finished run and loses only the one in flight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from typing import Any
 import yaml
 
 from ..config import resolve_auto_values
+from ..errors import FedsimError
 from ..results import CONFIG_FILE, SUMMARY_FILE
 from .grid import GridPoint
 
 RUNS_FOLDER = "runs"
+LOCK_FILE = ".compare.lock"
 # run_experiment's signature: (experiment, run folder, choices, show_progress) -> summary
 RunFunction = Callable[..., Mapping[str, Any]]
 # Called after each grid point with (point, index from 1 among the runs to do, runs to do, seconds, skipped).
@@ -64,6 +67,32 @@ def run_sweep(
     show_progress: bool = True,
 ) -> SweepResult:
     """Run every point whose folder is not complete; `experiments[i]` is the composed config of `points[i]`."""
+    with _exclusive(Path(out)):
+        return _run_points(points, experiments, Path(out), run, on_point, show_progress)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One sweep per output folder at a time: two would clear each other's runs in flight."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FedsimError(f"another fedsim compare is writing to {out}; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_points(points: Sequence[GridPoint], experiments: Sequence[Mapping[str, Any]], out: Path,
+                run: RunFunction | None, on_point: PointCallback | None, show_progress: bool) -> SweepResult:
     if run is None:
         from ..run import run_experiment as run
     from ..run import describe_choices
