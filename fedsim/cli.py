@@ -99,6 +99,13 @@ def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
     return None, args
 
 
+COMPARE_USAGE = """usage: fedsim compare <override ...> [--out DIR] [--target ACC] [--no-progress]
+
+Runs every strategy × setting × seed of the overrides' comma lists (strategy=a,b seed=0,1,2 key=x,y), skipping runs
+already finished in DIR (default outputs/compare/<time>), then writes comparison.md, comparison.csv, plots/ and
+report.html there. --target: the accuracy for "rounds to target" (default 0.9)."""
+
+
 def compare_command(args: list[str]) -> None:
     """`fedsim compare <overrides with a,b,c lists> [--out DIR] [--target ACC] [--no-progress]`: run the grid (runs
     already finished in DIR are kept), then write comparison.md/.csv, plots/ and report.html."""
@@ -111,6 +118,9 @@ def compare_command(args: list[str]) -> None:
     import datasets
 
     datasets.disable_progress_bars()  # the partitioners' "Flattening the indices" bars would break the live display
+    if any(arg in ("-h", "--help") for arg in args):
+        console.print(COMPARE_USAGE, highlight=False, soft_wrap=True)
+        return
     command = "fedsim compare " + shlex.join(args)
     out, args = _output_folder(args, "compare")
     target_text, args = _option(args, "--target")
