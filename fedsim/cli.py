@@ -156,7 +156,7 @@ def compare_command(args: list[str]) -> None:
                 return
             label = f"{point.strategy} · {point.setting_label} · seed={point.seed}"
             console.print(f"[{index}/{total}] {label} ({seconds:.1f} s)", highlight=False, soft_wrap=True)
-            progress.advance(label)
+            progress.advance(f"last: {label}")
 
         try:
             sweep(the_plan, out, on_point=on_point, show_progress=show_progress)
