@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,6 +231,3 @@ def write_tables(rows: Sequence[Row], out: Path, target: float) -> dict[str, Pat
     write_atomic(paths["csv"], csv_table(rows).encode())
     return paths
 
-
-def rows_for_grid(runs: Mapping[tuple[str, str, int], RunMetrics]) -> list[Row]:
-    return build_rows((strategy, setting, seed, metrics) for (strategy, setting, seed), metrics in runs.items())
