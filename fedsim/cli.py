@@ -1,6 +1,7 @@
 """The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
 `fedsim partition [override ...]` only builds the partition and reports its heterogeneity;
-`fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions."""
+`fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions;
+`fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report."""
 
 from __future__ import annotations
 
@@ -95,6 +96,91 @@ def contribution_command(args: list[str]) -> None:
     console.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
 
 
+def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of `name VALUE` (or `name=VALUE`) among `args`, and the remaining args."""
+    for position, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1], args[:position] + args[position + 1 :]
+        if arg == name:
+            if position + 1 >= len(args):
+                _fail(FedsimError(f"{name} needs a value"))
+            return args[position + 1], args[:position] + args[position + 2 :]
+    return None, args
+
+
+COMPARE_USAGE = """usage: fedsim compare <override ...> [--out DIR] [--target ACC] [--no-progress]
+
+Runs every strategy × setting × seed of the overrides' comma lists (strategy=a,b seed=0,1,2 key=x,y), skipping runs
+already finished in DIR (default outputs/compare/<time>), then writes comparison.md, comparison.csv, plots/ and
+report.html there. --target: the accuracy for "rounds to target" (default 0.9)."""
+
+
+def compare_command(args: list[str]) -> None:
+    """`fedsim compare <overrides with a,b,c lists> [--out DIR] [--target ACC] [--no-progress]`: run the grid (runs
+    already finished in DIR are kept), then write comparison.md/.csv, plots/ and report.html."""
+    import shlex
+
+    from .compare.pipeline import plan, report, sweep
+    from .compare.table import rich_table
+    from .progress import SweepProgress
+
+    import datasets
+
+    datasets.disable_progress_bars()  # the partitioners' "Flattening the indices" bars would break the live display
+    if any(arg in ("-h", "--help") for arg in args):
+        console.print(COMPARE_USAGE, highlight=False, soft_wrap=True)
+        return
+    command = "fedsim compare " + shlex.join(args)
+    out, args = _output_folder(args, "compare")
+    target_text, args = _option(args, "--target")
+    show_progress = "--no-progress" not in args
+    args = [arg for arg in args if arg != "--no-progress"]
+    try:
+        target = float(target_text) if target_text is not None else 0.9
+    except ValueError:
+        _fail(FedsimError(f"--target must be an accuracy in [0, 1], got {target_text}"))
+    if not 0 <= target <= 1:
+        _fail(FedsimError(f"--target must be an accuracy in [0, 1], got {target_text}"))
+    unknown = [arg for arg in args if arg.startswith("-")]
+    if unknown:
+        _fail(FedsimError(f"unknown option {unknown[0]} (fedsim compare takes --out, --target, --no-progress)"))
+    try:
+        the_plan = plan(args)
+    except FedsimError as error:
+        _fail(error)
+    grid = the_plan.grid
+    console.print(f"{len(grid.points)} runs: {len(grid.strategies)} strategies × {len(grid.settings)} settings × "
+                  f"{len(grid.seeds)} seeds → {out}", highlight=False, soft_wrap=True)
+    for note in grid.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    from .compare.sweep import is_complete, run_folder
+
+    pending = sum(not is_complete(run_folder(out, p), e) for p, e in zip(grid.points, the_plan.experiments))
+    if pending < len(grid.points):
+        console.print(f"{len(grid.points) - pending} runs already finished in {out}: skipped", highlight=False)
+    with SweepProgress(pending, "runs", enabled=show_progress and pending > 0) as progress:
+
+        def on_point(point, index: int, total: int, seconds: float, skipped: bool) -> None:  # type: ignore[no-untyped-def]
+            if skipped:
+                return
+            label = f"{point.strategy} · {point.setting_label} · seed={point.seed}"
+            console.print(f"[{index}/{total}] {label} ({seconds:.1f} s)", highlight=False, soft_wrap=True)
+            progress.advance(f"last: {label}")
+
+        try:
+            sweep(the_plan, out, on_point=on_point, show_progress=show_progress)
+        except FedsimError as error:
+            _fail(error)
+    rows, report_path = report(the_plan, out, target, command)
+    # piped output has no width; keep the table's rows on one line each there
+    from rich.console import Console
+
+    wide = console if console.is_terminal else Console(stderr=True, width=max(console.width, 170))
+    wide.print(rich_table(rows, target))
+    console.print(f"table: {out / 'comparison.md'}, {out / 'comparison.csv'}\nreport: {report_path}", highlight=False,
+                  soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fedsim` console script."""
     import hydra
@@ -108,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args[:1] == ["contribution"]:
         contribution_command(args[1:])
+        return
+    if args[:1] == ["compare"]:
+        compare_command(args[1:])
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)

@@ -203,6 +203,7 @@ class Recorder:
             "best_round": best["round"],
             "rounds_completed": self.rows[-1]["round"],
             "client_accuracy": {**stats, "clients": len(final_client_accuracy)},
+            "final_client_accuracy": {str(pid): float(acc) for pid, acc in sorted(final_client_accuracy.items())},
             "wall_seconds": time.perf_counter() - self.started,
             "seed": self.experiment.get("seed"),
             "choices": self.choices,
