@@ -37,20 +37,22 @@ def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
     return float(summary["final_accuracy"])
 
 
-def _option(args: list[str], name: str, default: str, what: str) -> tuple[str, list[str]]:
-    """The value of a subcommand's `name VALUE` option (or `default`) and the remaining arguments."""
-    if name not in args:
-        return default, args
-    position = args.index(name)
-    if position + 1 >= len(args):
-        _fail(FedsimError(f"{name} needs {what}"))
-    return args[position + 1], args[:position] + args[position + 2 :]
+def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of `name VALUE` (or `name=VALUE`) among `args`, and the remaining args."""
+    for position, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1], args[:position] + args[position + 1 :]
+        if arg == name:
+            if position + 1 >= len(args):
+                _fail(FedsimError(f"{name} needs a value"))
+            return args[position + 1], args[:position] + args[position + 2 :]
+    return None, args
 
 
 def _output_folder(args: list[str], command: str) -> tuple[Path, list[str]]:
     """The `--out DIR` of a subcommand (default outputs/<command>/<time>) and the remaining overrides."""
-    folder, args = _option(args, "--out", str(Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S")), "a folder")
-    return Path(folder), args
+    folder, args = _option(args, "--out")
+    return Path(folder or Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S")), args
 
 
 def partition_command(args: list[str]) -> None:
@@ -80,7 +82,8 @@ def contribution_command(args: list[str]) -> None:
     from .contribution import CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table, run_contribution
 
     out, args = _output_folder(args, "contribution")
-    reference, args = _option(args, "--reference", "clients", "clients or test")
+    reference, args = _option(args, "--reference")
+    reference = reference or "clients"
     measure = "mean client accuracy" if reference == "clients" else "test accuracy"
 
     def progress_line(index: int, total: int, label: str, accuracy: float, seconds: float) -> None:
@@ -94,18 +97,6 @@ def contribution_command(args: list[str]) -> None:
         _fail(error)
     console.print(contribution_table(report))
     console.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
-
-
-def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
-    """The value of `name VALUE` (or `name=VALUE`) among `args`, and the remaining args."""
-    for position, arg in enumerate(args):
-        if arg.startswith(f"{name}="):
-            return arg.split("=", 1)[1], args[:position] + args[position + 1 :]
-        if arg == name:
-            if position + 1 >= len(args):
-                _fail(FedsimError(f"{name} needs a value"))
-            return args[position + 1], args[:position] + args[position + 2 :]
-    return None, args
 
 
 COMPARE_USAGE = """usage: fedsim compare <override ...> [--out DIR] [--target ACC] [--no-progress]
