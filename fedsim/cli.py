@@ -1,7 +1,8 @@
 """The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
 `fedsim partition [override ...]` only builds the partition and reports its heterogeneity;
 `fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions;
-`fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report."""
+`fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report;
+`fedsim resume <run folder>` continues a run that stopped, from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -172,6 +173,37 @@ def compare_command(args: list[str]) -> None:
                   soft_wrap=True)
 
 
+def resume_command(args: list[str]) -> None:
+    """`fedsim resume <run folder>`: continue a run that stopped, from its last checkpoint, with its own config."""
+    import json
+
+    import yaml
+
+    from .checkpoint import CHECKPOINT_FILE
+    from .progress import summary_table
+    from .results import CONFIG_FILE, SUMMARY_FILE
+    from .run import run_experiment
+
+    if len(args) != 1:
+        _fail(FedsimError("usage: fedsim resume <run folder>"))
+    folder = Path(args[0])
+    if not (folder / CONFIG_FILE).exists():
+        _fail(FedsimError(f"{folder} is not a fedsim run folder (no {CONFIG_FILE})"))
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.exists() and json.loads(summary_path.read_text()).get("complete"):
+        console.print(f"{folder}: the run is already complete", highlight=False, soft_wrap=True)
+        return
+    if not (folder / CHECKPOINT_FILE).exists():
+        console.print(f"{folder}: no checkpoint yet, starting the run from round 1", highlight=False, soft_wrap=True)
+    try:
+        experiment = yaml.safe_load((folder / CONFIG_FILE).read_text())
+        summary = run_experiment(experiment, folder, resume=True)
+    except FedsimError as error:
+        _fail(error)
+    console.print(summary_table(summary))
+    console.print(f"run folder: {folder}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fedsim` console script."""
     import hydra
@@ -188,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args[:1] == ["compare"]:
         compare_command(args[1:])
+        return
+    if args[:1] == ["resume"]:
+        resume_command(args[1:])
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)

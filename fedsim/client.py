@@ -15,6 +15,7 @@ from .data.noise import client_data
 from .data.tensors import ArrayDataset
 from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
 from .fairness import model_group_counts, reweighing_weights
+from .faults import before_training, draw_faults, poisoned
 from .training import client_seed, evaluate, resolve_device, train_local
 
 PARTITION_ID = "partition-id"
@@ -54,6 +55,8 @@ def train(msg: Message, context: Context) -> Message:
     for key, answer in BEFORE_TRAINING.items():
         if asked(config, key):
             answers.update(answer(local))
+    faults = draw_faults(experiment, int(config[ROUND_KEY]), partition_id)
+    before_training(faults)
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
     weights = _sample_weights(experiment, train_data)
     result = train_local(model, train_data, train_settings(experiment, config), generator, device, weights)
@@ -61,6 +64,8 @@ def train(msg: Message, context: Context) -> Message:
         {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy, **answers}
     )
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+    if faults.nan:
+        arrays = poisoned(arrays)
     content = RecordDict({"arrays": arrays, "metrics": metrics})
     for key, answer_after in AFTER_TRAINING.items():
         if asked(config, key):
