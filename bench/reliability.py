@@ -20,24 +20,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord
 from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
 
-from fedsim.client import app as client_app  # noqa: E402
-from fedsim.config import compose_experiment, resolve_auto_values, validate  # noqa: E402
-from fedsim.data.federation import federation_for  # noqa: E402
-from fedsim.engines.inprocess import InProcessGrid  # noqa: E402
+from fedsim.config import compose_experiment, validate  # noqa: E402
 from fedsim.errors import ConfigError  # noqa: E402
-from fedsim.experiment import build_model, experiment_record  # noqa: E402
-from fedsim.reply_checks import ReplyLimits  # noqa: E402
 from fedsim.run import run_experiment  # noqa: E402
-from fedsim.server import build_strategy  # noqa: E402
-from fedsim.server_grid import FedsimGrid  # noqa: E402
 from tests.test_config import BAD_VALUES  # noqa: E402
-from tests.test_reply_checks import MUTATIONS, _mutate  # noqa: E402
+from tests.test_reply_checks import MUTATIONS, _mutate, first_round  # noqa: E402
 from tests.test_resume import BASE as RESUME_BASE, _kill_during, _metrics  # noqa: E402
 
 STRATEGIES = ["fedavg", "fedprox", "feddisco", "fedlaw", "qffl", "fedce", "fairfed"]
@@ -59,19 +50,7 @@ def malformed_replies(strategies: list[str]) -> None:
     print("| strategy | malformed replies sent | rejected | valid replies sent | accepted | global model finite, right shapes |")
     print("|---|---|---|---|---|---|")
     for name in strategies:
-        extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if name == "fairfed" else []
-        experiment = resolve_auto_values(compose_experiment(
-            ["num_clients=4", "num_rounds=1", f"strategy={name}", "progress=false", "server.max_update_norm=1000", *extra]))
-        federation = federation_for(experiment)
-        strategy = build_strategy(experiment, federation, "cpu")
-        sizes = {pid: len(rows) for pid, rows in enumerate(federation.client_indices)}
-        grid = FedsimGrid(InProcessGrid(client_app, 4), limits=ReplyLimits.from_experiment(experiment, sizes))
-        grid.discover(4, timeout=30)
-        torch.manual_seed(0)
-        arrays = ArrayRecord({k: v.detach() for k, v in build_model(experiment, federation.data).state_dict().items()})
-        messages = list(strategy.configure_train(1, arrays, experiment_record(experiment), grid))
-        replies = list(grid._inner.send_and_receive(messages, timeout=60))
-        sent = {m.metadata.message_id: m for m in messages}
+        strategy, grid, arrays, replies, sent = first_round(name)
         bad_sent = bad_rejected = good_sent = good_accepted = 0
         healthy = True
         for how in [m for m in MUTATIONS if m != "none"]:

@@ -162,27 +162,30 @@ def _mutate(reply: Message, how: str) -> Message:
     return reply
 
 
-@pytest.fixture(scope="module", params=STRATEGIES)
-def round_setup(request):
-    """One strategy's first training round on 4 clients: the sent messages and the real, valid replies."""
-    extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if request.param == "fairfed" else []
-    experiment = compose_experiment(["num_clients=4", "num_rounds=1", f"strategy={request.param}", "progress=false",
-                                     "server.max_update_norm=1000", *extra])
+def first_round(strategy_name: str):
+    """A strategy's first training round on 4 clients: (strategy, checking grid, global arrays, the real valid
+    replies, sent messages by id). Shared with bench/reliability.py."""
     from fedsim.config import resolve_auto_values
 
-    experiment = resolve_auto_values(experiment)
+    extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if strategy_name == "fairfed" else []
+    experiment = resolve_auto_values(compose_experiment(
+        ["num_clients=4", "num_rounds=1", f"strategy={strategy_name}", "progress=false", "server.max_update_norm=1000", *extra]))
     federation = federation_for(experiment)
     strategy = build_strategy(experiment, federation, "cpu")
     sizes = {pid: len(rows) for pid, rows in enumerate(federation.client_indices)}
-    grid = FedsimGrid(InProcessGrid(client_app, 4), limits=ReplyLimits.from_experiment(experiment, sizes))
+    inner = InProcessGrid(client_app, 4)
+    grid = FedsimGrid(inner, limits=ReplyLimits.from_experiment(experiment, sizes))
     grid.discover(4, timeout=30)
     torch.manual_seed(0)
-    model = build_model(experiment, federation.data)
-    arrays = ArrayRecord({k: v.detach() for k, v in model.state_dict().items()})
+    arrays = ArrayRecord({k: v.detach() for k, v in build_model(experiment, federation.data).state_dict().items()})
     messages = list(strategy.configure_train(1, arrays, experiment_record(experiment), grid))
-    replies = list(grid._inner.send_and_receive(messages, timeout=60))
-    sent = {m.metadata.message_id: m for m in messages}
-    return strategy, grid, arrays, replies, sent
+    replies = list(inner.send_and_receive(messages, timeout=60))  # unchecked: the fuzz mutates them first
+    return strategy, grid, arrays, replies, {m.metadata.message_id: m for m in messages}
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def round_setup(request):
+    return first_round(request.param)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

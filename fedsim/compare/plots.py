@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.ticker
 import numpy as np
 
-from ..plots import plt, save_figure
+from ..plots import plt, save_figure, style_accuracy_axis
 from .table import RunMetrics
 
 CURVES_PLOT = "accuracy_curves.png"
@@ -51,12 +51,7 @@ def plot_accuracy_curves(runs: Runs, strategies: Sequence[str], path: Path) -> N
             axis.plot(rounds, values.mean(axis=0), color=colors[strategy], label=f"{strategy} (n={len(seeds)})")
             axis.fill_between(rounds, values.min(axis=0), values.max(axis=0), color=colors[strategy], alpha=0.2, linewidth=0)
         axis.set_title(setting, fontsize=9)
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axis.set_xlabel("round")
-        axis.set_ylabel("global test accuracy")
-        axis.set_ylim(0, 1.02)
-        axis.grid(alpha=0.3)
-        axis.legend(loc="lower right", fontsize=8)
+        style_accuracy_axis(axis, "global test accuracy")
     figure.suptitle("global accuracy per round: mean over seeds, band = min–max", fontsize=10)
     save_figure(figure, path)
 
