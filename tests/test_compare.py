@@ -217,6 +217,27 @@ def test_rerunning_skips_finished_runs_and_redoes_partial_ones(tmp_path):
     assert not (interrupted / "stale.txt").exists()  # a partial folder is run again from scratch
 
 
+def test_an_interrupted_run_with_a_checkpoint_continues_instead_of_starting_over(tmp_path):
+    the_plan = plan(["strategy=fedavg", "seed=0", "num_rounds=3", "num_clients=3"])
+    point, experiment = the_plan.grid.points[0], the_plan.experiments[0]
+    run_sweep([point], [experiment], tmp_path, show_progress=False)
+    folder = run_folder(tmp_path, point)
+    finished = (folder / "metrics.csv").read_text()
+    (folder / "summary.json").unlink()  # killed after its last checkpoint, before the summary
+    calls: list[tuple] = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        from fedsim.run import run_experiment
+
+        return run_experiment(*args, **kwargs)
+
+    run_sweep([point], [experiment], tmp_path, run=spy, show_progress=False)
+    assert calls == [{"resume": True}]
+    assert is_complete(folder, experiment)
+    assert (folder / "metrics.csv").read_text().splitlines()[1:] == finished.splitlines()[1:]  # no round ran again
+
+
 def test_a_changed_config_is_not_a_finished_run(tmp_path):
     the_plan = plan(["seed=0", "num_rounds=3"])
     calls: list[Path] = []

@@ -1,5 +1,6 @@
-"""Running the grid resumably: a run whose folder holds a complete `summary.json` for the same config is skipped,
-any other folder is cleared and run from scratch.
+"""Running the grid resumably: a run whose folder holds a complete `summary.json` for the same config is skipped;
+a run that was interrupted after a checkpoint (`checkpoint.pt`, same config) continues from it; any other folder
+is cleared and run from scratch.
 
 `summary.json` is the last file a run writes with meaning (atomically, with `complete: true`), so a sweep killed
 half way keeps every finished run and loses only the one in flight.
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..checkpoint import CHECKPOINT_FILE
 from ..config import resolve_auto_values
 from ..errors import FedsimError
 from ..results import CONFIG_FILE, SUMMARY_FILE
@@ -49,8 +51,15 @@ def is_complete(folder: Path, experiment: Mapping[str, Any] | None = None) -> bo
         return False
     if not isinstance(summary, dict) or summary.get("complete") is not True:
         return False
-    if experiment is None:
-        return True
+    return experiment is None or _same_config(folder, experiment)
+
+
+def can_resume(folder: Path, experiment: Mapping[str, Any]) -> bool:
+    """Whether `folder` holds an interrupted run of `experiment` with a checkpoint to continue from."""
+    return (Path(folder) / CHECKPOINT_FILE).exists() and _same_config(folder, experiment)
+
+
+def _same_config(folder: Path, experiment: Mapping[str, Any]) -> bool:
     try:
         stored = yaml.safe_load((Path(folder) / CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
@@ -105,11 +114,14 @@ def _run_points(points: Sequence[GridPoint], experiments: Sequence[Mapping[str, 
             on_point(point, 0, len(todo), 0.0, True)
     for index, (point, experiment) in enumerate(todo, start=1):
         folder = run_folder(out, point)
-        if folder.exists():
-            shutil.rmtree(folder)  # a partial run: start again from nothing
         started = time.perf_counter()
         choices = {**describe_choices(experiment), "strategy": point.strategy}
-        run(experiment, folder, choices, show_progress)
+        if can_resume(folder, experiment):  # killed after a checkpoint: go on from there
+            run(experiment, folder, choices, show_progress, resume=True)
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)  # a partial run without a checkpoint: start again from nothing
+            run(experiment, folder, choices, show_progress)
         if on_point is not None:
             on_point(point, index, len(todo), time.perf_counter() - started, False)
     return SweepResult([p for p, _ in todo], skipped)
