@@ -245,6 +245,13 @@ def _validate_dataset(dataset: Mapping[str, Any]) -> None:
         _non_negative("dataset.alpha", dataset["alpha"])
         _non_negative("dataset.beta", dataset["beta"])
         _integer("dataset.num_users", dataset["num_users"], 1)
+    if dataset.get("name") == "random" and dataset.get("source") == "builtin":
+        _integer("dataset.num_samples", dataset["num_samples"], 1)
+        _integer("dataset.num_classes", dataset["num_classes"], 2)
+        _integer("dataset.test_samples", dataset["test_samples"], 1)
+        shape = dataset["shape"]
+        if not isinstance(shape, list) or not shape or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+            raise ConfigError("dataset.shape", shape, "a list of positive integers, e.g. [1, 28, 28]")
     if dataset.get("name") == "fair_synthetic":
         _integer("dataset.num_samples", dataset["num_samples"], 2)
         _integer("dataset.dim", dataset["dim"], 2)
