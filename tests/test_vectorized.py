@@ -146,3 +146,18 @@ def test_engine_config():
     experiment = resolve_auto_values(compose_experiment(["engine=vectorized", "engine.max_cohort=0"]))
     with pytest.raises(ConfigError, match="engine.max_cohort"):
         validate(experiment)
+
+
+def test_w1_workload_pieces():
+    """dataset=random and the unpadded CNN that bench/sim_throughput.py uses for W1."""
+    from fedsim.data.federation import load_data
+
+    data = load_data({"source": "builtin", "name": "random", "num_samples": 40, "shape": [1, 28, 28], "num_classes": 10,
+                      "test_samples": 5}, seed=0)
+    assert data.input_shape == (1, 28, 28) and len(data.train) == 40 and len(data.test_arrays) == 5
+    model = CNN([1, 28, 28], 10, channels=[16, 32], hidden=128, padding=0)
+    assert [tuple(p.shape) for p in model.parameters()] == [
+        (16, 1, 5, 5), (16,), (32, 16, 5, 5), (32,), (128, 512), (128,), (10, 128), (10,)]
+    assert model(data.train_arrays.x[:2]).shape == (2, 10)
+    with pytest.raises(ConfigError, match="dataset.shape"):
+        validate(resolve_auto_values(compose_experiment(["dataset=random", "dataset.shape=[0]"])))

@@ -144,7 +144,11 @@ class VectorizedGrid(InProcessGrid):
         device = resolve_device(experiment["device"])
         seed = int(experiment["seed"])
         members = []
+        starts: dict[int, dict[str, torch.Tensor]] = {}  # strategies usually send one ArrayRecord to every node
         for message in messages:
+            arrays = message.content["arrays"]
+            if id(arrays) not in starts:
+                starts[id(arrays)] = arrays.to_torch_state_dict()
             partition_id = int(self._contexts[message.metadata.dst_node_id].node_config[PARTITION_ID])
             train_data, _ = client_data(federation, experiment, partition_id)
             message_config = message.content["config"]
@@ -152,7 +156,7 @@ class VectorizedGrid(InProcessGrid):
                 data=train_data,
                 settings=train_settings(experiment, message_config),
                 seed=client_seed(seed, int(message_config[ROUND_KEY]), partition_id),
-                start=message.content["arrays"].to_torch_state_dict(),
+                start=starts[id(arrays)],
             ))
         model = build_model(experiment, federation.data)
         size = chunk_size(self.max_cohort, model, tuple(federation.data.train_arrays.x.shape[1:]),
