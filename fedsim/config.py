@@ -245,6 +245,13 @@ def _validate_dataset(dataset: Mapping[str, Any]) -> None:
         _non_negative("dataset.alpha", dataset["alpha"])
         _non_negative("dataset.beta", dataset["beta"])
         _integer("dataset.num_users", dataset["num_users"], 1)
+    if dataset.get("name") == "random" and dataset.get("source") == "builtin":
+        _integer("dataset.num_samples", dataset["num_samples"], 1)
+        _integer("dataset.num_classes", dataset["num_classes"], 2)
+        _integer("dataset.test_samples", dataset["test_samples"], 1)
+        shape = dataset["shape"]
+        if not isinstance(shape, list) or not shape or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+            raise ConfigError("dataset.shape", shape, "a list of positive integers, e.g. [1, 28, 28]")
     if dataset.get("name") == "fair_synthetic":
         _integer("dataset.num_samples", dataset["num_samples"], 2)
         _integer("dataset.dim", dataset["dim"], 2)
@@ -327,3 +334,7 @@ def validate(experiment: Mapping[str, Any]) -> None:
         _positive("engine.client_resources.num_cpus", resources["num_cpus"])
     if "num_gpus" in resources:
         _non_negative("engine.client_resources.num_gpus", resources["num_gpus"])
+    if engine.get("name") == "vectorized":
+        max_cohort = engine.get("max_cohort", "auto")
+        if max_cohort != "auto" and (isinstance(max_cohort, bool) or not isinstance(max_cohort, int) or max_cohort < 1):
+            raise ConfigError("engine.max_cohort", max_cohort, "auto or an integer >= 1")

@@ -47,19 +47,21 @@ def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 class CNN(nn.Module):
     """The FedAvg paper's CNN: two 5x5 conv layers with 2x2 max-pooling, a dense layer, a linear classifier.
 
-    "Same" padding keeps it usable on small images (8x8 digits) as well as 28x28 and 32x32 ones.
+    "Same" padding (2, the default) keeps it usable on small images (8x8 digits) as well as 28x28 and 32x32 ones;
+    `padding=0` is the unpadded variant (W1 of bench/sim_throughput.py: channels [16, 32], hidden 128).
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64), hidden: int = 512
+        self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64), hidden: int = 512,
+        padding: int = 2,
     ) -> None:
         super().__init__()
         in_channels, height, width = _image_shape(input_shape)
         convs: list[nn.Module] = []
         for out_channels in channels:
-            convs += [nn.Conv2d(in_channels, int(out_channels), 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
+            convs += [nn.Conv2d(in_channels, int(out_channels), 5, padding=int(padding)), nn.ReLU(), nn.MaxPool2d(2)]
             in_channels = int(out_channels)
-            height, width = height // 2, width // 2
+            height, width = (height + 2 * int(padding) - 4) // 2, (width + 2 * int(padding) - 4) // 2
         if height < 1 or width < 1:
             raise ValueError(f"input {tuple(input_shape)} is too small for {len(channels)} pooling stages")
         self.features = nn.Sequential(*convs)

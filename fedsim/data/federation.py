@@ -27,10 +27,11 @@ from .builtin import load_digits_data, load_synthetic_data
 from .fair_synthetic import load_fair_synthetic_data
 from .hub import load_hub_data
 from .local import load_local_data
+from .random_images import load_random_data
 from .tensors import ArrayDataset
 
 INDEX_COLUMN = "__fedsim_index__"
-BUILTIN = ("digits", "synthetic", "fair_synthetic", "adult")
+BUILTIN = ("digits", "synthetic", "fair_synthetic", "adult", "random")
 
 
 def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
@@ -59,6 +60,9 @@ def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
                 float(dataset["test_fraction"]),
                 seed,
             )
+        if name == "random":
+            return load_random_data(int(dataset["num_samples"]), list(dataset["shape"]), int(dataset["num_classes"]),
+                                    int(dataset["test_samples"]), seed)
         if name == "adult":
             return load_adult_data(float(dataset["test_fraction"]), seed)
         raise ConfigError("dataset.name", name, f"built-in data sets are {', '.join(BUILTIN)}")

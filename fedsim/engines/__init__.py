@@ -8,8 +8,9 @@ from typing import Any
 from .base import Engine
 from .flower import FlowerEngine
 from .inprocess import InProcessEngine, InProcessGrid
+from .vectorized import VectorizedEngine, VectorizedGrid
 
-ENGINES = ("inprocess", "flower")
+ENGINES = ("inprocess", "vectorized", "flower")
 
 
 def make_engine(engine: Mapping[str, Any]) -> Engine:
@@ -17,9 +18,11 @@ def make_engine(engine: Mapping[str, Any]) -> Engine:
     name = engine["name"]
     if name == "inprocess":
         return InProcessEngine()
+    if name == "vectorized":
+        return VectorizedEngine(engine.get("max_cohort", "auto"))
     if name == "flower":
         return FlowerEngine(engine.get("client_resources", {}), engine.get("ray_init_args"))
     raise ValueError(f"engine.name={name!r}: one of {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "Engine", "FlowerEngine", "InProcessEngine", "InProcessGrid", "make_engine"]
+__all__ = ["ENGINES", "Engine", "FlowerEngine", "InProcessEngine", "InProcessGrid", "VectorizedEngine", "VectorizedGrid", "make_engine"]

@@ -1,0 +1,163 @@
+"""engine=vectorized trains a round's cohort at once and gives the in-process engine's results (float rounding)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from fedsim.config import compose_experiment
+from fedsim.data.tensors import ArrayDataset
+from fedsim.engines import VectorizedEngine, make_engine
+from fedsim.engines import vectorized as vectorized_module
+from fedsim.engines.cohort import CohortMember, train_cohort, unbatchable_reason
+from fedsim.errors import ConfigError
+from fedsim.config import validate, resolve_auto_values
+from fedsim.models import CNN, MLP, ResNet
+from fedsim.training import TrainSettings, train_local
+
+from .conftest import read_metrics
+
+REL = 1e-5
+
+
+class BatchNormNet(nn.Module):
+    """A model vmap cannot batch in training mode (for the fallback test)."""
+
+    def __init__(self, input_shape, num_classes) -> None:
+        super().__init__()
+        width = int(torch.tensor(input_shape).prod())
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(width, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
+
+
+def test_train_cohort_matches_train_local_member_by_member():
+    """Unequal sizes, epochs, lr, momentum and mu in one cohort; weight decay shared: each member as if alone."""
+    torch.manual_seed(0)
+    model = MLP([6], 3, hidden=[8])
+    start = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    members = []
+    for i, (n, epochs, lr, momentum, mu) in enumerate([(7, 2, 0.1, 0.9, 0.0), (20, 1, 0.05, 0.0, 0.5),
+                                                        (33, 3, 0.2, 0.5, 0.1), (1, 2, 0.1, 0.9, 0.0)]):
+        generator = torch.Generator().manual_seed(100 + i)
+        data = ArrayDataset(torch.randn(n, 6, generator=generator), torch.randint(0, 3, (n,), generator=generator))
+        settings = TrainSettings(epochs=epochs, batch_size=4, lr=lr, momentum=momentum, weight_decay=0.01, proximal_mu=mu)
+        members.append(CohortMember(data, settings, seed=1000 + i, start=start))
+    trained, results = train_cohort(model, members, torch.device("cpu"))
+    for member, weights, result in zip(members, trained, results):
+        alone = MLP([6], 3, hidden=[8])
+        alone.load_state_dict(start)
+        expected = train_local(alone, member.data, member.settings, torch.Generator().manual_seed(member.seed),
+                               torch.device("cpu"))
+        for name, value in alone.state_dict().items():
+            assert _relative(value, weights[name]) < REL, name
+        assert result.num_examples == expected.num_examples and result.steps == expected.steps
+        assert result.loss == pytest.approx(expected.loss, rel=REL)
+        assert result.accuracy == pytest.approx(expected.accuracy, abs=1e-9)
+
+
+def test_models_that_batch_and_one_that_does_not():
+    assert unbatchable_reason(MLP([1, 8, 8], 10)) is None
+    assert unbatchable_reason(CNN([1, 8, 8], 10, channels=[2, 4], hidden=8)) is None
+    assert unbatchable_reason(ResNet([3, 8, 8], 10, blocks=[1], widths=[4])) is None  # GroupNorm batches
+    assert "BatchNorm1d" in unbatchable_reason(BatchNormNet([4], 2))
+
+
+def _compare(run_quietly, overrides, monkeypatch, engine_options=()):
+    """Run in-process and vectorized; return the largest relative difference of the final weights and check
+    metrics.csv row by row; also return the cohorts the vectorized engine trained (lists of CohortMember)."""
+    seen = []
+    original = vectorized_module.train_cohort
+
+    def recording(model, members, device):
+        seen.append(members)
+        return original(model, members, device)
+
+    monkeypatch.setattr(vectorized_module, "train_cohort", recording)
+    _, local_dir = run_quietly(*overrides, "engine=inprocess", name="inprocess")
+    _, vec_dir = run_quietly(*overrides, "engine=vectorized", *engine_options, name="vectorized")
+    assert seen, "the vectorized engine batched no training message"
+    for a, b in zip(read_metrics(local_dir), read_metrics(vec_dir), strict=True):
+        assert a["sampled"] == b["sampled"]
+        assert float(a["test_loss"]) == pytest.approx(float(b["test_loss"]), rel=REL)
+        if a["train_loss"]:
+            assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=REL)
+    local = torch.load(local_dir / "model.pt", weights_only=False)
+    vec = torch.load(vec_dir / "model.pt", weights_only=False)
+    worst = max(_relative(local[key], vec[key]) for key in local if key != "__fedsim__")
+    print(f"max relative weight difference: {worst:.2e}")
+    assert worst < REL
+    return worst, seen
+
+
+# MLP on digits with Dirichlet(0.5) sizes, momentum 0.9: the default experiment, shortened.
+BASE = ("num_rounds=3", "num_clients=6", "seed=3", "client.local_epochs=2", "fraction_evaluate=0.0")
+
+
+def test_fedavg_mlp_unequal_clients_momentum(run_quietly, monkeypatch):
+    _, seen = _compare(run_quietly, (*BASE, "fraction_train=0.7"), monkeypatch)
+    assert len({len(m.data) for m in seen[0]}) > 1  # unequal client sizes in one cohort
+
+
+def test_fedprox_stragglers_weight_decay(run_quietly, monkeypatch):
+    overrides = (*BASE, "strategy=fedprox", "strategy.proximal_mu=0.5", "stragglers.fraction=0.5",
+                 "client.local_epochs=3", "client.weight_decay=0.01")
+    _, seen = _compare(run_quietly, overrides, monkeypatch)
+    settings = [m.settings for cohort in seen for m in cohort]
+    assert {s.epochs for s in settings} > {3}  # stragglers' shorter local work rode along in the same cohort
+    assert all(s.proximal_mu == 0.5 for s in settings)
+
+
+def test_cnn_in_chunks(run_quietly, monkeypatch):
+    overrides = ("num_rounds=2", "num_clients=5", "seed=5", "client.local_epochs=1", "fraction_evaluate=0.0",
+                 "model=cnn", "model.channels=[4,8]", "model.hidden=16")
+    _, seen = _compare(run_quietly, overrides, monkeypatch, ("engine.max_cohort=2",))
+    assert [len(c) for c in seen] == [2, 2, 1, 2, 2, 1]
+
+
+def test_faults_go_client_by_client_and_results_still_match(run_quietly, monkeypatch):
+    _, seen = _compare(run_quietly, (*BASE, "faults.crash_rate=0.3", "faults.nan_rate=0.2"), monkeypatch)
+    assert sum(len(c) for c in seen) < 3 * 6  # the faulty ones went to the ClientApp
+
+
+def test_batchnorm_model_falls_back_with_a_notice(run_quietly, monkeypatch, caplog):
+    overrides = ("num_rounds=1", "num_clients=3", "model=logreg", "model._target_=tests.test_vectorized.BatchNormNet",
+                 "engine=vectorized", "fraction_evaluate=0.0")
+    called = []
+    monkeypatch.setattr(vectorized_module, "train_cohort", lambda *a: called.append(a))
+    with caplog.at_level(logging.WARNING, logger="fedsim.engines.vectorized"):
+        summary, _ = run_quietly(*overrides)
+    notices = [r.getMessage() for r in caplog.records if "engine=vectorized" in r.getMessage()]
+    assert len(notices) == 1 and "BatchNorm1d" in notices[0] and "client by client" in notices[0]
+    assert not called and summary
+
+
+def test_engine_config():
+    assert isinstance(make_engine({"name": "vectorized"}), VectorizedEngine)
+    assert make_engine({"name": "vectorized", "max_cohort": 8}).max_cohort == 8
+    experiment = resolve_auto_values(compose_experiment(["engine=vectorized", "engine.max_cohort=0"]))
+    with pytest.raises(ConfigError, match="engine.max_cohort"):
+        validate(experiment)
+
+
+def test_w1_workload_pieces():
+    """dataset=random and the unpadded CNN that bench/sim_throughput.py uses for W1."""
+    from fedsim.data.federation import load_data
+
+    data = load_data({"source": "builtin", "name": "random", "num_samples": 40, "shape": [1, 28, 28], "num_classes": 10,
+                      "test_samples": 5}, seed=0)
+    assert data.input_shape == (1, 28, 28) and len(data.train) == 40 and len(data.test_arrays) == 5
+    model = CNN([1, 28, 28], 10, channels=[16, 32], hidden=128, padding=0)
+    assert [tuple(p.shape) for p in model.parameters()] == [
+        (16, 1, 5, 5), (16,), (32, 16, 5, 5), (32,), (128, 512), (128,), (10, 128), (10,)]
+    assert model(data.train_arrays.x[:2]).shape == (2, 10)
+    with pytest.raises(ConfigError, match="dataset.shape"):
+        validate(resolve_auto_values(compose_experiment(["dataset=random", "dataset.shape=[0]"])))
