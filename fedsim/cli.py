@@ -1,6 +1,8 @@
 """The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
 `fedsim partition [override ...]` only builds the partition and reports its heterogeneity;
-`fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions."""
+`fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions;
+`fedsim certs DIR` makes TLS and SuperNode keys; `fedsim deploy local --nodes N [override ...]` runs the experiment
+on a SuperLink and N SuperNodes on loopback."""
 
 from __future__ import annotations
 
@@ -95,6 +97,57 @@ def contribution_command(args: list[str]) -> None:
     console.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
 
 
+def _options(args: list[str], name: str) -> tuple[list[str], list[str]]:
+    """Every value of a repeatable `name VALUE` option, and the remaining arguments."""
+    values = []
+    while name in args:
+        value, args = _option(args, name, "", "a value")
+        values.append(value)
+    return values, args
+
+
+def certs_command(args: list[str]) -> None:
+    """`fedsim certs <out-dir> [--nodes N] [--host NAME ...]`: a CA, the SuperLink's TLS certificate and key, and N
+    SuperNode key pairs (see fedsim/deploy/certs.py)."""
+    from .deploy.certs import make_certificates
+
+    nodes, args = _option(args, "--nodes", "0", "a number of SuperNodes")
+    hosts, args = _options(args, "--host")
+    if len(args) != 1 or args[0].startswith("-") or not nodes.isdigit():
+        _fail(FedsimError("usage: fedsim certs <out-dir> [--nodes N] [--host NAME-OR-IP ...]"))
+    files = make_certificates(Path(args[0]), int(nodes), tuple(hosts))
+    console.print(f"CA: {files.ca_cert}\nSuperLink: {files.server_cert}, {files.server_key} "
+                  f"(valid for {', '.join(['localhost', '127.0.0.1', *hosts])})", highlight=False, soft_wrap=True)
+    for private, public in zip(files.node_private_keys, files.node_public_keys, strict=True):
+        console.print(f"SuperNode key: {private} (register {public} with `flwr supernode register`)", highlight=False, soft_wrap=True)
+
+
+def deploy_command(args: list[str]) -> None:
+    """`fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides>`: a SuperLink and N SuperNodes on
+    loopback run the experiment (see fedsim/deploy/local_federation.py)."""
+    from .deploy.local_federation import deploy_local, federation_overrides
+
+    if args[:1] != ["local"]:
+        _fail(FedsimError("usage: fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides>"))
+    out, args = _output_folder(args[1:], "deploy")
+    nodes, args = _option(args, "--nodes", "3", "a number of SuperNodes")
+    insecure = "--insecure" in args
+    args = [arg for arg in args if arg != "--insecure"]
+    try:
+        overrides = federation_overrides(args, int(nodes) if nodes.isdigit() else -1)
+        summary = deploy_local(int(nodes), overrides, out / "run", out / "federation", insecure=insecure,
+                               say=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    except FedsimError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        console.print("interrupted: every SuperLink and SuperNode process was stopped", highlight=False)
+        sys.exit(130)
+    from .progress import summary_table
+
+    console.print(summary_table(summary))
+    console.print(f"run folder: {out / 'run'}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fedsim` console script."""
     import hydra
@@ -108,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args[:1] == ["contribution"]:
         contribution_command(args[1:])
+        return
+    if args[:1] in (["deploy"], ["certs"]):
+        (deploy_command if args[0] == "deploy" else certs_command)(args[1:])
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)

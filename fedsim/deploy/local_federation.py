@@ -247,3 +247,17 @@ def deploy_local(num_nodes: int, overrides: Sequence[str], run_dir: Path, work_d
     with LocalFederation(work_dir, num_nodes, insecure=insecure, say=say) as federation:
         return federation.submit(overrides, run_dir, on_line=say)
 
+
+
+def federation_overrides(overrides: Sequence[str], num_nodes: int) -> list[str]:
+    """The user's overrides with `num_clients` set to the node count, checked here before any process starts."""
+    from ..config import compose_experiment, validate
+
+    if num_nodes < 1:
+        raise DeployError("--nodes needs a positive number of SuperNodes")
+    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "num_clients"]
+    if given and given[-1].split("=", 1)[1] != str(num_nodes):
+        raise DeployError(f"{given[-1]} but --nodes {num_nodes}: each SuperNode holds one partition, so use the same number")
+    result = list(overrides) if given else [*overrides, f"num_clients={num_nodes}"]
+    validate(compose_experiment(result))
+    return result
