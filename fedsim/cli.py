@@ -127,11 +127,20 @@ def deploy_command(args: list[str]) -> None:
     loopback run the experiment (see fedsim/deploy/local_federation.py)."""
     from .deploy.local_federation import deploy_local, federation_overrides, write_installed_app
 
+    if args[:1] == ["node"]:  # `fedsim deploy node <flower-supernode options>`: check the link, then run the node
+        from .deploy.preflight import supernode_main
+
+        try:
+            supernode_main(args[1:])
+        except FedsimError as error:
+            _fail(error)
+        return
     if args[:1] == ["app"] and len(args) == 2:  # `fedsim deploy app DIR`: a Flower App folder for `flwr run DIR`
         console.print(f"Flower App (runs the installed fedsim): {write_installed_app(Path(args[1]))}", highlight=False)
         return
     if args[:1] != ["local"]:
-        _fail(FedsimError("usage: fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides> | fedsim deploy app DIR"))
+        _fail(FedsimError("usage: fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides> | fedsim deploy app DIR | "
+                          "fedsim deploy node <flower-supernode options>"))
     out, args = _output_folder(args[1:], "deploy")
     nodes, args = _option(args, "--nodes", "3", "a number of SuperNodes")
     insecure = "--insecure" in args
