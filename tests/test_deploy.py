@@ -25,7 +25,7 @@ from fedsim.deploy.local_federation import LocalFederation
 from fedsim.deploy.processes import TOKEN_VARIABLE, processes_with_token
 from fedsim.run import run_experiment
 
-pytestmark = [pytest.mark.deploy, pytest.mark.slow]
+pytestmark = [pytest.mark.deploy, pytest.mark.slow]  # not in the default run (see addopts): `pytest -m deploy`
 
 NODES = 3
 COMMON = ["num_clients=3", "num_rounds=3", "seed=1", "progress=false"]
@@ -61,9 +61,11 @@ def _assert_same_run(deployed: Path, simulated: Path) -> None:
     assert _close(ours_summary["final_accuracy"], theirs_summary["final_accuracy"])
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "feddisco"])
-def test_deployed_run_matches_the_in_process_simulation(federation, tmp_path, strategy):
-    overrides = [*COMMON, f"strategy={strategy}"]
+@pytest.mark.parametrize(("strategy", "client_evaluation"), [("fedavg", "1.0"), ("feddisco", "0.0")])
+def test_deployed_run_matches_the_in_process_simulation(federation, tmp_path, strategy, client_evaluation):
+    """FedAvg with every client evaluating each round; FedDisco without (one ClientApp process less per node and
+    round: each message starts one on a SuperNode, ~5 s on 2 busy cores)."""
+    overrides = [*COMMON, f"strategy={strategy}", f"fraction_evaluate={client_evaluation}"]
     lines: list[str] = []
     started = time.monotonic()
     summary = federation.submit(overrides, tmp_path / "deployed", on_line=lines.append, timeout=RUN_TIMEOUT)
@@ -95,7 +97,7 @@ def test_a_node_killed_mid_run_leaves_the_survivors_to_finish(federation, tmp_pa
     The SuperLink answers messages to a node that missed its heartbeats (2 x 30 s) with a "node unavailable" error
     reply, which the round counts as a failure; `strategy.min_available_nodes=2` lets later rounds start without it
     (by default a strategy waits for all `num_clients` nodes, i.e. for the lost node to come back)."""
-    overrides = [*COMMON, "strategy=fedavg", "strategy.min_available_nodes=2", "server.round_timeout=300"]
+    overrides = [*COMMON, "strategy=fedavg", "strategy.min_available_nodes=2", "server.round_timeout=300", "fraction_evaluate=0"]
 
     def kill_after_round_one(line: str) -> None:
         if "round 1/3" in line and "supernode-2" in federation.processes.processes:
@@ -144,3 +146,76 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
     survivors = processes_with_token(token)
     assert not survivors, survivors
     assert "interrupted" in rest, rest[-2000:]
+
+
+def _netns_unavailable() -> str | None:
+    """Why nodes cannot get network namespaces here, or None when they can (root and a working `ip netns`)."""
+    import shutil
+
+    if sys.platform != "linux" or shutil.which("ip") is None:
+        return "network namespaces need Linux and iproute2's `ip`"
+    if os.geteuid() != 0:
+        return "network namespaces (`ip netns add`, veth, bridge) need root or CAP_NET_ADMIN; this user has neither"
+    probe = f"fsp{os.getpid() % 100000}"
+    added = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
+    if added.returncode != 0:
+        return f"`ip netns add` is not permitted here: {added.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
+    return None
+
+
+class _Namespaces:
+    """A bridge on the host (the SuperLink's side, 10.213.<k>.1) and one network namespace per node, each joined to
+    the bridge by a veth pair: nodes reach the SuperLink only over that link, not over the host's loopback."""
+
+    def __init__(self, count: int) -> None:
+        tag = os.urandom(2).hex()
+        self.subnet = f"10.213.{int(tag, 16) % 200 + 20}"
+        self.bridge, self.names = f"fsb{tag}", [f"fsn{tag}-{i}" for i in range(count)]
+        self._links = [f"fsv{tag}{i}" for i in range(count)]
+
+    @property
+    def host(self) -> str:
+        return f"{self.subnet}.1"
+
+    def __enter__(self) -> _Namespaces:
+        commands = [["ip", "link", "add", self.bridge, "type", "bridge"],
+                    ["ip", "addr", "add", f"{self.host}/24", "dev", self.bridge], ["ip", "link", "set", self.bridge, "up"]]
+        for i, (name, link) in enumerate(zip(self.names, self._links, strict=True)):
+            commands += [["ip", "netns", "add", name], ["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", name],
+                         ["ip", "link", "set", link, "master", self.bridge], ["ip", "link", "set", link, "up"],
+                         ["ip", "-n", name, "addr", "add", f"{self.subnet}.{10 + i}/24", "dev", "eth0"],
+                         ["ip", "-n", name, "link", "set", "eth0", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
+        try:
+            for command in commands:
+                subprocess.run(command, check=True, capture_output=True, text=True)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+
+
+def test_nodes_in_their_own_network_namespaces(tmp_path):
+    """Each SuperNode in its own network namespace, reaching the SuperLink over a veth/bridge link with TLS (the
+    certificate names the bridge address) and node auth: a 2-round FedAvg gives the simulation's final accuracy."""
+    reason = _netns_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    overrides = [*COMMON, "num_rounds=2", "strategy=fedavg", "fraction_evaluate=0"]
+    with _Namespaces(NODES) as namespaces, LocalFederation(
+        tmp_path / "federation", NODES, say=lambda line: None, host=namespaces.host,
+        node_prefix=lambda i: ["ip", "netns", "exec", namespaces.names[i]],
+    ) as running:
+        summary = running.submit(overrides, tmp_path / "deployed", timeout=RUN_TIMEOUT)
+        for i in range(NODES):  # the nodes really live apart: the host's loopback SuperLink port is not theirs
+            probe = subprocess.run(["ip", "netns", "exec", namespaces.names[i], sys.executable, "-c",
+                                    f"import socket; socket.create_connection(('127.0.0.1', {running.port}), timeout=2)"],
+                                   capture_output=True, text=True, check=False)
+            assert probe.returncode != 0
+    simulated = run_experiment(compose_experiment([*overrides, "engine=inprocess"]), tmp_path / "simulated", show_progress=False)
+    assert _close(summary["final_accuracy"], simulated["final_accuracy"])

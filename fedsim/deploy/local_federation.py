@@ -89,7 +89,11 @@ class LocalFederation:
         node_configs: Sequence[Mapping[str, Any]] | None = None,
         app_dir: str | Path | None = None,
         say: Callable[[str], None] = print,
+        host: str = HOST,
+        node_prefix: Callable[[int], Sequence[str]] | None = None,
     ) -> None:
+        """`host`: the address the SuperLink listens on (loopback by default); `node_prefix(i)`: a command that node i
+        runs under, e.g. `ip netns exec <ns>` to put it in its own network namespace."""
         self.work_dir = Path(work_dir).resolve()
         self.num_nodes = num_nodes
         self.insecure = insecure
@@ -98,6 +102,8 @@ class LocalFederation:
         ]
         self.app_dir = Path(app_dir).resolve() if app_dir is not None else None
         self.say = say
+        self.host = host
+        self.node_prefix = node_prefix
         self.flwr_home = self.work_dir / "flwr-home"
         self.processes = ProcessSet(self.work_dir / "logs", write_flower_shims(self.work_dir / "bin"))
         self.port = 0
@@ -118,14 +124,14 @@ class LocalFederation:
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not self.insecure:
-            self.certs = make_certificates(self.work_dir / "certs", self.num_nodes)
+            self.certs = make_certificates(self.work_dir / "certs", self.num_nodes, (self.host,))
         self.start_superlink()
         self._write_connection()
         for index in range(self.num_nodes):
             if self.certs is not None:
                 self.register(self.certs.node_public_keys[index])
             self.start_supernode(index)
-        self.say(f"federation up: SuperLink {HOST}:{self.port} ({'insecure' if self.insecure else 'TLS + SuperNode auth'}), "
+        self.say(f"federation up: SuperLink {self.host}:{self.port} ({'insecure' if self.insecure else 'TLS + SuperNode auth'}), "
                  f"{self.num_nodes} SuperNodes; logs in {self.processes.log_dir}")
 
     def stop(self) -> None:
@@ -141,8 +147,8 @@ class LocalFederation:
         return ["--root-certificates", str(self.certs.ca_cert)]
 
     def start_superlink(self) -> None:
-        self.port = free_port(HOST)
-        args = ["flower-superlink", "--host", HOST, "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        self.port = free_port(self.host)
+        args = ["flower-superlink", "--host", self.host, "--port", str(self.port), "--disable-runtime-dependency-installation"]
         if self.certs is None:
             args.append("--insecure")
         else:
@@ -150,7 +156,7 @@ class LocalFederation:
                      "--ssl-ca-certfile", str(self.certs.ca_cert), "--enable-supernode-auth"]
         process = self.processes.start("superlink", self._shimmed(args), self._env(), cwd=self.work_dir)
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not _listening(HOST, self.port):
+        while not _listening(self.host, self.port):
             if process.poll() is not None or time.monotonic() > deadline:
                 log = self.processes.log_path("superlink")
                 raise DeployError(f"the SuperLink did not start (log {log}):\n{_last_lines(log)}")
@@ -163,7 +169,7 @@ class LocalFederation:
 
     def _write_connection(self) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{HOST}:{self.port}"']
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{self.host}:{self.port}"']
         lines.append(f'root-certificates = "{self.certs.ca_cert}"' if self.certs is not None else "insecure = true")
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
@@ -181,13 +187,14 @@ class LocalFederation:
                         name: str | None = None) -> subprocess.Popen:
         """Start one SuperNode; by default node `index` with its registered key and its partition."""
         config = dict(node_config if node_config is not None else self.node_configs[index])
-        args = ["flower-supernode", "--superlink", f"{HOST}:{self.port}", "--port", str(free_port(HOST)),
+        args = ["flower-supernode", "--superlink", f"{self.host}:{self.port}", "--port", str(free_port(HOST)),
                 "--node-config", " ".join(f"{key}={_node_config_value(value)}" for key, value in config.items()),
                 *self._tls_args()]
         key = private_key if private_key is not None else (self.certs.node_private_keys[index] if self.certs else None)
         if key is not None:
             args += ["--auth-supernode-private-key", str(key)]
-        return self.processes.start(name or f"supernode-{index}", self._shimmed(args), self._env(), cwd=self.work_dir)
+        prefix = list(self.node_prefix(index)) if self.node_prefix is not None else []
+        return self.processes.start(name or f"supernode-{index}", [*prefix, *self._shimmed(args)], self._env(), cwd=self.work_dir)
 
     def unregistered_key(self) -> Path:
         """A fresh SuperNode key pair that was never registered (tests: such a node must be refused)."""
