@@ -189,3 +189,14 @@ def test_certs_command_writes_what_flower_reads(tmp_path):
     public = load_ssh_public_key((tmp_path / "c" / "nodes" / "node-1.pub").read_bytes())
     assert key.public_key().public_numbers() == public.public_numbers()
     assert Path(tmp_path / "c" / "server.key").stat().st_mode & 0o077 == 0
+
+
+def test_bad_overrides_in_the_run_config_are_one_line_in_the_run_log(tmp_path, capsys):
+    from fedsim.deploy.server_app import run_deployed
+    from fedsim.errors import ConfigError
+
+    context = Context(run_id=5, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={"overrides": "partition.alpha=0", "run-dir": str(tmp_path / "run")})
+    with pytest.raises(ConfigError):
+        run_deployed(None, context)  # type: ignore[arg-type]  # fails before it needs a grid
+    assert "fedsim: error: partition.alpha=0 is not allowed: must be > 0" in capsys.readouterr().err

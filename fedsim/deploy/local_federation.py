@@ -226,7 +226,8 @@ class LocalFederation:
                     raise DeployError(f"the run did not finish within {timeout:.0f} s")
         summary_file = run_dir / "summary.json"
         if not summary_file.is_file():
-            errors = [line for line in lines if "fedsim: error" in line or "Error" in line]
+            ours = [line for line in lines if "fedsim: error" in line]  # the ServerApp's own one-line reason
+            errors = ours or [line for line in lines if "Error" in line]
             detail = errors[-1] if errors else "\n".join(lines[-10:])
             raise DeployError(f"the run ended without a summary ({run_dir}): {detail}")
         return json.loads(summary_file.read_text())

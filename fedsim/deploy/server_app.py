@@ -55,16 +55,17 @@ class LoggingRecorder(Recorder):
 def run_deployed(grid: Grid, context: Context) -> dict[str, Any]:
     """Compose, validate and run the experiment the run config names; returns the run's summary."""
     from ..config import compose_experiment
-    from ..run import prepare_run
+    from ..run import describe_choices, prepare_run
     from ..server import run_server
 
     run_dir = run_dir_from_run_config(context.run_config, context.run_id)
     try:
         experiment = compose_experiment(overrides_from_run_config(context.run_config))
-        experiment, recorder = prepare_run(experiment, run_dir, recorder_class=LoggingRecorder)
-    except FedsimError as error:  # one line in the run's log instead of a traceback
+        choices = {**describe_choices(experiment), "engine": "deployment"}  # the config's engine group plays no part
+        experiment, recorder = prepare_run(experiment, run_dir, choices, recorder_class=LoggingRecorder)
+    except FedsimError as error:  # one line first in the run's log (`flwr log`); Flower marks the run failed with it
         print(f"fedsim: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise
     print(f"fedsim: run folder {run_dir.resolve()}", flush=True)
     summary = run_server(grid, experiment, recorder, show_progress=False)
     print(f"fedsim: finished, final test accuracy {summary['final_accuracy']:.4f}; run folder {run_dir.resolve()}", flush=True)
