@@ -1,10 +1,8 @@
-"""Table cells the bench scripts share: mean ± population std over seeds."""
+"""Table cells the bench scripts share: mean ± population std over seeds (the formatter lives in fedsim, where
+`fedsim compare` uses it too)."""
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Sequence
+from fedsim.compare.table import mean_std
 
-
-def mean_std(values: Sequence[float], digits: int = 3) -> str:
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
+__all__ = ["mean_std"]

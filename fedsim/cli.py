@@ -1,6 +1,8 @@
 """The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
 `fedsim partition [override ...]` only builds the partition and reports its heterogeneity;
 `fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions;
+`fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report;
+`fedsim resume <run folder>` continues a run that stopped, from its last checkpoint;
 `fedsim certs DIR` makes TLS and SuperNode keys; `fedsim deploy local --nodes N [override ...]` runs the experiment
 on a SuperLink and N SuperNodes on loopback."""
 
@@ -38,20 +40,22 @@ def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
     return float(summary["final_accuracy"])
 
 
-def _option(args: list[str], name: str, default: str, what: str) -> tuple[str, list[str]]:
-    """The value of a subcommand's `name VALUE` option (or `default`) and the remaining arguments."""
-    if name not in args:
-        return default, args
-    position = args.index(name)
-    if position + 1 >= len(args):
-        _fail(FedsimError(f"{name} needs {what}"))
-    return args[position + 1], args[:position] + args[position + 2 :]
+def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of `name VALUE` (or `name=VALUE`) among `args`, and the remaining args."""
+    for position, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1], args[:position] + args[position + 1 :]
+        if arg == name:
+            if position + 1 >= len(args):
+                _fail(FedsimError(f"{name} needs a value"))
+            return args[position + 1], args[:position] + args[position + 2 :]
+    return None, args
 
 
 def _output_folder(args: list[str], command: str) -> tuple[Path, list[str]]:
     """The `--out DIR` of a subcommand (default outputs/<command>/<time>) and the remaining overrides."""
-    folder, args = _option(args, "--out", str(Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S")), "a folder")
-    return Path(folder), args
+    folder, args = _option(args, "--out")
+    return Path(folder or Path("outputs") / command / time.strftime("%Y-%m-%d_%H-%M-%S")), args
 
 
 def partition_command(args: list[str]) -> None:
@@ -81,7 +85,8 @@ def contribution_command(args: list[str]) -> None:
     from .contribution import CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table, run_contribution
 
     out, args = _output_folder(args, "contribution")
-    reference, args = _option(args, "--reference", "clients", "clients or test")
+    reference, args = _option(args, "--reference")
+    reference = reference or "clients"
     measure = "mean client accuracy" if reference == "clients" else "test accuracy"
 
     def progress_line(index: int, total: int, label: str, accuracy: float, seconds: float) -> None:
@@ -99,10 +104,10 @@ def contribution_command(args: list[str]) -> None:
 
 def _options(args: list[str], name: str) -> tuple[list[str], list[str]]:
     """Every value of a repeatable `name VALUE` option, and the remaining arguments."""
-    values = []
-    while name in args:
-        value, args = _option(args, name, "", "a value")
-        values.append(value)
+    values: list[str] = []
+    while (value := _option(args, name))[0] is not None:
+        values.append(str(value[0]))
+        args = value[1]
     return values, args
 
 
@@ -111,7 +116,8 @@ def certs_command(args: list[str]) -> None:
     SuperNode key pairs (see fedsim/deploy/certs.py)."""
     from .deploy.certs import make_certificates
 
-    nodes, args = _option(args, "--nodes", "0", "a number of SuperNodes")
+    nodes, args = _option(args, "--nodes")
+    nodes = nodes or "0"
     hosts, args = _options(args, "--host")
     if len(args) != 1 or args[0].startswith("-") or not nodes.isdigit():
         _fail(FedsimError("usage: fedsim certs <out-dir> [--nodes N] [--host NAME-OR-IP ...]"))
@@ -142,7 +148,8 @@ def deploy_command(args: list[str]) -> None:
         _fail(FedsimError("usage: fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides> | fedsim deploy app DIR | "
                           "fedsim deploy node <flower-supernode options>"))
     out, args = _output_folder(args[1:], "deploy")
-    nodes, args = _option(args, "--nodes", "3", "a number of SuperNodes")
+    nodes, args = _option(args, "--nodes")
+    nodes = nodes or "3"
     insecure = "--insecure" in args
     args = [arg for arg in args if arg != "--insecure"]
     try:
@@ -158,6 +165,110 @@ def deploy_command(args: list[str]) -> None:
 
     console.print(summary_table(summary))
     console.print(f"run folder: {out / 'run'}", highlight=False, soft_wrap=True)
+
+
+COMPARE_USAGE = """usage: fedsim compare <override ...> [--out DIR] [--target ACC] [--no-progress]
+
+Runs every strategy × setting × seed of the overrides' comma lists (strategy=a,b seed=0,1,2 key=x,y), skipping runs
+already finished in DIR (default outputs/compare/<time>), then writes comparison.md, comparison.csv, plots/ and
+report.html there. --target: the accuracy for "rounds to target" (default 0.9)."""
+
+
+def compare_command(args: list[str]) -> None:
+    """`fedsim compare <overrides with a,b,c lists> [--out DIR] [--target ACC] [--no-progress]`: run the grid (runs
+    already finished in DIR are kept), then write comparison.md/.csv, plots/ and report.html."""
+    import shlex
+
+    from .compare.pipeline import plan, report, sweep
+    from .compare.table import rich_table
+    from .progress import SweepProgress
+
+    import datasets
+
+    datasets.disable_progress_bars()  # the partitioners' "Flattening the indices" bars would break the live display
+    if any(arg in ("-h", "--help") for arg in args):
+        console.print(COMPARE_USAGE, highlight=False, soft_wrap=True)
+        return
+    command = "fedsim compare " + shlex.join(args)
+    out, args = _output_folder(args, "compare")
+    target_text, args = _option(args, "--target")
+    show_progress = "--no-progress" not in args
+    args = [arg for arg in args if arg != "--no-progress"]
+    try:
+        target = float(target_text) if target_text is not None else 0.9
+    except ValueError:
+        _fail(FedsimError(f"--target must be an accuracy in [0, 1], got {target_text}"))
+    if not 0 <= target <= 1:
+        _fail(FedsimError(f"--target must be an accuracy in [0, 1], got {target_text}"))
+    unknown = [arg for arg in args if arg.startswith("-")]
+    if unknown:
+        _fail(FedsimError(f"unknown option {unknown[0]} (fedsim compare takes --out, --target, --no-progress)"))
+    try:
+        the_plan = plan(args)
+    except FedsimError as error:
+        _fail(error)
+    grid = the_plan.grid
+    console.print(f"{len(grid.points)} runs: {len(grid.strategies)} strategies × {len(grid.settings)} settings × "
+                  f"{len(grid.seeds)} seeds → {out}", highlight=False, soft_wrap=True)
+    for note in grid.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    from .compare.sweep import is_complete, run_folder
+
+    pending = sum(not is_complete(run_folder(out, p), e) for p, e in zip(grid.points, the_plan.experiments))
+    if pending < len(grid.points):
+        console.print(f"{len(grid.points) - pending} runs already finished in {out}: skipped", highlight=False)
+    with SweepProgress(pending, "runs", enabled=show_progress and pending > 0) as progress:
+
+        def on_point(point, index: int, total: int, seconds: float, skipped: bool) -> None:  # type: ignore[no-untyped-def]
+            if skipped:
+                return
+            label = f"{point.strategy} · {point.setting_label} · seed={point.seed}"
+            console.print(f"[{index}/{total}] {label} ({seconds:.1f} s)", highlight=False, soft_wrap=True)
+            progress.advance(f"last: {label}")
+
+        try:
+            sweep(the_plan, out, on_point=on_point, show_progress=show_progress)
+        except FedsimError as error:
+            _fail(error)
+    rows, report_path = report(the_plan, out, target, command)
+    # piped output has no width; keep the table's rows on one line each there
+    from rich.console import Console
+
+    wide = console if console.is_terminal else Console(stderr=True, width=max(console.width, 170))
+    wide.print(rich_table(rows, target))
+    console.print(f"table: {out / 'comparison.md'}, {out / 'comparison.csv'}\nreport: {report_path}", highlight=False,
+                  soft_wrap=True)
+
+
+def resume_command(args: list[str]) -> None:
+    """`fedsim resume <run folder>`: continue a run that stopped, from its last checkpoint, with its own config."""
+    import json
+
+    import yaml
+
+    from .checkpoint import CHECKPOINT_FILE
+    from .progress import summary_table
+    from .results import CONFIG_FILE, SUMMARY_FILE
+    from .run import run_experiment
+
+    if len(args) != 1:
+        _fail(FedsimError("usage: fedsim resume <run folder>"))
+    folder = Path(args[0])
+    if not (folder / CONFIG_FILE).exists():
+        _fail(FedsimError(f"{folder} is not a fedsim run folder (no {CONFIG_FILE})"))
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.exists() and json.loads(summary_path.read_text()).get("complete"):
+        console.print(f"{folder}: the run is already complete", highlight=False, soft_wrap=True)
+        return
+    if not (folder / CHECKPOINT_FILE).exists():
+        console.print(f"{folder}: no checkpoint yet, starting the run from round 1", highlight=False, soft_wrap=True)
+    try:
+        experiment = yaml.safe_load((folder / CONFIG_FILE).read_text())
+        summary = run_experiment(experiment, folder, resume=True)
+    except FedsimError as error:
+        _fail(error)
+    console.print(summary_table(summary))
+    console.print(f"run folder: {folder}", highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -176,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args[:1] in (["deploy"], ["certs"]):
         (deploy_command if args[0] == "deploy" else certs_command)(args[1:])
+        return
+    if args[:1] == ["compare"]:
+        compare_command(args[1:])
+        return
+    if args[:1] == ["resume"]:
+        resume_command(args[1:])
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)

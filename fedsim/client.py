@@ -17,6 +17,7 @@ from .experiment import ROUND_KEY, build_model, experiment_from_record, train_se
 from .fairness import model_group_counts, reweighing_weights
 from .deploy.node import NUM_PARTITIONS, PARTITION_ID, load_global_model, node_device, node_federation, one_line_errors
 from .deploy.node import partition_id as _partition_id
+from .faults import before_training, draw_faults, poisoned
 from .training import client_seed, evaluate, train_local
 
 __all__ = ["IDENTITY_RECORD", "NUM_PARTITIONS", "PARTITION_ID", "app"]
@@ -52,6 +53,8 @@ def train(msg: Message, context: Context) -> Message:
     for key, answer in BEFORE_TRAINING.items():
         if asked(config, key):
             answers.update(answer(local))
+    faults = draw_faults(experiment, int(config[ROUND_KEY]), partition_id)
+    before_training(faults)
     generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
     weights = _sample_weights(experiment, train_data)
     result = train_local(model, train_data, train_settings(experiment, config), generator, device, weights)
@@ -59,6 +62,8 @@ def train(msg: Message, context: Context) -> Message:
         {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy, **answers}
     )
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+    if faults.nan:
+        arrays = poisoned(arrays)
     content = RecordDict({"arrays": arrays, "metrics": metrics})
     for key, answer_after in AFTER_TRAINING.items():
         if asked(config, key):

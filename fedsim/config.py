@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import config_dir
+from .faults import validate_faults
+from .reply_checks import validate_limits
 from .errors import ConfigError, FedsimError
 
 GROUPS = ("dataset", "partition", "model", "strategy", "engine")
@@ -226,6 +228,15 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
             check(f"strategy.{name}", strategy[name])
 
 
+def _validate_cohort(strategy: Mapping[str, Any], num_clients: int) -> None:
+    """Flower's samplers wait until `min_*_nodes` nodes are there: asking for more than exist would hang the run."""
+    for name in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+        if name in strategy:
+            value = _integer(f"strategy.{name}", strategy[name], 0)
+            if value > num_clients:
+                raise ConfigError(f"strategy.{name}", value, f"at most num_clients ({num_clients}): a larger cohort never forms")
+
+
 def _validate_dataset(dataset: Mapping[str, Any]) -> None:
     for key in ("test_fraction", "train_fraction"):
         if key in dataset:
@@ -292,8 +303,12 @@ def validate(experiment: Mapping[str, Any]) -> None:
         raise ConfigError("server.proxy_size", 0, f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} learns on a server proxy set: use e.g. {DEFAULT_PROXY_SIZE}")
     _integer("server.eval_batch_size", server["eval_batch_size"], 1)
     _positive("server.round_timeout", server["round_timeout"])
+    validate_limits(server, num_clients)
+    _integer("server.checkpoint_every", server.get("checkpoint_every", 1), 0)
+    validate_faults(experiment.get("faults") or {})
 
     _validate_strategy(experiment["strategy"])
+    _validate_cohort(experiment["strategy"], num_clients)
     dataset_name = experiment["dataset"].get("name")
     if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and dataset_name not in SENSITIVE_DATASETS:
         allowed = f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"

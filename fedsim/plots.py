@@ -39,10 +39,16 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
                   linestyle="--", label="clients' mean (local validation)")
         axis.plot([r["round"] for r in client_rows], [r["client_acc_worst10"] for r in client_rows],
                   linestyle=":", label="clients' worst 10%")
+    style_accuracy_axis(axis, "accuracy")
+    save_figure(figure, path, title)
+
+
+def style_accuracy_axis(axis: Any, ylabel: str) -> None:
+    """Rounds on x (integers), accuracy in [0, 1] on y, a light grid and the legend low right: every accuracy-per-
+    round panel fedsim draws looks the same."""
     axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_xlabel("round")
-    axis.set_ylabel("accuracy")
+    axis.set_ylabel(ylabel)
     axis.set_ylim(0, 1.02)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
-    save_figure(figure, path, title)

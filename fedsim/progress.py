@@ -13,10 +13,52 @@ from rich.table import Table
 console = Console(stderr=True)
 
 
+_shared: Progress | None = None  # the sweep's live display, while `SweepProgress` runs; round bars join it
+
+
+class SweepProgress:
+    """Runs done / total with ETA for a multi-run command; each run's `RoundProgress` shows as a second bar below it
+    (rich allows one live display at a time)."""
+
+    def __init__(self, total: int, description: str = "runs", enabled: bool = True) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._enabled = enabled
+        self._task = self._progress.add_task(description, total=total, info="")
+
+    def __enter__(self) -> SweepProgress:
+        global _shared  # pylint: disable=global-statement
+        self._progress.start()
+        _shared = self._progress if self._enabled else None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _shared  # pylint: disable=global-statement
+        _shared = None
+        self._progress.stop()
+
+    def advance(self, info: str = "") -> None:
+        self._progress.update(self._task, advance=1, info=info)
+
+
 class RoundProgress:
     """A rich progress bar over rounds showing the latest global accuracy; silent when disabled."""
 
     def __init__(self, num_rounds: int, enabled: bool = True, description: str = "rounds") -> None:
+        self._shared = _shared if enabled else None
+        if self._shared is not None:
+            self._progress = self._shared
+            self._task = self._progress.add_task(description, total=num_rounds, info="", accuracy="-", loss="-")
+            return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -32,14 +74,19 @@ class RoundProgress:
         self._task = self._progress.add_task(description, total=num_rounds, accuracy="-", loss="-")
 
     def __enter__(self) -> RoundProgress:
-        self._progress.start()
+        if self._shared is None:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._shared is None:
+            self._progress.stop()
+        else:
+            self._progress.remove_task(self._task)
 
     def update(self, server_round: int, accuracy: float, loss: float) -> None:
-        self._progress.update(self._task, completed=server_round, accuracy=f"{accuracy:.4f}", loss=f"{loss:.4f}")
+        self._progress.update(self._task, completed=server_round, accuracy=f"{accuracy:.4f}", loss=f"{loss:.4f}",
+                              info=f"acc [cyan]{accuracy:.4f}[/] loss {loss:.4f}")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

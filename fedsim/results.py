@@ -26,6 +26,7 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 PLOT_FILE = "accuracy.png"
 MODEL_FILE = "model.pt"
+REJECTIONS_FILE = "rejections.csv"  # one line per client reply the server refused (round, partition, node, kind, reason)
 
 ROUND_COLUMNS = [
     "round",
@@ -36,6 +37,8 @@ ROUND_COLUMNS = [
     "sampled",
     "eval_clients",
     "failures",
+    "rejected",
+    "skipped",
     "client_acc_mean",
     "client_acc_std",
     "client_acc_worst10",
@@ -47,10 +50,15 @@ ROUND_COLUMNS = [
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename.
+
+    The file gets the permissions any new file would (0666 less the umask), not mkstemp's private 0600: run
+    folders and reports are meant to be shared.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(handle, 0o666 & ~_current_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -59,6 +67,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def tail_mean(values: Sequence[float], share: float, lowest: bool) -> float:
@@ -117,9 +131,24 @@ class Recorder:
         self.rows: list[dict[str, Any]] = []
         self._scalar_columns: list[str] = []  # strategy scalars (e.g. gamma, stragglers), in order of appearance
         self._has_weights = False
+        self._rejections: list[tuple[int, int, int, str, str]] = []
         self.started = time.perf_counter()
         self._last_round_end = self.started
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(experiment), sort_keys=False).encode())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs to carry the run folder on after a restart."""
+        return {"rows": list(self.rows), "scalar_columns": list(self._scalar_columns), "has_weights": self._has_weights,
+                "rejections": list(self._rejections), "elapsed": time.perf_counter() - self.started}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's `state()`: its rows stay, wall time goes on from where it stopped."""
+        self.rows = list(state["rows"])
+        self._scalar_columns = list(state["scalar_columns"])
+        self._has_weights = bool(state["has_weights"])
+        self._rejections = list(state["rejections"])
+        self.started = time.perf_counter() - float(state["elapsed"])
+        self._last_round_end = time.perf_counter()
 
     @property
     def columns(self) -> list[str]:
@@ -137,10 +166,14 @@ class Recorder:
         failures: int,
         weights: Mapping[int, float] | None = None,
         scalars: Mapping[str, float] | None = None,
+        rejections: Sequence[Any] = (),
+        skipped: bool = False,
     ) -> dict[str, Any]:
         """Add and write the row of `server_round` (round 0 is the initial model, before any training).
 
         `weights` are the strategy's aggregation weights by partition id, `scalars` its named per-round numbers.
+        `rejections` are the replies the server refused (`fedsim.server_grid.Rejection`); `skipped` says the round
+        aggregated nothing because too few valid training replies came back.
         """
         now = time.perf_counter()
         accuracies = {pid: m["eval_acc"] for pid, m in evaluate.items() if "eval_acc" in m}
@@ -154,6 +187,8 @@ class Recorder:
             "sampled": " ".join(str(pid) for pid in sorted(train)),
             "eval_clients": len(accuracies),
             "failures": failures,
+            "rejected": len(rejections),
+            "skipped": int(skipped),
             "client_acc_mean": stats["mean"],
             "client_acc_std": stats["std"],
             "client_acc_worst10": stats["worst10"],
@@ -172,6 +207,9 @@ class Recorder:
         self._last_round_end = now
         self.rows.append(row)
         self._write_metrics()
+        if rejections:
+            self._rejections.extend((server_round, r.partition, r.node_id, r.kind, r.reason) for r in rejections)
+            self._write_rejections()
         return row
 
     def _write_metrics(self) -> None:
@@ -181,6 +219,13 @@ class Recorder:
         for row in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         write_atomic(self.run_dir / METRICS_FILE, buffer.getvalue().encode())
+
+    def _write_rejections(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["round", "partition", "node_id", "kind", "reason"])
+        writer.writerows(self._rejections)
+        write_atomic(self.run_dir / REJECTIONS_FILE, buffer.getvalue().encode())
 
     def save_model(self, state_dict: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> None:
         """The final global model as a torch state dict, with what is needed to rebuild it under `__fedsim__`."""
@@ -203,6 +248,7 @@ class Recorder:
             "best_round": best["round"],
             "rounds_completed": self.rows[-1]["round"],
             "client_accuracy": {**stats, "clients": len(final_client_accuracy)},
+            "final_client_accuracy": {str(pid): float(acc) for pid, acc in sorted(final_client_accuracy.items())},
             "wall_seconds": time.perf_counter() - self.started,
             "seed": self.experiment.get("seed"),
             "choices": self.choices,

@@ -52,14 +52,16 @@ def run_experiment(
     run_dir: str | Path,
     choices: Mapping[str, str] | None = None,
     show_progress: bool | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Validate, load and partition (all before any training), then run on the configured engine.
 
+    With `resume`, a run folder holding a checkpoint continues from it (`fedsim resume <run folder>`).
     Returns the summary also written to `run_dir/summary.json`.
     """
     experiment, recorder = prepare_run(experiment, run_dir, choices)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
-    server_app, outcome = make_server_app(experiment, recorder, progress)
+    server_app, outcome = make_server_app(experiment, recorder, progress, resume)
     make_engine(experiment["engine"]).run(server_app, client_app, recorder.num_clients)
     if "summary" not in outcome:
         raise RuntimeError("the ServerApp ended without a summary; see the log above for the cause")

@@ -18,6 +18,9 @@ from .data.federation import Federation, federation_for
 from .fairness import GroupCounts, fairness_summary, model_group_counts
 from .experiment import ROUND_KEY, build_model, experiment_record
 from .progress import RoundProgress
+from .checkpoint import capture, load_checkpoint, restore_random_states, save_checkpoint
+from .reply_checks import ReplyLimits
+from .rounds import run_rounds
 from .results import Recorder
 from .server_grid import FedsimGrid
 from .training import evaluate, resolve_device
@@ -71,8 +74,10 @@ def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Ma
     return accuracy, loss, groups
 
 
-def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> dict[str, Any]:
-    """One federated run on `grid`; returns the summary the recorder wrote."""
+def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True,
+               resume: bool = False) -> dict[str, Any]:
+    """One federated run on `grid`; returns the summary the recorder wrote. With `resume`, it continues from the
+    run folder's checkpoint when there is one (`fedsim.checkpoint`)."""
     seed, num_rounds = int(experiment["seed"]), int(experiment["num_rounds"])
     timeout = float(experiment["server"]["round_timeout"])
     federation = federation_for(experiment)
@@ -83,7 +88,8 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
     initial_arrays = _to_cpu_arrays(model)
 
     excluded = list(experiment.get("exclude_clients") or [])
-    fedsim_grid = FedsimGrid(grid, excluded)
+    client_sizes = {pid: len(rows) for pid, rows in enumerate(federation.client_indices)}  # caps num-examples
+    fedsim_grid = FedsimGrid(grid, excluded, ReplyLimits.from_experiment(experiment, client_sizes))
     fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
     strategy = build_strategy(experiment, federation, str(device))
     if excluded and hasattr(strategy, "min_available_nodes"):  # Flower's samplers wait for this many visible nodes
@@ -101,23 +107,34 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
                 groups = model_group_counts(model, test_data, device, batch_size)
                 scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **scalars}
             recorder.record_round(
-                server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures), weights, scalars
+                server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures), weights, scalars,
+                log.rejections, log.skipped,
             )
             progress.update(server_round, result.accuracy, result.loss)
             return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
         # Flower's strategies sample clients with the `random` module over the grid's (partition-ordered) nodes.
         random.seed(seed)
-        result = strategy.start(
-            grid=fedsim_grid,
-            initial_arrays=initial_arrays,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=experiment_record(experiment),
-            evaluate_config=experiment_record(experiment),
-            evaluate_fn=central_evaluation,
+        arrays, first_round = initial_arrays, 1
+        checkpoint = load_checkpoint(recorder.run_dir) if resume else None
+        if checkpoint is not None:
+            strategy, arrays, first_round = checkpoint.strategy, checkpoint.arrays, checkpoint.server_round + 1
+            recorder.restore(checkpoint.recorder_state)
+            fedsim_grid.restore_node_states(checkpoint.node_states)
+            restore_random_states(checkpoint)
+            progress.update(checkpoint.server_round, recorder.rows[-1]["test_accuracy"], recorder.rows[-1]["test_loss"])
+        every = int(experiment["server"].get("checkpoint_every", 1))
+
+        def save(server_round: int, round_arrays: ArrayRecord) -> None:
+            if every > 0 and (server_round % every == 0 or server_round == num_rounds):
+                save_checkpoint(recorder.run_dir, capture(server_round, round_arrays, strategy, recorder.state(),
+                                                          fedsim_grid.node_states()))
+
+        final_arrays = run_rounds(
+            strategy, fedsim_grid, arrays, first_round=first_round, num_rounds=num_rounds, timeout=timeout,
+            train_config=experiment_record(experiment), evaluate_config=experiment_record(experiment),
+            evaluate_fn=central_evaluation, after_round=save,
         )
-    final_arrays = result.arrays if result.arrays is not None else initial_arrays
     recorder.save_model(final_arrays.to_torch_state_dict(), federation.data.input_shape, federation.data.num_classes)
     client_accuracy, client_loss, client_groups = {}, {}, {}
     if float(experiment["client"]["val_fraction"]) > 0:
@@ -131,14 +148,15 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
     return recorder.finish(client_accuracy, extra)
 
 
-def make_server_app(experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True) -> tuple[ServerApp, dict]:
+def make_server_app(experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True,
+                    resume: bool = False) -> tuple[ServerApp, dict]:
     """A ServerApp bound to one experiment; the returned dict receives the run's summary under "summary"."""
     app = ServerApp()
     outcome: dict[str, Any] = {}
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:  # pylint: disable=unused-argument
-        outcome["summary"] = run_server(grid, experiment, recorder, show_progress)
+        outcome["summary"] = run_server(grid, experiment, recorder, show_progress, resume)
 
     return app, outcome
 

@@ -7,11 +7,15 @@ It does two things no strategy should have to know about:
   whatever order a parallel engine's replies arrived in;
 - it keeps each round's per-client reply metrics, keyed by partition id, for the recorder.
 - it hides the partitions in `excluded` (config `exclude_clients`) from `get_node_ids`/`get_nodes`, so no strategy
-  ever samples them; `all_node_ids()` still lists every node.
+  ever samples them; `all_node_ids()` still lists every node;
+- it checks every train/evaluate reply (`fedsim.reply_checks`) and hands the strategy an error reply in place of
+  a bad one, and error replies only when fewer than `min_valid_replies` training replies are valid (the round is
+  then skipped: the strategy aggregates nothing and the global model stays).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,6 +27,19 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from .client import IDENTITY_RECORD, PARTITION_ID
+from .reply_checks import REJECTED_PREFIX, SKIPPED_PREFIX, ReplyLimits, as_error, reply_problem
+
+logger = logging.getLogger("fedsim")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply the server refused: from which partition and node, of which kind (train/evaluate), and why."""
+
+    partition: int
+    node_id: int
+    kind: str
+    reason: str
 
 
 @dataclass
@@ -32,14 +49,17 @@ class RoundLog:
     train: dict[int, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     failures: list[tuple[int, str]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    skipped: bool = False  # too few valid training replies: nothing was aggregated
 
 
 class FedsimGrid(Grid):
     """Delegates to an engine's Grid; see the module docstring for what it adds."""
 
-    def __init__(self, inner: Grid, excluded: Iterable[int] = ()) -> None:
+    def __init__(self, inner: Grid, excluded: Iterable[int] = (), limits: ReplyLimits | None = None) -> None:
         self._inner = inner
         self._excluded = {int(pid) for pid in excluded}
+        self._limits = limits or ReplyLimits()
         self._partition_of: dict[int, int] = {}
         self._log = RoundLog()
 
@@ -64,6 +84,17 @@ class FedsimGrid(Grid):
 
     def partition_of(self, node_id: int) -> int:
         return self._partition_of.get(node_id, -1)
+
+    # --- node state (checkpoints) ----------------------------------------------------------------------
+    def node_states(self) -> dict | None:
+        """The engine's node states if it keeps them in this process (in-process engine), else None."""
+        export = getattr(self._inner, "node_states", None)
+        return export() if export is not None else None
+
+    def restore_node_states(self, states: dict | None) -> None:
+        restore = getattr(self._inner, "restore_node_states", None)
+        if states is not None and restore is not None:
+            restore(states)
 
     # --- Grid interface ------------------------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -93,24 +124,51 @@ class FedsimGrid(Grid):
         return self._inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = self._in_partition_order(self._inner.pull_messages(message_ids))
+        replies = self.check_replies(self._in_partition_order(self._inner.pull_messages(message_ids)), {})
         self._observe(replies)
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = self._in_partition_order(self._inner.send_and_receive(messages, timeout=timeout))
+        sent = list(messages)
+        replies = self._in_partition_order(self._inner.send_and_receive(sent, timeout=timeout))
+        replies = self.check_replies(replies, {message.metadata.message_id: message for message in sent})
         self._observe(replies)
         return replies
 
     def _in_partition_order(self, replies: Iterable[Message]) -> list[Message]:
         return sorted(replies, key=lambda reply: (self.partition_of(reply.metadata.src_node_id), reply.metadata.src_node_id))
 
+    # --- reply checks --------------------------------------------------------------------------------------
+    def check_replies(self, replies: list[Message], sent: dict[str, Message]) -> list[Message]:
+        """Replies with every bad one replaced by an error reply; all errors if too few training replies are valid."""
+        checked = []
+        for reply in replies:
+            partition = self.partition_of(reply.metadata.src_node_id)
+            problem = reply_problem(reply, sent.get(reply.metadata.reply_to_message_id), self._limits, partition)
+            if problem is None:
+                checked.append(reply)
+                continue
+            kind = reply.metadata.message_type.split(".")[0]
+            self._log.rejections.append(Rejection(partition, reply.metadata.src_node_id, kind, problem))
+            logger.warning("rejected the %s reply of partition %s (node %s): %s", kind, partition, reply.metadata.src_node_id, problem)
+            checked.append(as_error(reply, REJECTED_PREFIX + problem))
+        train = [r for r in checked if r.metadata.message_type.split(".")[0] == MessageType.TRAIN]
+        valid = [r for r in train if not r.has_error()]
+        if train and len(valid) < self._limits.min_valid_replies:
+            reason = f"{len(valid)} valid training replies < server.min_valid_replies = {self._limits.min_valid_replies}"
+            logger.warning("%s%s; the global model is kept", SKIPPED_PREFIX, reason)
+            self._log.skipped = True
+            valid_ids = {id(r) for r in valid}
+            checked = [as_error(r, SKIPPED_PREFIX + reason) if id(r) in valid_ids else r for r in checked]
+        return checked
+
     # --- reply log -----------------------------------------------------------------------------------------
     def _observe(self, replies: list[Message]) -> None:
         for reply in replies:
             partition = self.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
-                self._log.failures.append((partition, str(reply.error.reason)))
+                if not str(reply.error.reason).startswith((REJECTED_PREFIX, SKIPPED_PREFIX)):  # logged already
+                    self._log.failures.append((partition, str(reply.error.reason)))
                 continue
             kind = reply.metadata.message_type.split(".")[0]
             target = {MessageType.TRAIN: self._log.train, MessageType.EVALUATE: self._log.evaluate}.get(kind)

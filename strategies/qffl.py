@@ -86,7 +86,9 @@ class QFFL(RoundReport, FlowerQFedAvg):
             sum_h += h
             numerators[msg.metadata.src_node_id] = lipschitz * float(np.float_power(loss + 1e-10, self.q))
         assert sum_delta is not None
-        arrays = ArrayRecord({name: Array(np.asarray(weights - step / sum_h))
+        # The step is computed in float64 (np.float_power); the model keeps its own dtypes, or round 2's replies
+        # (float32 from the clients' models) would no longer match the arrays sent.
+        arrays = ArrayRecord({name: Array(np.asarray(weights - step / sum_h).astype(weights.dtype, copy=False))
                               for name, weights, step in zip(names, global_weights, sum_delta, strict=True)})
         self.client_weights = {node: numerator / sum_h for node, numerator in numerators.items()}
         self.round_scalars = {"qffl_step": float(sum(self.client_weights.values()))}

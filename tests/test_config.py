@@ -76,6 +76,18 @@ BAD_VALUES = [
     (["partition=embedding", "partition.alpha=0"], "partition.alpha"),
     (["partition=semantic", "partition.pca_components=0"], "partition.pca_components"),
     (["partition=semantic", "partition.covariance_type=banded"], "partition.covariance_type"),
+    (["strategy.min_train_nodes=11"], "strategy.min_train_nodes"),
+    (["strategy.min_evaluate_nodes=-1"], "strategy.min_evaluate_nodes"),
+    (["server.max_update_norm=-2"], "server.max_update_norm"),
+    (["server.min_valid_replies=20"], "server.min_valid_replies"),
+    (["faults.nan_rate=2"], "faults.nan_rate"),
+    (["faults.slow_rate=-0.1"], "faults.slow_rate"),
+    (["client.local_debiasing=fairbatch"], "client.local_debiasing"),
+    (["feature_noise.std=-1"], "feature_noise.std"),
+    (["label_noise.rate=2"], "label_noise.rate"),
+    (["exclude_clients=[0,1,2,3,4,5,6,7,8,9]"], "exclude_clients"),
+    (["strategy=fairfed"], "dataset"),
+    (["client.local_debiasing=reweighing"], "dataset"),
 ]
 
 
@@ -126,7 +138,9 @@ def test_impossible_dirichlet_is_one_line_with_advice():
 
 
 @pytest.mark.parametrize("args, expected", [(["partition.alpha=0"], "partition.alpha=0"), (["strategy=nope"], "strategy='nope'"),
-                                            (["num_clients=5000", "partition=iid"], "num_clients=5000")])
+                                            (["num_clients=5000", "partition=iid"], "num_clients=5000"),
+                                            (["server.max_update_norm=-1"], "server.max_update_norm=-1"),
+                                            (["strategy.min_train_nodes=50"], "strategy.min_train_nodes=50")])
 def test_cli_exits_2_with_one_line_before_training(tmp_path, args, expected):
     completed = subprocess.run(
         [sys.executable, "-m", "fedsim.cli", *args, f"hydra.run.dir={tmp_path}/run"],

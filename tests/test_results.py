@@ -48,3 +48,14 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     write_atomic(tmp_path / "a.txt", b"two")
     assert (tmp_path / "a.txt").read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_write_gives_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "summary.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644

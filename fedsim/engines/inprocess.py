@@ -6,9 +6,11 @@ object, and the reply comes straight back. Each node keeps its own Context (stat
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Iterable
+from typing import Any
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -46,6 +48,15 @@ class InProcessGrid(Grid):
     def set_run(self, run: Run) -> None:
         self._run = run
 
+    def node_states(self) -> dict[int, RecordDict]:
+        """Each node's persistent state (what a ClientApp keeps in `context.state`), for checkpoints."""
+        return {node_id: context.state for node_id, context in self._contexts.items()}
+
+    def restore_node_states(self, states: dict[int, RecordDict]) -> None:
+        for node_id, state in states.items():
+            if node_id in self._contexts:
+                self._contexts[node_id].state = state
+
     @property
     def run(self) -> Run:
         return self._run
@@ -74,21 +85,41 @@ class InProcessGrid(Grid):
         replies = []
         for message_id in list(self.push_messages(messages)):
             message = self._pending.pop(message_id)
-            if deadline is not None and time.monotonic() > deadline:
-                continue  # like a real grid after its timeout: no reply from this node
-            replies.append(self._deliver(message))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:  # a real grid would just not hear back; say why instead
+                reason = "the round timeout (server.round_timeout) passed before this node's turn"
+                replies.append(Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=message))
+                continue
+            replies.append(self._deliver(message, remaining))
         return replies
 
-    def _deliver(self, message: Message) -> Message:
-        """Run the ClientApp on the message; an exception becomes an error reply, as Flower's runtimes do."""
+    def _deliver(self, message: Message, timeout: float | None = None) -> Message:
+        """Run the ClientApp on the message; an exception (out-of-memory included) becomes an error reply, as
+        Flower's runtimes do, and so does a call still running after `timeout` seconds: the node is reported and
+        left out of the round, and the run goes on (the call itself cannot be killed; its late reply is dropped)."""
         context = self._contexts.get(message.metadata.dst_node_id)
         if context is None:
             return Message(Error(ErrorCode.UNKNOWN, f"no node {message.metadata.dst_node_id}"), reply_to=message)
-        try:
-            reply = self._client_app(message, context)
-        except Exception as error:  # pylint: disable=broad-exception-caught
-            reason = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["reply"] = self._client_app(message, context)
+            except BaseException as error:  # pylint: disable=broad-exception-caught
+                outcome["error"] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
+
+        if timeout is None:
+            call()
+        else:
+            worker = threading.Thread(target=call, name=f"clientapp-{message.metadata.dst_node_id}", daemon=True)
+            worker.start()
+            worker.join(timeout)
+            if worker.is_alive():
+                reason = f"no reply within the round timeout ({timeout:.1f} s left of server.round_timeout)"
+                return Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=message)
+        if "reply" not in outcome:
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, outcome.get("error", "no reply")), reply_to=message)
+        reply = outcome["reply"]
         reply.metadata.__dict__["_message_id"] = uuid4().hex
         return reply
 

@@ -1,0 +1,128 @@
+"""Expanding `fedsim compare` overrides (Hydra's comma lists, `range(...)`) into grid points.
+
+Each point is one run: a strategy, a setting (the values of the other swept keys) and a seed. Its folder is fixed by
+those three, so re-running the same command finds the runs it already finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from ..errors import FedsimError
+
+STRATEGY_KEY = "strategy"
+SEED_KEY = "seed"
+PROXY_KEY = "server.proxy_size"
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One run of the grid: the overrides that compose it and the folder (relative to `<out>/runs`) it writes."""
+
+    strategy: str
+    setting: tuple[tuple[str, str], ...]  # (key, value) of the swept keys other than strategy and seed
+    seed: int
+    overrides: tuple[str, ...]
+
+    @property
+    def setting_label(self) -> str:
+        return setting_label(self.setting)
+
+    @property
+    def folder(self) -> PurePosixPath:
+        return PurePosixPath(self.strategy, slug(self.setting_label), f"seed={self.seed}")
+
+
+@dataclass
+class Grid:
+    """The expanded grid, in run order: settings, then seeds, then strategies (an interrupted sweep leaves whole
+    strategy comparisons for the first seeds)."""
+
+    points: list[GridPoint]
+    strategies: list[str]
+    settings: list[tuple[tuple[str, str], ...]]
+    seeds: list[int]
+    fixed: list[str]  # the overrides with one value, applied to every point
+    notes: list[str] = field(default_factory=list)  # what the grid changed for fairness (shown in the report)
+
+
+def setting_label(setting: Sequence[tuple[str, str]]) -> str:
+    """`partition.alpha=0.1 · num_clients=20`, or `default` when nothing besides strategy and seed is swept."""
+    return " · ".join(f"{key}={value}" for key, value in setting) or "default"
+
+
+def slug(label: str) -> str:
+    """A folder name for a setting label: only letters, digits and `._=,-+`."""
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", label.replace(" · ", "_")).strip("_") or "default"
+
+
+def _parse(overrides: Sequence[str]) -> list[tuple[str, str, list[str]]]:
+    """(key as written, key without +/~, values) per override; a non-sweep override has one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as error:
+        raise FedsimError(f"could not parse the overrides: {str(error).splitlines()[0]}") from None
+    result = []
+    for override in parsed:
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        result.append((override.get_key_element(), override.key_or_group, values))
+    return result
+
+
+def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_seed: int = 0) -> Grid:
+    """The grid of `overrides`; strategy and seed default to the config's when not given."""
+    parsed = _parse(overrides)
+    keys = [key for _, key, _ in parsed]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise FedsimError(f"{duplicated[0]} is given more than once")
+    strategies, seeds = [default_strategy], [default_seed]
+    fixed: list[str] = []
+    swept: list[tuple[str, list[str]]] = []
+    for written, key, values in parsed:
+        if key == STRATEGY_KEY:
+            strategies = values
+        elif key == SEED_KEY:
+            try:
+                seeds = [int(value) for value in values]
+            except ValueError:
+                raise FedsimError(f"seed must be integers, got {','.join(values)}") from None
+        elif len(values) > 1:
+            swept.append((written, values))
+        else:
+            fixed.append(f"{written}={values[0]}")
+    settings = [tuple(zip([key for key, _ in swept], combo, strict=True)) for combo in itertools.product(*[v for _, v in swept])]
+    points = [
+        GridPoint(strategy, setting, seed,
+                  (f"{STRATEGY_KEY}={strategy}", f"{SEED_KEY}={seed}", *fixed, *(f"{k}={v}" for k, v in setting)))
+        for setting in settings for seed in seeds for strategy in strategies
+    ]
+    return Grid(points, list(strategies), settings, list(seeds), fixed)
+
+
+def share_proxy_set(grid: Grid, needs_proxy: dict[str, bool], proxy_size: int) -> Grid:
+    """One `server.proxy_size` for every strategy (unless the user set it): a proxy set is carved out of the training
+    pool before partitioning, so FedLAW's `auto` = 200 alone would give it a different partition than FedAvg's."""
+    if any(key.lstrip("+~") == PROXY_KEY for key, _ in (o.split("=", 1) for o in grid.fixed)) or any(
+        key.lstrip("+~") == PROXY_KEY for setting in grid.settings for key, _ in setting
+    ):
+        return grid
+    size = proxy_size if any(needs_proxy.values()) else 0
+    points = [GridPoint(p.strategy, p.setting, p.seed, (*p.overrides, f"{PROXY_KEY}={size}")) for p in grid.points]
+    notes = list(grid.notes)
+    if size:
+        users = ", ".join(sorted(name for name, needed in needs_proxy.items() if needed))
+        notes.append(f"{users} learn(s) on a server proxy set, so every strategy runs with {PROXY_KEY}={size}: the "
+                     f"same {size} class-balanced training samples leave every client pool, and all strategies see "
+                     "the same partition.")
+    return Grid(points, grid.strategies, grid.settings, grid.seeds, [*grid.fixed, f"{PROXY_KEY}={size}"], notes)

@@ -1,0 +1,110 @@
+"""`fedsim compare` end to end: plan (expand, compose and validate every grid point before anything runs), sweep,
+then the table, plots and report from the run folders."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import DEFAULT_PROXY_SIZE, compose_experiment, needs_server_data, resolve_auto_values, validate
+from ..errors import FedsimError
+from ..partitions.report import HEATMAP_FILE
+from . import plots as compare_plots
+from .grid import Grid, GridPoint, expand, share_proxy_set, slug
+from .report import write_report
+from .sweep import RunFunction, PointCallback, SweepResult, run_folder, run_sweep
+from .table import RunMetrics, Row, build_rows, load_run, write_tables
+
+PLOTS_FOLDER = "plots"
+
+
+@dataclass
+class Plan:
+    grid: Grid
+    experiments: list[dict[str, Any]]  # composed and validated, one per grid point
+
+
+def plan(overrides: Sequence[str]) -> Plan:
+    """Expand the grid and compose + validate every point; the first bad point is a FedsimError before any run."""
+    default = compose_experiment([o for o in overrides if "," not in o and not o.lstrip("+~").startswith(("strategy=", "seed="))])
+    grid = expand(overrides, default_seed=int(default["seed"]))
+    needs = {}
+    for strategy in grid.strategies:
+        probe = compose_experiment([f"strategy={strategy}", *grid.fixed])
+        needs[strategy] = needs_server_data(probe)
+    grid = share_proxy_set(grid, needs, DEFAULT_PROXY_SIZE)
+    experiments = []
+    for point in grid.points:
+        try:
+            experiment = resolve_auto_values(compose_experiment(point.overrides))
+            validate(experiment)
+        except FedsimError as error:
+            raise FedsimError(f"grid point {point.strategy} · {point.setting_label} · seed={point.seed}: {error}") from None
+        experiments.append(experiment)
+    return Plan(grid, experiments)
+
+
+def sweep(plan_: Plan, out: Path, run: RunFunction | None = None, on_point: PointCallback | None = None,
+          show_progress: bool = True) -> SweepResult:
+    return run_sweep(plan_.grid.points, plan_.experiments, out, run, on_point, show_progress)
+
+
+def _by_setting(grid: Grid, runs: Mapping[GridPoint, RunMetrics]) -> dict[str, dict[str, list[RunMetrics]]]:
+    grouped: dict[str, dict[str, list[RunMetrics]]] = {}
+    for point in grid.points:
+        if point in runs:
+            grouped.setdefault(point.setting_label, {}).setdefault(point.strategy, []).append(runs[point])
+    return grouped
+
+
+def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Row], Path]:
+    """Table (md, csv), plots and `report.html` from the finished run folders (a missing run is left out)."""
+    out = Path(out)
+    grid = plan_.grid
+    runs = {p: load_run(run_folder(out, p), target) for p in grid.points if (run_folder(out, p) / "summary.json").is_file()}
+    if not runs:
+        raise FedsimError(f"no finished run under {out}")
+    rows = build_rows((p.strategy, p.setting_label, p.seed, m) for p, m in runs.items())
+    write_tables(rows, out, target)
+    grouped = _by_setting(grid, runs)
+    folder = out / PLOTS_FOLDER
+    plots = [(folder / compare_plots.CURVES_PLOT, "global test accuracy per round"),
+             (folder / compare_plots.CLIENTS_PLOT, "client accuracy, final round")]
+    compare_plots.plot_accuracy_curves(grouped, grid.strategies, plots[0][0])
+    compare_plots.plot_client_distributions(grouped, grid.strategies, plots[1][0])
+    if compare_plots.plot_weights(grouped, grid.strategies, folder / compare_plots.WEIGHTS_PLOT):
+        unweighted = [s for s in grid.strategies if not any(m.weights for r in grouped.values() for m in r.get(s, []))]
+        caption = "aggregation weights of the strategies that report them" + (
+            f" ({', '.join(unweighted)} report no per-client weights)" if unweighted else "")
+        plots.append((folder / compare_plots.WEIGHTS_PLOT, caption))
+    partitions = _partition_heatmaps(grid, out, runs)
+    configs = {}
+    for point, experiment in zip(grid.points, plan_.experiments):
+        if point.seed == grid.seeds[0]:
+            title = f"{point.strategy} · {point.setting_label} (seed={point.seed}; other seeds differ only in seed)"
+            configs[title] = yaml.safe_dump(experiment, sort_keys=False)
+    notes = [*grid.notes, f"{len(runs)} of {len(grid.points)} runs finished."]
+    return rows, write_report(out, command, rows, target, plots, partitions, configs, notes)
+
+
+def _partition_heatmaps(grid: Grid, out: Path, runs: Mapping[GridPoint, RunMetrics]) -> dict[str, Path]:
+    """Per setting, the label heatmap of its first finished run (every strategy of a seed has the same partition),
+    copied to plots/."""
+    found: dict[str, Path] = {}
+    seen: set[str] = set()
+    for point in grid.points:
+        if point.setting_label in seen or point not in runs:
+            continue
+        source = run_folder(out, point) / HEATMAP_FILE
+        if source.is_file():
+            seen.add(point.setting_label)
+            target = out / PLOTS_FOLDER / f"partition_{slug(point.setting_label)}_seed={point.seed}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            found[f"{point.setting_label} · seed={point.seed}"] = target
+    return found

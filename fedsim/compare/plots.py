@@ -1,0 +1,110 @@
+"""The comparison's figures: accuracy curves (mean line, min–max band over seeds), client-accuracy distributions
+and aggregation weights over rounds, one panel per setting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.ticker
+import numpy as np
+
+from ..plots import plt, save_figure, style_accuracy_axis
+from .table import RunMetrics
+
+CURVES_PLOT = "accuracy_curves.png"
+CLIENTS_PLOT = "client_accuracy.png"
+WEIGHTS_PLOT = "aggregation_weights.png"
+
+# setting label -> strategy -> one RunMetrics per seed
+Runs = Mapping[str, Mapping[str, Sequence[RunMetrics]]]
+
+
+def _colors(strategies: Sequence[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {name: cmap(index % 10) for index, name in enumerate(strategies)}
+
+
+def _panels(count: int, width: float = 5.0, height: float = 3.8, columns: int = 3):  # type: ignore[no-untyped-def]
+    columns = max(1, min(count, columns))
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), dpi=110, squeeze=False)
+    flat = list(axes.flat)
+    for axis in flat[count:]:
+        axis.set_visible(False)
+    return figure, flat[:count]
+
+
+def plot_accuracy_curves(runs: Runs, strategies: Sequence[str], path: Path) -> None:
+    """Global test accuracy per round: the mean over seeds as a line, the min–max over seeds as a band."""
+    colors = _colors(strategies)
+    figure, axes = _panels(len(runs))
+    for axis, (setting, by_strategy) in zip(axes, runs.items()):
+        for strategy in strategies:
+            seeds = by_strategy.get(strategy, [])
+            if not seeds:
+                continue
+            length = min(len(m.curve) for m in seeds)
+            rounds = [r for r, _ in seeds[0].curve[:length]]
+            values = np.array([[a for _, a in m.curve[:length]] for m in seeds])
+            axis.plot(rounds, values.mean(axis=0), color=colors[strategy], label=f"{strategy} (n={len(seeds)})")
+            axis.fill_between(rounds, values.min(axis=0), values.max(axis=0), color=colors[strategy], alpha=0.2, linewidth=0)
+        axis.set_title(setting, fontsize=9)
+        style_accuracy_axis(axis, "global test accuracy")
+    figure.suptitle("global accuracy per round: mean over seeds, band = min–max", fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path) -> None:
+    """Final-round accuracy of every client on its validation split, pooled over seeds, one box per strategy."""
+    colors = _colors(strategies)
+    figure, axes = _panels(len(runs))
+    for axis, (setting, by_strategy) in zip(axes, runs.items()):
+        names = [s for s in strategies if by_strategy.get(s)]
+        data = [[a for m in by_strategy[s] for a in m.client_accuracies] for s in names]
+        boxes = axis.boxplot(data, patch_artist=True, showmeans=True, widths=0.6)
+        for patch, name in zip(boxes["boxes"], names):
+            patch.set_facecolor(colors[name])
+            patch.set_alpha(0.5)
+        for index, values in enumerate(data, start=1):  # every client as a dot, jittered
+            jitter = np.random.default_rng(index).uniform(-0.15, 0.15, len(values))
+            axis.scatter(np.full(len(values), index) + jitter, values, s=6, color="black", alpha=0.4, zorder=3)
+        axis.set_xticks(range(1, len(names) + 1), names)
+        axis.set_title(setting, fontsize=9)
+        axis.set_ylabel("client accuracy (final round)")
+        lowest = min((a for values in data for a in values), default=0.0)
+        axis.set_ylim(max(-0.02, lowest - 0.05), 1.02)
+        axis.grid(alpha=0.3, axis="y")
+    figure.suptitle("client accuracy distribution, all seeds pooled (triangle = mean)", fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_weights(runs: Runs, strategies: Sequence[str], path: Path) -> bool:
+    """Each weighting strategy's aggregation weight per client and round (mean over seeds) as a heatmap; False when
+    no strategy reports weights (nothing is written)."""
+    panels = [(strategy, setting, by_strategy[strategy]) for strategy in strategies for setting, by_strategy in runs.items()
+              if any(m.weights for m in by_strategy.get(strategy, []))]
+    if not panels:
+        return False
+    settings = len({setting for _, setting, _ in panels})
+    figure, axes = _panels(len(panels), width=5.0, height=3.4, columns=settings if settings <= 4 else 3)  # a row per strategy
+    for axis, (strategy, setting, seeds) in zip(axes, panels):
+        rounds = sorted({r for m in seeds for r in m.weights})
+        clients = sorted({c for m in seeds for w in m.weights.values() for c in w})
+        grid = np.full((len(clients), len(rounds)), np.nan)
+        for j, r in enumerate(rounds):
+            for i, c in enumerate(clients):
+                values = [m.weights[r][c] for m in seeds if c in m.weights.get(r, {})]
+                if values:
+                    grid[i, j] = float(np.mean(values))
+        image = axis.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
+                            extent=(rounds[0] - 0.5, rounds[-1] + 0.5, clients[-1] + 0.5, clients[0] - 0.5))
+        figure.colorbar(image, ax=axis, label="weight")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.set_title(f"{strategy} · {setting}", fontsize=9)
+        axis.set_xlabel("round")
+        axis.set_ylabel("client")
+    figure.suptitle("aggregation weight per client and round (mean over seeds; blank = not sampled)", fontsize=10)
+    save_figure(figure, path)
+    return True

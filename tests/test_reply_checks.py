@@ -1,0 +1,285 @@
+"""Bad client replies are rejected before any strategy sees them, logged and counted; the round goes on.
+
+Unit checks of each kind of malformed reply, a hypothesis fuzz of every strategy's aggregation behind the checks,
+and end-to-end runs with injected faults (crashes, NaN weights, slow clients) on the in-process engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedsim.client import app as client_app
+from fedsim.config import compose_experiment, validate
+from fedsim.data.federation import federation_for
+from fedsim.engines.inprocess import InProcessGrid
+from fedsim.errors import ConfigError
+from fedsim.experiment import build_model, experiment_record
+from fedsim.reply_checks import REJECTED_PREFIX, ReplyLimits, reply_problem
+from fedsim.server import build_strategy
+from fedsim.server_grid import FedsimGrid
+
+TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # messages built here need a sender
+
+STRATEGIES = ["fedavg", "fedprox", "feddisco", "fedlaw", "qffl", "fedce", "fairfed"]
+
+
+def _model_arrays() -> ArrayRecord:
+    torch.manual_seed(0)
+    return ArrayRecord({"w": torch.randn(3, 2), "b": torch.zeros(3), "steps": torch.tensor([4])})
+
+
+def _train_pair(arrays: ArrayRecord | None = None, metrics: dict | None = None):
+    """A sent train message and a well-formed reply to it (same arrays plus a small step)."""
+    sent_arrays = _model_arrays()
+    sent = Message(RecordDict({"arrays": sent_arrays}), dst_node_id=7, message_type="train")
+    if arrays is None:
+        arrays = ArrayRecord({k: Array(v.numpy() + (0.1 if v.numpy().dtype.kind == "f" else 0)) for k, v in sent_arrays.items()})
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics or {"num-examples": 50, "train_loss": 0.5})})
+    return sent, Message(content, dst_node_id=0, message_type="train")
+
+
+def _with(key: str, values: np.ndarray) -> ArrayRecord:
+    arrays = {k: Array(v.numpy()) for k, v in _model_arrays().items()}
+    arrays[key] = Array(values)
+    return ArrayRecord(arrays)
+
+
+LIMITS = ReplyLimits(max_update_norm=10.0, client_sizes={0: 100})
+
+
+def test_a_well_formed_reply_passes():
+    sent, reply = _train_pair()
+    assert reply_problem(reply, sent, LIMITS, 0) is None
+
+
+@pytest.mark.parametrize("arrays, metrics, expected", [
+    (_with("w", np.full((3, 2), np.nan, dtype=np.float32)), None, "'w' has NaN or Inf values"),
+    (_with("b", np.array([0, np.inf, 0], dtype=np.float32)), None, "'b' has NaN or Inf values"),
+    (_with("w", np.zeros((2, 3), dtype=np.float32)), None, "'w' is float32[2, 3], the model's is float32[3, 2]"),
+    (_with("w", np.zeros((3, 2), dtype=np.float64)), None, "'w' is float64[3, 2], the model's is float32[3, 2]"),
+    (ArrayRecord({"w": Array(np.zeros((3, 2), dtype=np.float32))}), None, "array keys differ from the model's (missing ['b', 'steps']"),
+    (_with("extra", np.zeros(1, dtype=np.float32)), None, "extra ['extra']"),
+    (_with("w", np.full((3, 2), 50.0, dtype=np.float32)), None, "update norm"),
+    (None, {"train_loss": 0.5}, "no 'num-examples' in its metrics"),
+    (None, {"num-examples": -3}, "'num-examples' = -3: outside 1..100"),
+    (None, {"num-examples": 0}, "outside 1..100"),
+    (None, {"num-examples": 101}, "outside 1..100"),
+    (None, {"num-examples": 2.5}, "outside 1..100"),
+    (None, {"num-examples": float("nan")}, "not a number"),
+    (None, {"num-examples": 10, "train_loss": float("inf")}, "metric 'train_loss' is not finite"),
+])
+def test_each_kind_of_malformed_train_reply_is_named(arrays, metrics, expected):
+    sent, reply = _train_pair(arrays, metrics)
+    problem = reply_problem(reply, sent, LIMITS, 0)
+    assert problem is not None and expected in problem
+
+
+def test_replies_without_records_or_with_unreadable_arrays_are_rejected():
+    sent, _ = _train_pair()
+    no_arrays = Message(RecordDict({"metrics": MetricRecord({"num-examples": 5})}), dst_node_id=0, message_type="train")
+    assert "ArrayRecords [], expected ['arrays']" in reply_problem(no_arrays, sent, LIMITS, 0)
+    no_metrics = Message(RecordDict({"arrays": _model_arrays()}), dst_node_id=0, message_type="train")
+    assert reply_problem(no_metrics, sent, LIMITS, 0) == "no MetricRecord"
+    torn = _model_arrays()
+    torn["w"].data = torn["w"].data[:5]  # bytes cut short in transit
+    _, reply = _train_pair(torn)
+    assert reply_problem(reply, sent, LIMITS, 0) is not None
+    failed = Message(error=Error(code=2, reason="boom"), metadata=copy.deepcopy(reply.metadata))
+    assert reply_problem(failed, sent, LIMITS, 0) is None  # a client's own error passes through as it is
+
+
+def test_unknown_client_sizes_use_a_generous_cap():
+    sent, reply = _train_pair(metrics={"num-examples": 10**6})
+    assert reply_problem(reply, sent, ReplyLimits(), 3) is None
+
+
+@pytest.mark.parametrize("override, key", [("server.max_update_norm=0", "server.max_update_norm"),
+                                           ("server.min_valid_replies=0", "server.min_valid_replies"),
+                                           ("server.min_valid_replies=11", "server.min_valid_replies"),
+                                           ("faults.crash_rate=1.5", "faults.crash_rate"),
+                                           ("faults.slow_seconds=-1", "faults.slow_seconds")])
+def test_reliability_keys_are_validated(override, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_experiment([override]))
+
+
+# --- fuzzing every strategy's aggregation behind the checks -----------------------------------------------------
+
+MUTATIONS = ["none", "nan", "inf", "shape", "dtype", "drop_key", "extra_key", "no_arrays", "no_metrics",
+             "bad_count", "huge_count", "nan_metric", "huge_update", "no_count"]
+
+
+def _mutate(reply: Message, how: str) -> Message:
+    reply = copy.deepcopy(reply)
+    content = reply.content
+    if how == "none":
+        return reply
+    if how in ("no_metrics", "bad_count", "huge_count", "nan_metric", "no_count"):
+        metrics = next(iter(content.metric_records.values()))
+        if how == "no_metrics":
+            for name in list(content.metric_records):
+                del content[name]
+        elif how == "bad_count":
+            metrics["num-examples"] = -1
+        elif how == "huge_count":
+            metrics["num-examples"] = 10**12
+        elif how == "no_count":
+            del metrics["num-examples"]
+        else:
+            metrics["train_loss"] = float("nan")
+        return reply
+    record_name = next(iter(content.array_records))
+    if how == "no_arrays":
+        del content[record_name]
+        return reply
+    record = content.array_records[record_name]
+    key = next(k for k, v in record.items() if v.numpy().dtype.kind == "f")
+    values = record[key].numpy()
+    if how == "nan":
+        record[key] = Array(np.full_like(values, np.nan))
+    elif how == "inf":
+        record[key] = Array(np.full_like(values, np.inf))
+    elif how == "shape":
+        record[key] = Array(np.zeros(values.size + 1, dtype=values.dtype))
+    elif how == "dtype":
+        record[key] = Array(values.astype(np.float16))
+    elif how == "drop_key":
+        del record[key]
+    elif how == "extra_key":
+        record["injected"] = Array(np.zeros(2, dtype=np.float32))
+    elif how == "huge_update":
+        record[key] = Array(values + 1e4)
+    return reply
+
+
+def first_round(strategy_name: str):
+    """A strategy's first training round on 4 clients: (strategy, checking grid, global arrays, the real valid
+    replies, sent messages by id). Shared with bench/reliability.py."""
+    from fedsim.config import resolve_auto_values
+
+    extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if strategy_name == "fairfed" else []
+    experiment = resolve_auto_values(compose_experiment(
+        ["num_clients=4", "num_rounds=1", f"strategy={strategy_name}", "progress=false", "server.max_update_norm=1000", *extra]))
+    federation = federation_for(experiment)
+    strategy = build_strategy(experiment, federation, "cpu")
+    sizes = {pid: len(rows) for pid, rows in enumerate(federation.client_indices)}
+    inner = InProcessGrid(client_app, 4)
+    grid = FedsimGrid(inner, limits=ReplyLimits.from_experiment(experiment, sizes))
+    grid.discover(4, timeout=30)
+    torch.manual_seed(0)
+    arrays = ArrayRecord({k: v.detach() for k, v in build_model(experiment, federation.data).state_dict().items()})
+    messages = list(strategy.configure_train(1, arrays, experiment_record(experiment), grid))
+    replies = list(inner.send_and_receive(messages, timeout=60))  # unchecked: the fuzz mutates them first
+    return strategy, grid, arrays, replies, {m.metadata.message_id: m for m in messages}
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def round_setup(request):
+    return first_round(request.param)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.sampled_from(MUTATIONS), min_size=4, max_size=4))
+def test_no_malformed_reply_reaches_any_strategys_global_model(round_setup, plan):
+    strategy, grid, arrays, replies, sent = round_setup
+    mutated = [_mutate(reply, how) for reply, how in zip(replies, plan, strict=True)]
+    grid.take_round_log()
+    checked = grid.check_replies(mutated, sent)
+    log = grid.take_round_log()
+    bad = sum(how != "none" for how in plan)
+    assert len(log.rejections) == bad
+    assert all(r.has_error() and REJECTED_PREFIX in r.error.reason for r, how in zip(checked, plan) if how != "none")
+    new_arrays, _ = strategy.aggregate_train(1, checked)  # must not raise
+    if new_arrays is None:
+        assert bad == len(plan)  # nothing valid: nothing aggregated, the caller keeps the global model
+        return
+    assert list(new_arrays.keys()) == list(arrays.keys())
+    for key, array in new_arrays.items():
+        values = array.numpy()
+        assert values.shape == tuple(arrays[key].shape) and array.dtype == arrays[key].dtype
+        assert np.isfinite(values).all()
+
+
+# --- end to end: faults injected, the run finishes ---------------------------------------------------------------
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_crashing_and_nan_clients_are_reported_and_the_run_finishes(run_quietly):
+    summary, run_dir = run_quietly("num_rounds=4", "faults.crash_rate=0.2", "faults.nan_rate=0.2")
+    rows = _rows(run_dir)[1:]
+    assert sum(int(r["failures"]) for r in rows) > 0 and sum(int(r["rejected"]) for r in rows) > 0
+    for row in rows:  # the clients that trained fine are exactly the ones aggregated and logged
+        assert int(row["train_clients"]) + int(row["failures"]) + int(row["rejected"]) == 10
+    with open(run_dir / "rejections.csv", newline="") as stream:
+        logged = list(csv.DictReader(stream))
+    assert len(logged) == sum(int(r["rejected"]) for r in rows)
+    assert all("NaN" in line["reason"] and line["kind"] == "train" for line in logged)
+    assert summary["final_accuracy"] > 0.5  # the healthy majority still learns
+
+
+def test_faults_are_seeded_per_round_and_client(run_quietly):
+    first = _rows(run_quietly("num_rounds=2", "faults.crash_rate=0.3", name="a")[1])
+    second = _rows(run_quietly("num_rounds=2", "faults.crash_rate=0.3", name="b")[1])
+    assert [r["sampled"] for r in first] == [r["sampled"] for r in second]
+    assert [r["test_accuracy"] for r in first] == [r["test_accuracy"] for r in second]
+
+
+def test_too_few_valid_replies_skip_the_round_and_keep_the_model(run_quietly):
+    summary, run_dir = run_quietly("num_rounds=3", "faults.nan_rate=1.0")
+    rows = _rows(run_dir)
+    assert [r["skipped"] for r in rows[1:]] == ["1", "1", "1"]
+    assert len({r["test_accuracy"] for r in rows}) == 1  # never moved from the initial model
+    _, run_dir = run_quietly("num_rounds=2", "faults.nan_rate=0.5", "server.min_valid_replies=10", name="strict")
+    assert [r["skipped"] for r in _rows(run_dir)[1:]] == ["1", "1"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_survives_nan_clients(run_quietly, strategy):
+    extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if strategy == "fairfed" else []
+    summary, run_dir = run_quietly("num_clients=5", "num_rounds=3", f"strategy={strategy}", "faults.nan_rate=0.4",
+                                   *extra, name=strategy)
+    rows = _rows(run_dir)
+    assert summary["rounds_completed"] == 3 and sum(int(r["rejected"]) for r in rows) > 0
+    assert all(np.isfinite(float(r["test_loss"])) for r in rows)
+
+
+def test_a_client_slower_than_the_round_timeout_is_left_out(run_quietly):
+    started = time.perf_counter()
+    summary, run_dir = run_quietly("num_clients=3", "num_rounds=1", "faults.slow_rate=1.0", "faults.slow_seconds=30",
+                                   "server.round_timeout=3")
+    rows = _rows(run_dir)
+    # client 0 hangs past the timeout; clients 1 and 2 never get their turn; all three are reported
+    assert int(rows[1]["failures"]) == 3 and rows[1]["skipped"] == "1" and summary["rounds_completed"] == 1
+    assert time.perf_counter() - started < 25
+
+
+def test_a_client_that_runs_out_of_memory_is_reported_and_left_out(run_quietly, monkeypatch):
+    import fedsim.client as client_module
+
+    real_train = client_module.train_local
+    calls = {"n": 0}
+
+    def out_of_memory_on_second_call(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(client_module, "train_local", out_of_memory_on_second_call)
+    summary, run_dir = run_quietly("num_clients=3", "num_rounds=2")
+    rows = _rows(run_dir)
+    assert [r["failures"] for r in rows[1:]] == ["1", "0"] and summary["rounds_completed"] == 2
+    assert len(rows[1]["sampled"].split()) == 2  # one client ran out of memory in round 1; the other two were aggregated
