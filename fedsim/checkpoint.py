@@ -47,6 +47,9 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
 def capture(server_round: int, arrays: ArrayRecord, strategy: Any, recorder_state: dict[str, Any],
             node_states: dict[int, Any] | None) -> Checkpoint:
     """A checkpoint of the run as it is now, at the end of `server_round`."""
+    # Under Flower's Deployment Runtime an aggregated ArrayRecord may hold memoryviews of received bytes, which
+    # pickle refuses: keep a copy that owns its data.
+    arrays = ArrayRecord(arrays.to_torch_state_dict())
     return Checkpoint(server_round, arrays, strategy, recorder_state, node_states,
                       random.getstate(), torch.get_rng_state(), np.random.get_state())
 

@@ -1,6 +1,7 @@
 """fedsim's ClientApp: answer who it is, train on its partition, evaluate the global model on its validation split.
 
-The node learns its partition from Flower's node config (`partition-id`), as SuperNodes do in deployment.
+The node learns its partition from Flower's node config (`partition-id`), as SuperNodes do in deployment; there it
+may also name its own data (`data-path`) and device (`device`): see `fedsim.deploy.node`.
 """
 
 from __future__ import annotations
@@ -10,28 +11,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from .client_requests import AFTER_TRAINING, BEFORE_TRAINING, LocalRound, asked
-from .data.federation import federation_for
 from .data.noise import client_data
 from .data.tensors import ArrayDataset
 from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
 from .fairness import model_group_counts, reweighing_weights
+from .deploy.node import NUM_PARTITIONS, PARTITION_ID, load_global_model, node_device, node_federation, one_line_errors
+from .deploy.node import partition_id as _partition_id
 from .faults import before_training, draw_faults, poisoned
-from .training import client_seed, evaluate, resolve_device, train_local
+from .training import client_seed, evaluate, train_local
 
-PARTITION_ID = "partition-id"
-NUM_PARTITIONS = "num-partitions"
+__all__ = ["IDENTITY_RECORD", "NUM_PARTITIONS", "PARTITION_ID", "app"]
+
 IDENTITY_RECORD = "identity"
 
 app = ClientApp()
 
 
-def _partition_id(context: Context) -> int:
-    if PARTITION_ID not in context.node_config:
-        raise KeyError("this node has no 'partition-id' in its node config; start it with --node-config 'partition-id=N'")
-    return int(context.node_config[PARTITION_ID])
-
-
 @app.query()
+@one_line_errors
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds, so it can order nodes the same way on every engine."""
     identity = ConfigRecord({PARTITION_ID: _partition_id(context)})
@@ -39,17 +36,18 @@ def identify(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@one_line_errors
 def train(msg: Message, context: Context) -> Message:
     """Local SGD from the received global model; replies with the new weights, `num-examples`, the training loss and
     accuracy, and whatever the strategy asked for in the config (see `fedsim.client_requests`)."""
     config = msg.content["config"]
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
-    federation = federation_for(experiment)
+    federation = node_federation(experiment, context)
     train_data, val_data = client_data(federation, experiment, partition_id)
     model = build_model(experiment, federation.data)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    device = resolve_device(experiment["device"])
+    load_global_model(model, msg.content["arrays"].to_torch_state_dict(), federation)
+    device = node_device(context, experiment)
     local = LocalRound(config, context, experiment, federation, msg.content["arrays"], model, train_data, val_data, device)
     answers: dict[str, float] = {}
     for key, answer in BEFORE_TRAINING.items():
@@ -81,6 +79,7 @@ def _sample_weights(experiment: dict, data: ArrayDataset) -> torch.Tensor | None
 
 
 @app.evaluate()
+@one_line_errors
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received global model on this client's local validation split.
 
@@ -88,13 +87,13 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     a sensitive attribute adds the model's group counts (`fedsim.fairness`).
     """
     experiment = experiment_from_record(msg.content["config"])
-    federation = federation_for(experiment)
+    federation = node_federation(experiment, context)
     train_data, val_data = client_data(federation, experiment, _partition_id(context))
     if len(val_data) == 0:
         val_data = train_data
     model = build_model(experiment, federation.data)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    device = resolve_device(experiment["device"])
+    load_global_model(model, msg.content["arrays"].to_torch_state_dict(), federation)
+    device = node_device(context, experiment)
     result = evaluate(model, val_data, device)
     metrics = MetricRecord({"num-examples": result.num_examples, "eval_loss": result.loss, "eval_acc": result.accuracy})
     if val_data.sensitive is not None:

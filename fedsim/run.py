@@ -24,6 +24,29 @@ def describe_choices(experiment: Mapping[str, Any]) -> dict[str, str]:
     return {group: short(experiment[group]) for group in GROUPS}
 
 
+def prepare_run(
+    experiment: Mapping[str, Any],
+    run_dir: str | Path,
+    choices: Mapping[str, str] | None = None,
+    recorder_class: type[Recorder] = Recorder,
+) -> tuple[dict[str, Any], Recorder]:
+    """Resolve and validate, load and partition (all before any training), open the run folder.
+
+    Shared by simulations and the deployed ServerApp (`fedsim.deploy.server_app`), so both write the same folder.
+    """
+    experiment = resolve_auto_values(experiment)
+    validate(experiment)
+    federation = federation_for(experiment)  # data and partition errors surface here, before training
+    flower_logger = logging.getLogger("flwr")
+    flower_logger.setLevel(str(experiment.get("log_level", "WARNING")).upper())
+    flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
+    choices = choices or describe_choices(experiment)
+    recorder = recorder_class(Path(run_dir), experiment, federation.num_clients, choices)
+    write_report(Path(run_dir), federation.label_counts(), f"partition={choices['partition']} · dataset={choices['dataset']}",
+                 federation.cluster_counts)
+    return experiment, recorder
+
+
 def run_experiment(
     experiment: Mapping[str, Any],
     run_dir: str | Path,
@@ -36,19 +59,10 @@ def run_experiment(
     With `resume`, a run folder holding a checkpoint continues from it (`fedsim resume <run folder>`).
     Returns the summary also written to `run_dir/summary.json`.
     """
-    experiment = resolve_auto_values(experiment)
-    validate(experiment)
-    federation = federation_for(experiment)  # data and partition errors surface here, before training
-    flower_logger = logging.getLogger("flwr")
-    flower_logger.setLevel(str(experiment.get("log_level", "WARNING")).upper())
-    flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
-    choices = choices or describe_choices(experiment)
-    recorder = Recorder(Path(run_dir), experiment, federation.num_clients, choices)
-    write_report(Path(run_dir), federation.label_counts(), f"partition={choices['partition']} · dataset={choices['dataset']}",
-                 federation.cluster_counts)
+    experiment, recorder = prepare_run(experiment, run_dir, choices)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress, resume)
-    make_engine(experiment["engine"]).run(server_app, client_app, federation.num_clients)
+    make_engine(experiment["engine"]).run(server_app, client_app, recorder.num_clients)
     if "summary" not in outcome:
         raise RuntimeError("the ServerApp ended without a summary; see the log above for the cause")
     return outcome["summary"]

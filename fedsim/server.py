@@ -159,3 +159,15 @@ def make_server_app(experiment: Mapping[str, Any], recorder: Recorder, show_prog
         outcome["summary"] = run_server(grid, experiment, recorder, show_progress, resume)
 
     return app, outcome
+
+
+# The ServerApp that Flower's Deployment Runtime loads (`serverapp = "fedsim.server:app"` in pyproject.toml): the
+# experiment comes from the run config's `overrides` (see `fedsim.deploy.server_app`).
+app = ServerApp()
+
+
+@app.main()
+def deployed_main(grid: Grid, context: Context) -> None:
+    from .deploy.server_app import run_deployed
+
+    run_deployed(grid, context)

@@ -54,7 +54,8 @@ def test_wheel_carries_the_mapped_folders(tmp_path):
     wheel = next(tmp_path.glob("fedsim-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("fedsim/strategies/__init__.py", "fedsim/partitions/__init__.py", "fedsim/configs/config.yaml",
-                     "fedsim/configs/strategy/fedavg.yaml", "fedsim/engines/inprocess.py", "fedsim/data/federation.py"):
+                     "fedsim/configs/strategy/fedavg.yaml", "fedsim/engines/inprocess.py", "fedsim/data/federation.py",
+                     "fedsim/deploy/local_federation.py"):
         assert required in names, required
     assert not any(name.startswith(("strategies/", "partitions/", "configs/", "tests/")) for name in names)
     # the wheel alone, unpacked on its own path, imports and composes configs
@@ -66,3 +67,26 @@ def test_wheel_carries_the_mapped_folders(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split()[1].startswith(str(site / "fedsim" / "strategies"))
+
+
+def test_a_real_flower_app_bundle_runs_from_its_own_folder(tmp_path):
+    """`flwr build` / `flwr run .` of this repo: the FAB carries the package, its mapped folders and the configs (not
+    tests or bench), and unpacked first on sys.path it imports the ServerApp and ClientApp that pyproject names."""
+    import io
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(REPO)))
+    names = set(fab.namelist())
+    assert {"pyproject.toml", "fedsim/server.py", "fedsim/deploy/node.py", "strategies/__init__.py",
+            "configs/config.yaml", "configs/strategy/feddisco.yaml"} <= names
+    assert not any(name.startswith(("tests/", "bench/", "docs/")) for name in names)
+    folder = tmp_path / "fab"
+    fab.extractall(folder)
+    check = IMPORT_CHECK + ";from fedsim.server import app as s; from fedsim.client import app as c; assert s and c"
+    completed = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); {check}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split()[0].startswith(str(folder))
