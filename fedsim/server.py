@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -125,10 +127,17 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
             progress.update(checkpoint.server_round, recorder.rows[-1]["test_accuracy"], recorder.rows[-1]["test_loss"])
         every = int(experiment["server"].get("checkpoint_every", 1))
 
+        checkpoints = {"on": every > 0}
+
         def save(server_round: int, round_arrays: ArrayRecord) -> None:
-            if every > 0 and (server_round % every == 0 or server_round == num_rounds):
+            if not checkpoints["on"] or (server_round % every and server_round != num_rounds):
+                return
+            try:
                 save_checkpoint(recorder.run_dir, capture(server_round, round_arrays, strategy, recorder.state(),
                                                           fedsim_grid.node_states()))
+            except (TypeError, AttributeError, pickle.PicklingError) as error:  # a strategy holding unpicklable state
+                checkpoints["on"] = False  # the run matters more than its checkpoints: go on without them
+                logging.getLogger("fedsim").warning("checkpoints turned off: the strategy's state cannot be saved (%s)", error)
 
         final_arrays = run_rounds(
             strategy, fedsim_grid, arrays, first_round=first_round, num_rounds=num_rounds, timeout=timeout,

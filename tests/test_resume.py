@@ -80,3 +80,15 @@ def test_resume_says_what_it_does_with_finished_and_foreign_folders(tmp_path, ru
 def test_checkpoints_can_be_turned_off(run_quietly):
     _, folder = run_quietly("num_clients=3", "num_rounds=2", "server.checkpoint_every=0")
     assert not (folder / "checkpoint.pt").exists()
+
+
+def test_a_strategy_that_cannot_be_pickled_turns_checkpoints_off_not_the_run(run_quietly, monkeypatch, caplog):
+    import fedsim.server as server_module
+
+    def refuse(*args, **kwargs):
+        raise TypeError("cannot pickle 'memoryview' object")
+
+    monkeypatch.setattr(server_module, "save_checkpoint", refuse)
+    summary, folder = run_quietly("num_clients=3", "num_rounds=2")
+    assert summary["rounds_completed"] == 2 and not (folder / "checkpoint.pt").exists()
+    assert sum("checkpoints turned off" in r.getMessage() for r in caplog.records) == 1
