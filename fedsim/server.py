@@ -94,8 +94,11 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
     fedsim_grid = FedsimGrid(grid, excluded, ReplyLimits.from_experiment(experiment, client_sizes))
     fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
     strategy = build_strategy(experiment, federation, str(device))
-    if excluded and hasattr(strategy, "min_available_nodes"):  # Flower's samplers wait for this many visible nodes
-        strategy.min_available_nodes = min(strategy.min_available_nodes, int(experiment["num_clients"]) - len(excluded))
+    if hasattr(strategy, "min_available_nodes"):
+        # Flower's samplers wait until this many nodes are visible. Discovery has already waited for every node
+        # before round 1, so waiting again only matters once a node is gone (excluded, or a SuperNode that died
+        # mid-run): then the rounds go on with the nodes that are left instead of waiting for it forever.
+        strategy.min_available_nodes = 1
     test_data, batch_size = federation.data.test_arrays, int(experiment["server"]["eval_batch_size"])
 
     with RoundProgress(num_rounds, enabled=show_progress) as progress:
