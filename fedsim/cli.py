@@ -279,20 +279,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .config import check_group_overrides, compose_experiment, validate
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["partition"]:
-        partition_command(args[1:])
-        return
-    if args[:1] == ["contribution"]:
-        contribution_command(args[1:])
-        return
-    if args[:1] in (["deploy"], ["certs"]):
-        (deploy_command if args[0] == "deploy" else certs_command)(args[1:])
-        return
-    if args[:1] == ["compare"]:
-        compare_command(args[1:])
-        return
-    if args[:1] == ["resume"]:
-        resume_command(args[1:])
+    subcommands = {"partition": partition_command, "contribution": contribution_command, "compare": compare_command,
+                   "resume": resume_command, "deploy": deploy_command, "certs": certs_command}
+    if args and args[0] in subcommands:
+        subcommands[args[0]](args[1:])
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)

@@ -29,13 +29,15 @@ def _metrics(folder):
 
 
 def _kill_during(folder, overrides, at_round):
-    """Start `fedsim` in a subprocess and SIGKILL it once `at_round` rounds are in metrics.csv."""
+    """Start `fedsim` in a subprocess and SIGKILL it once `at_round` rounds are in metrics.csv and a checkpoint is
+    on disk (metrics.csv is written just before the round's checkpoint, so waiting for both keeps the kill from
+    landing before the first checkpoint, where resuming would simply start over)."""
     process = subprocess.Popen([sys.executable, "-m", "fedsim.cli", *overrides, f"hydra.run.dir={folder}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if (folder / "metrics.csv").exists() and len(_metrics(folder)) > at_round:
+            if (folder / "checkpoint.pt").exists() and len(_metrics(folder)) > at_round:
                 os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.02)
