@@ -15,8 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import config_dir
-from .faults import validate_faults
-from .reply_checks import validate_limits
 from .errors import ConfigError, FedsimError
 
 GROUPS = ("dataset", "partition", "model", "strategy", "engine")
@@ -310,9 +308,15 @@ def validate(experiment: Mapping[str, Any]) -> None:
         raise ConfigError("server.proxy_size", 0, f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} learns on a server proxy set: use e.g. {DEFAULT_PROXY_SIZE}")
     _integer("server.eval_batch_size", server["eval_batch_size"], 1)
     _positive("server.round_timeout", server["round_timeout"])
-    validate_limits(server, num_clients)
+    if server.get("max_update_norm") is not None:
+        _positive("server.max_update_norm", server["max_update_norm"])
+    if _integer("server.min_valid_replies", server.get("min_valid_replies", 1), 1) > num_clients:
+        raise ConfigError("server.min_valid_replies", server["min_valid_replies"], f"at most num_clients ({num_clients})")
     _integer("server.checkpoint_every", server.get("checkpoint_every", 1), 0)
-    validate_faults(experiment.get("faults") or {})
+    faults = experiment.get("faults") or {}
+    for key in ("crash_rate", "nan_rate", "slow_rate"):
+        _in_range(f"faults.{key}", faults.get(key, 0.0), 0, 1)
+    _non_negative("faults.slow_seconds", faults.get("slow_seconds", 0.0))
 
     _validate_strategy(experiment["strategy"])
     _validate_cohort(experiment["strategy"], num_clients)

@@ -55,15 +55,3 @@ def poisoned(arrays: ArrayRecord) -> ArrayRecord:
             values[...] = np.nan
         out[key] = Array(values)
     return ArrayRecord(out)
-
-
-def validate_faults(config: Mapping[str, Any]) -> None:
-    from .errors import ConfigError
-
-    for key in ("crash_rate", "nan_rate", "slow_rate"):
-        value = config.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ConfigError(f"faults.{key}", value, "a share in [0, 1]")
-    seconds = config.get("slow_seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ConfigError("faults.slow_seconds", seconds, "seconds >= 0")

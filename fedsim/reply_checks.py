@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Error, Message, MessageType, RecordDict
 
-from .errors import ConfigError
 
 NUM_EXAMPLES_KEY = "num-examples"
 REJECTED_PREFIX = "rejected by fedsim: "
@@ -42,16 +41,6 @@ class ReplyLimits:
         server = experiment.get("server", {})
         bound = server.get("max_update_norm")
         return cls(None if bound is None else float(bound), int(server.get("min_valid_replies", 1)), dict(client_sizes or {}))
-
-
-def validate_limits(server: Mapping[str, Any], num_clients: int) -> None:
-    """Config checks for `server.max_update_norm` and `server.min_valid_replies` (one line each)."""
-    bound = server.get("max_update_norm")
-    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0):
-        raise ConfigError("server.max_update_norm", bound, "a number > 0, or null for no bound")
-    minimum = server.get("min_valid_replies", 1)
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or not 1 <= minimum <= num_clients:
-        raise ConfigError("server.min_valid_replies", minimum, f"an integer in 1..num_clients ({num_clients})")
 
 
 def as_error(reply: Message, reason: str) -> Message:
