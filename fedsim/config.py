@@ -338,6 +338,10 @@ def validate(experiment: Mapping[str, Any]) -> None:
         _positive("engine.client_resources.num_cpus", resources["num_cpus"])
     if "num_gpus" in resources:
         _non_negative("engine.client_resources.num_gpus", resources["num_gpus"])
+    if engine.get("name") == "inprocess":
+        workers = engine.get("workers", 1)
+        if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigError("engine.workers", workers, "auto or an integer >= 1")
     if engine.get("name") == "vectorized":
         max_cohort = engine.get("max_cohort", "auto")
         if max_cohort != "auto" and (isinstance(max_cohort, bool) or not isinstance(max_cohort, int) or max_cohort < 1):

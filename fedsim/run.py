@@ -7,10 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .client import app as client_app
 from .config import GROUPS, resolve_auto_values, validate
 from .data.federation import federation_for
 from .engines import make_engine
+from .experiment import build_model
 from .results import Recorder
 from .partitions.report import write_report
 from .server import make_server_app
@@ -47,6 +50,12 @@ def prepare_run(
     return experiment, recorder
 
 
+def _model_of(experiment: Mapping[str, Any]) -> torch.nn.Module:
+    """The experiment's model, built once so the engine can look at its layers (global random state untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        return build_model(experiment, federation_for(experiment).data)
+
+
 def run_experiment(
     experiment: Mapping[str, Any],
     run_dir: str | Path,
@@ -62,7 +71,8 @@ def run_experiment(
     experiment, recorder = prepare_run(experiment, run_dir, choices)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress, resume)
-    make_engine(experiment["engine"]).run(server_app, client_app, recorder.num_clients)
+    engine = make_engine(experiment["engine"], experiment["device"], _model_of(experiment))
+    engine.run(server_app, client_app, recorder.num_clients)
     if "summary" not in outcome:
         raise RuntimeError("the ServerApp ended without a summary; see the log above for the cause")
     return outcome["summary"]

@@ -47,15 +47,19 @@ def train_local(
     The proximal anchor w_global is the model as received (FedProx). Each epoch visits every sample once in an
     order drawn from `generator`; the last minibatch may be smaller. Weight decay and momentum are PyTorch SGD's.
     `sample_weights` (one per row, e.g. fairness reweighing) turn a minibatch's loss into mean(w_i · CE_i); the
-    reported loss stays the unweighted cross-entropy.
+    reported loss stays the unweighted cross-entropy. Image models train in channels-last memory format (faster
+    kernels, same arithmetic up to float rounding) and are handed back in the usual layout.
     """
-    model.to(device).train()
+    images = data.x.dim() == 4
+    model.to(device, memory_format=torch.channels_last if images else torch.preserve_format).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in trainable] if settings.proximal_mu > 0 else []
     optimizer = torch.optim.SGD(
         trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     x_all, y_all = data.x.to(device), data.y.to(device)
+    if images:  # channels-last: CPU pooling is ~9x faster in it than in NCHW, a W1 epoch 1.3x (same arithmetic)
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
     weights_all = None if sample_weights is None else sample_weights.to(device)
     total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(settings.epochs):
@@ -79,6 +83,7 @@ def train_local(
             total_correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(batch)
             steps += 1
+    model.to(memory_format=torch.contiguous_format)  # replies and checkpoints keep the usual layout
     return TrainResult(
         loss=total_loss / max(seen, 1), accuracy=total_correct / max(seen, 1), num_examples=len(data), steps=steps
     )

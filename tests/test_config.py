@@ -56,6 +56,8 @@ BAD_VALUES = [
     (["partition=shard", "partition.num_shards_per_partition=0"], "partition.num_shards_per_partition"),
     (["partition.num_partitions=3"], "partition.num_partitions"),
     (["engine=flower", "engine.client_resources.num_cpus=0"], "engine.client_resources.num_cpus"),
+    (["engine.workers=0"], "engine.workers"),
+    (["engine.workers=many"], "engine.workers"),
     (["dataset=synthetic", "dataset.num_users=0"], "dataset.num_users"),
     (["dataset.test_fraction=1.0"], "dataset.test_fraction"),
     (["log_level=LOUD"], "log_level"),

@@ -108,3 +108,30 @@ def test_client_seed_depends_on_seed_round_and_partition():
     seeds = {client_seed(s, r, p) for s in (0, 1) for r in (1, 2) for p in (0, 1)}
     assert len(seeds) == 8
     assert client_seed(3, 4, 5) == client_seed(3, 4, 5)
+
+
+def test_image_models_train_channels_last_with_the_plain_loops_result():
+    """train_local runs image models in channels-last memory format for speed: the weights must be those of a
+    plain NCHW loop over the same minibatches (float rounding only), handed back in the usual layout."""
+    from fedsim.models import CNN
+
+    torch.manual_seed(3)
+    model = CNN([1, 12, 12], 4, channels=(4, 8), hidden=16)
+    reference = CNN([1, 12, 12], 4, channels=(4, 8), hidden=16)
+    reference.load_state_dict(model.state_dict())
+    data = ArrayDataset(torch.randn(40, 1, 12, 12), torch.randint(0, 4, (40,)))
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.1, momentum=0.9)
+    train_local(model, data, settings, torch.Generator().manual_seed(7), torch.device("cpu"))
+
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    order_generator = torch.Generator().manual_seed(7)
+    for _ in range(2):
+        order = torch.randperm(40, generator=order_generator)
+        for start in range(0, 40, 16):
+            batch = order[start : start + 16]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(reference(data.x[batch]), data.y[batch]).backward()
+            optimizer.step()
+    for (name, trained), expected in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert trained.is_contiguous(), name
+        torch.testing.assert_close(trained, expected, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from .base import Engine
 from .flower import FlowerEngine
 from .inprocess import InProcessEngine, InProcessGrid
@@ -13,11 +15,12 @@ from .vectorized import VectorizedEngine, VectorizedGrid
 ENGINES = ("inprocess", "vectorized", "flower")
 
 
-def make_engine(engine: Mapping[str, Any]) -> Engine:
-    """Build the engine an `engine` config group entry names."""
+def make_engine(engine: Mapping[str, Any], device: str = "auto", model: nn.Module | None = None) -> Engine:
+    """Build the engine an `engine` config group entry names; the experiment's `device` and `model` settle
+    `engine.workers=auto`."""
     name = engine["name"]
     if name == "inprocess":
-        return InProcessEngine()
+        return InProcessEngine(engine.get("workers", 1), device, model)
     if name == "vectorized":
         return VectorizedEngine(engine.get("max_cohort", "auto"))
     if name == "flower":
