@@ -44,8 +44,9 @@ def _start(grid: Grid) -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
 
-def test_messages_reach_each_node_with_its_partition_and_state():
-    grid = InProcessGrid(_toy_client_app(), num_nodes=4)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_messages_reach_each_node_with_its_partition_and_state(workers):
+    grid = InProcessGrid(_toy_client_app(), num_nodes=4, workers=workers)
     _start(grid)
     nodes = list(grid.get_node_ids())
     assert len(nodes) == 4
