@@ -118,6 +118,11 @@ def _integer(key: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _auto_or_count(key: str, value: Any) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(key, value, "auto or an integer >= 1")
+
+
 def _in_range(key: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
     number = _number(key, value)
     too_low = number <= low if low_open else number < low
@@ -339,10 +344,6 @@ def validate(experiment: Mapping[str, Any]) -> None:
     if "num_gpus" in resources:
         _non_negative("engine.client_resources.num_gpus", resources["num_gpus"])
     if engine.get("name") == "inprocess":
-        workers = engine.get("workers", 1)
-        if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise ConfigError("engine.workers", workers, "auto or an integer >= 1")
+        _auto_or_count("engine.workers", engine.get("workers", 1))
     if engine.get("name") == "vectorized":
-        max_cohort = engine.get("max_cohort", "auto")
-        if max_cohort != "auto" and (isinstance(max_cohort, bool) or not isinstance(max_cohort, int) or max_cohort < 1):
-            raise ConfigError("engine.max_cohort", max_cohort, "auto or an integer >= 1")
+        _auto_or_count("engine.max_cohort", engine.get("max_cohort", "auto"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,13 @@ def prepare_run(
     return experiment, recorder
 
 
-def _model_of(experiment: Mapping[str, Any]) -> torch.nn.Module:
-    """The experiment's model, built once so the engine can look at its layers (global random state untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        return build_model(experiment, federation_for(experiment).data)
+def _model_builder(experiment: Mapping[str, Any]) -> Callable[[], torch.nn.Module]:
+    """Builds the experiment's model for an engine to look at its layers, leaving the global random state as it was."""
+    def build() -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            return build_model(experiment, federation_for(experiment).data)
+
+    return build
 
 
 def run_experiment(
@@ -71,7 +74,7 @@ def run_experiment(
     experiment, recorder = prepare_run(experiment, run_dir, choices)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress, resume)
-    engine = make_engine(experiment["engine"], experiment["device"], _model_of(experiment))
+    engine = make_engine(experiment["engine"], experiment["device"], _model_builder(experiment))
     engine.run(server_app, client_app, recorder.num_clients)
     if "summary" not in outcome:
         raise RuntimeError("the ServerApp ended without a summary; see the log above for the cause")

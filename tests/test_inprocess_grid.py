@@ -178,7 +178,7 @@ def test_auto_workers_fall_back_to_one_for_a_model_with_dropout(caplog):
     with_dropout = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
     assert random_layers(with_dropout) == ["Dropout"] and random_layers(torch.nn.Linear(4, 2)) == []
     with caplog.at_level("WARNING"):
-        assert resolve_workers("auto", "cpu", with_dropout) == 1
+        assert resolve_workers("auto", "cpu", lambda: with_dropout) == 1
     assert "Dropout" in caplog.text and "engine.workers" in caplog.text
-    assert resolve_workers(2, "cpu", with_dropout) == 2  # asked for explicitly
-    assert resolve_workers("auto", "cpu", torch.nn.Linear(4, 2)) == usable_cores()
+    assert resolve_workers(2, "cpu", lambda: with_dropout) == 2  # asked for explicitly
+    assert resolve_workers("auto", "cpu", lambda: torch.nn.Linear(4, 2)) == usable_cores()

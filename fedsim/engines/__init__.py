@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -15,9 +15,9 @@ from .vectorized import VectorizedEngine, VectorizedGrid
 ENGINES = ("inprocess", "vectorized", "flower")
 
 
-def make_engine(engine: Mapping[str, Any], device: str = "auto", model: nn.Module | None = None) -> Engine:
-    """Build the engine an `engine` config group entry names; the experiment's `device` and `model` settle
-    `engine.workers=auto`."""
+def make_engine(engine: Mapping[str, Any], device: str = "auto", model: Callable[[], nn.Module] | None = None) -> Engine:
+    """Build the engine an `engine` config group entry names; the experiment's `device` and its model (built by
+    `model` if needed) settle `engine.workers=auto`."""
     name = engine["name"]
     if name == "inprocess":
         return InProcessEngine(engine.get("workers", 1), device, model)

@@ -47,25 +47,24 @@ def usable_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def random_layers(model: nn.Module | None) -> list[str]:
+def random_layers(model: nn.Module) -> list[str]:
     """Layers that draw from PyTorch's global generator in training (Dropout, RReLU): shared by every thread, so
     with several workers what each client draws would depend on timing."""
-    if model is None:
-        return []
     return sorted({type(module).__name__ for module in model.modules() if isinstance(module, _RANDOM_LAYERS)})
 
 
-def resolve_workers(workers: int | str, device: str = AUTO, model: nn.Module | None = None) -> int:
+def resolve_workers(workers: int | str, device: str = AUTO, model: Callable[[], nn.Module] | None = None) -> int:
     """`engine.workers`: an integer as given; `auto` is one per usable core on CPU, and 1 on a GPU (kernels on one
     device queue behind each other; the vectorized engine is the way to fill a GPU) or for a model with random
-    layers (so that runs stay reproducible)."""
+    layers (so that runs stay reproducible). `model` builds the experiment's model, only when it has to be looked at."""
     if workers != AUTO:
         return max(int(workers), 1)
     if device == "cuda" or (device == AUTO and torch.cuda.is_available()):
         return 1
-    if random_layers(model):
+    drawing = random_layers(model()) if model is not None else []
+    if drawing:
         logger.warning("engine=inprocess: one worker, since the model's %s layers draw from PyTorch's global "
-                       "generator (set engine.workers to run clients side by side anyway)", ", ".join(random_layers(model)))
+                       "generator (set engine.workers to run clients side by side anyway)", ", ".join(drawing))
         return 1
     return usable_cores()
 
@@ -218,7 +217,7 @@ class InProcessEngine(Engine):
 
     name = "inprocess"
 
-    def __init__(self, workers: int | str = 1, device: str = AUTO, model: nn.Module | None = None) -> None:
+    def __init__(self, workers: int | str = 1, device: str = AUTO, model: Callable[[], nn.Module] | None = None) -> None:
         self.workers = resolve_workers(workers, device, model)
 
     def run(self, server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
