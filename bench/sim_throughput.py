@@ -72,8 +72,8 @@ def scale_overrides(population: int, cohort: int, per_client: int, rounds: int, 
 def worker(overrides: list[str], profile: bool = False) -> None:
     """Run one experiment; print its seconds per round (central evaluation of round 0 to that of the last round),
     the setup time and peak RSS as one JSON line. With `profile`, print torch.profiler's table of the operators that
-    took the most time over rounds 2 onward (round 1 pays one-time costs: imports, kernel selection), with the ClientApp
-calls in the main thread one after another (the profiler records only the thread it started in)."""
+        took the most time over rounds 2 onward (round 1 pays one-time costs: imports, kernel selection), with the
+    ClientApp calls in the main thread one after another (the profiler records only the thread it started in)."""
     import fedsim.results
     from fedsim.config import compose_experiment
     from fedsim.run import run_experiment
@@ -108,9 +108,10 @@ calls in the main thread one after another (the profiler records only the thread
     rounds = max(stamps)
     if profiler is not None:
         profiler.stop()
-        on_gpu = any(event.device_type.name == "CUDA" for event in profiler.key_averages())
-        print(profiler.key_averages().table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total",
-                                            row_limit=15, max_name_column_width=48), flush=True)
+        averages = profiler.key_averages()
+        on_gpu = any(event.self_device_time_total > 0 for event in averages)
+        print(averages.table(sort_by="self_device_time_total" if on_gpu else "self_cpu_time_total", row_limit=15,
+                             max_name_column_width=48), flush=True)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"s_per_round": (stamps[rounds] - stamps[0]) / rounds, "setup_s": stamps[0] - start,
                       "peak_rss_mib": peak_kib / 1024}), flush=True)
