@@ -16,22 +16,18 @@ console = Console(stderr=True)
 _shared: Progress | None = None  # the sweep's live display, while `SweepProgress` runs; round bars join it
 
 
+def _bar(*fields: TextColumn, enabled: bool) -> Progress:
+    """fedsim's progress bar: description, bar, done/total, the caller's fields, elapsed time and ETA."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *fields,
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not enabled)
+
+
 class SweepProgress:
     """Runs done / total with ETA for a multi-run command; each run's `RoundProgress` shows as a second bar below it
     (rich allows one live display at a time)."""
 
     def __init__(self, total: int, description: str = "runs", enabled: bool = True) -> None:
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-        )
+        self._progress = _bar(TextColumn("{task.fields[info]}"), enabled=enabled)
         self._enabled = enabled
         self._task = self._progress.add_task(description, total=total, info="")
 
@@ -59,18 +55,8 @@ class RoundProgress:
             self._progress = self._shared
             self._task = self._progress.add_task(description, total=num_rounds, info="", accuracy="-", loss="-")
             return
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("acc [cyan]{task.fields[accuracy]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-        )
+        self._progress = _bar(TextColumn("acc [cyan]{task.fields[accuracy]}"), TextColumn("loss {task.fields[loss]}"),
+                              enabled=enabled)
         self._task = self._progress.add_task(description, total=num_rounds, accuracy="-", loss="-")
 
     def __enter__(self) -> RoundProgress:
