@@ -12,19 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from torch import nn
 
-from .data.federation import Federation
 from .data.tensors import ArrayDataset
 from .experiment import PRETRAIN_EVAL_KEY, build_model
 from .fairness import model_group_counts
 from .strategies.fedce import COEF_KEY, MINUS_SCORE, client_minus_score, remember_local_model
 from .strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
 from .training import evaluate
+
+if TYPE_CHECKING:
+    from .data.federation import Federation
 
 
 @dataclass

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra.utils
 from flwr.app import ConfigRecord
 from torch import nn
 
-from .data.base import LoadedData
 from .training import TrainSettings
+
+if TYPE_CHECKING:
+    from .data.base import LoadedData
 
 CONFIG_KEY = "fedsim-config"
 # Keys a strategy may put in the train ConfigRecord to change a client's local work this round.
@@ -61,6 +62,8 @@ def train_settings(experiment: Mapping[str, Any], record: ConfigRecord) -> Train
 
 def build_model(experiment: Mapping[str, Any], data: LoadedData) -> nn.Module:
     """Instantiate the `model` config group entry for this data set's input shape and class count."""
+    import hydra.utils  # imported here: Hydra and OmegaConf would weigh on every ClientApp start
+
     return hydra.utils.instantiate(
         dict(experiment["model"]), input_shape=list(data.input_shape), num_classes=data.num_classes
     )

@@ -2,16 +2,40 @@
 
 Every strategy is a Flower message-based strategy (`flwr.serverapp.strategy.Strategy`), so it drops into any
 Flower `ServerApp`. One module per strategy; `common` and `stragglers` hold what they share.
+
+The strategies are imported on first use (PEP 562): `import fedsim` maps this package, and the ClientApp, started
+once per message in deployment, needs only the client halves of FedCE and FedDisco.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedsim.lazy import lazy_attributes
 
 from flwr.serverapp.strategy import Strategy
 
-from .fedce import FedCE
-from .fairfed import FairFed
-from .feddisco import FedDisco, discrepancy, disco_weights
-from .fedavg import FedAvg
-from .fedlaw import FedLAW
-from .fedprox import FedProx
-from .qffl import QFFL
+if TYPE_CHECKING:
+    from .fairfed import FairFed
+    from .fedavg import FedAvg
+    from .fedce import FedCE
+    from .feddisco import FedDisco, disco_weights, discrepancy
+    from .fedlaw import FedLAW
+    from .fedprox import FedProx
+    from .qffl import QFFL
 
 __all__ = ["FairFed", "FedAvg", "FedCE", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]
+
+# public name -> the module that defines it
+_LAZY = {
+    "FairFed": ".fairfed",
+    "FedAvg": ".fedavg",
+    "FedCE": ".fedce",
+    "FedDisco": ".feddisco",
+    "discrepancy": ".feddisco",
+    "disco_weights": ".feddisco",
+    "FedLAW": ".fedlaw",
+    "FedProx": ".fedprox",
+    "QFFL": ".qffl",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -14,7 +14,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
-from scipy.special import kl_div
 
 from .common import NUM_EXAMPLES, single_metric, to_array_record, weighted_average, with_config
 from .fedprox import FedProx
@@ -38,6 +37,8 @@ def discrepancy(counts: Sequence[float], target: Sequence[float], measure: str =
     local = local / local.sum()
     goal = np.asarray(target, dtype=np.float64)
     if measure == "kl":
+        from scipy.special import kl_div  # imported here: the ClientApp imports this module for its keys, and stays light
+
         return float(np.sum(kl_div(local, goal)))
     if measure == "l2":
         return float(np.linalg.norm(local - goal))

@@ -10,13 +10,15 @@ Two kinds, both seeded by (seed, partition id), so the same rows get the same no
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .federation import Federation
 from .tensors import ArrayDataset
+
+if TYPE_CHECKING:
+    from .federation import Federation
 
 _LABEL_SALT, _FEATURE_SALT = 7919, 104729
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import datasets
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ def images_to_tensor(images: list | np.ndarray) -> torch.Tensor:
 
 def hf_to_arrays(dataset: datasets.Dataset, feature_column: str, label_column: str = "label") -> ArrayDataset:
     """Read a Hugging Face split into tensors: an image column becomes N x C x H x W, anything else N x D."""
+    import datasets  # imported here: the ClientApp uses ArrayDataset and must not load `datasets` at import
+
     labels = torch.as_tensor(np.asarray(dataset[label_column], dtype=np.int64))
     if isinstance(dataset.features[feature_column], datasets.Image):
         x = images_to_tensor(dataset[feature_column])
