@@ -3,8 +3,8 @@
 `fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions;
 `fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report;
 `fedsim resume <run folder>` continues a run that stopped, from its last checkpoint;
-`fedsim certs DIR` makes TLS and SuperNode keys; `fedsim deploy local --nodes N [override ...]` runs the experiment
-on a SuperLink and N SuperNodes on loopback."""
+`fedsim certs DIR` makes a federation's keys; `fedsim deploy server|node` runs the server machine or a client machine
+of a deployment, `fedsim deploy local --nodes N [override ...]` all of it on this machine (fedsim/deploy/commands.py)."""
 
 from __future__ import annotations
 
@@ -102,69 +102,24 @@ def contribution_command(args: list[str]) -> None:
     console.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
 
 
-def _options(args: list[str], name: str) -> tuple[list[str], list[str]]:
-    """Every value of a repeatable `name VALUE` option, and the remaining arguments."""
-    values: list[str] = []
-    while (value := _option(args, name))[0] is not None:
-        values.append(str(value[0]))
-        args = value[1]
-    return values, args
-
-
 def certs_command(args: list[str]) -> None:
-    """`fedsim certs <out-dir> [--nodes N] [--host NAME ...]`: a CA, the SuperLink's TLS certificate and key, and N
-    SuperNode key pairs (see fedsim/deploy/certs.py)."""
-    from .deploy.certs import make_certificates
+    """`fedsim certs DIR ...`: a federation's keys and certificates (fedsim/deploy/commands.py)."""
+    from .deploy.commands import certs_command as certs
 
-    nodes, args = _option(args, "--nodes")
-    nodes = nodes or "0"
-    hosts, args = _options(args, "--host")
-    if len(args) != 1 or args[0].startswith("-") or not nodes.isdigit():
-        _fail(FedsimError("usage: fedsim certs <out-dir> [--nodes N] [--host NAME-OR-IP ...]"))
-    files = make_certificates(Path(args[0]), int(nodes), tuple(hosts))
-    console.print(f"CA: {files.ca_cert}\nSuperLink: {files.server_cert}, {files.server_key} "
-                  f"(valid for {', '.join(['localhost', '127.0.0.1', *hosts])})", highlight=False, soft_wrap=True)
-    for private, public in zip(files.node_private_keys, files.node_public_keys, strict=True):
-        console.print(f"SuperNode key: {private} (register {public} with `flwr supernode register`)", highlight=False, soft_wrap=True)
+    try:
+        certs(args)
+    except FedsimError as error:
+        _fail(error)
 
 
 def deploy_command(args: list[str]) -> None:
-    """`fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides>`: a SuperLink and N SuperNodes on
-    loopback run the experiment (see fedsim/deploy/local_federation.py)."""
-    from .deploy.local_federation import deploy_local, federation_overrides, write_installed_app
+    """`fedsim deploy local|server|node|app ...`: run fedsim under Flower's Deployment Runtime (fedsim/deploy/commands.py)."""
+    from .deploy.commands import deploy_command as deploy
 
-    if args[:1] == ["node"]:  # `fedsim deploy node <flower-supernode options>`: check the link, then run the node
-        from .deploy.preflight import supernode_main
-
-        try:
-            supernode_main(args[1:])
-        except FedsimError as error:
-            _fail(error)
-        return
-    if args[:1] == ["app"] and len(args) == 2:  # `fedsim deploy app DIR`: a Flower App folder for `flwr run DIR`
-        console.print(f"Flower App (runs the installed fedsim): {write_installed_app(Path(args[1]))}", highlight=False)
-        return
-    if args[:1] != ["local"]:
-        _fail(FedsimError("usage: fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides> | fedsim deploy app DIR | "
-                          "fedsim deploy node <flower-supernode options>"))
-    out, args = _output_folder(args[1:], "deploy")
-    nodes, args = _option(args, "--nodes")
-    nodes = nodes or "3"
-    insecure = "--insecure" in args
-    args = [arg for arg in args if arg != "--insecure"]
     try:
-        overrides = federation_overrides(args, int(nodes) if nodes.isdigit() else -1)
-        summary = deploy_local(int(nodes), overrides, out / "run", out / "federation", insecure=insecure,
-                               say=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+        deploy(args)
     except FedsimError as error:
         _fail(error)
-    except KeyboardInterrupt:
-        console.print("interrupted: every SuperLink and SuperNode process was stopped", highlight=False)
-        sys.exit(130)
-    from .progress import summary_table
-
-    console.print(summary_table(summary))
-    console.print(f"run folder: {out / 'run'}", highlight=False, soft_wrap=True)
 
 
 COMPARE_USAGE = """usage: fedsim compare <override ...> [--out DIR] [--target ACC] [--no-progress]
@@ -251,8 +206,9 @@ def resume_command(args: list[str]) -> None:
     from .results import CONFIG_FILE, SUMMARY_FILE
     from .run import run_experiment
 
+    federation, args = _option(args, "--federation")
     if len(args) != 1:
-        _fail(FedsimError("usage: fedsim resume <run folder>"))
+        _fail(FedsimError("usage: fedsim resume <run folder> [--federation NAME (a deployed run's SuperLink connection)]"))
     folder = Path(args[0])
     if not (folder / CONFIG_FILE).exists():
         _fail(FedsimError(f"{folder} is not a fedsim run folder (no {CONFIG_FILE})"))
@@ -262,11 +218,20 @@ def resume_command(args: list[str]) -> None:
         return
     if not (folder / CHECKPOINT_FILE).exists():
         console.print(f"{folder}: no checkpoint yet, starting the run from round 1", highlight=False, soft_wrap=True)
+    from .deploy.resume import is_deployed_run, resume_deployed
+
     try:
-        experiment = yaml.safe_load((folder / CONFIG_FILE).read_text())
-        summary = run_experiment(experiment, folder, resume=True)
+        if is_deployed_run(folder):  # a deployed run continues on its federation, never as a simulation
+            summary = resume_deployed(folder, federation, say=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+        elif federation is not None:
+            raise FedsimError(f"--federation: {folder} is a simulated run (no deployment.json); it resumes on its own engine")
+        else:
+            summary = run_experiment(yaml.safe_load((folder / CONFIG_FILE).read_text()), folder, resume=True)
     except FedsimError as error:
         _fail(error)
+    except KeyboardInterrupt:
+        console.print("interrupted: the run folder keeps its last checkpoint", highlight=False)
+        sys.exit(130)
     console.print(summary_table(summary))
     console.print(f"run folder: {folder}", highlight=False, soft_wrap=True)
 

@@ -15,9 +15,9 @@ from .data.noise import client_data
 from .data.tensors import ArrayDataset
 from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
 from .fairness import model_group_counts, reweighing_weights
-from .deploy.node import NUM_PARTITIONS, PARTITION_ID, load_global_model, node_device, node_federation, one_line_errors
+from .deploy.node import NUM_PARTITIONS, PARTITION_ID, load_global_model, misbehavior, node_device, node_federation, one_line_errors
 from .deploy.node import partition_id as _partition_id
-from .faults import before_training, draw_faults, poisoned
+from .faults import before_training, draw_faults, misbehaved, poisoned
 from .training import client_seed, evaluate, train_local
 
 __all__ = ["IDENTITY_RECORD", "NUM_PARTITIONS", "PARTITION_ID", "app"]
@@ -43,6 +43,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
+    told = misbehavior(context)  # read before training, so that a bad value costs no training
     federation = node_federation(experiment, context)
     train_data, val_data = client_data(federation, experiment, partition_id)
     model = build_model(experiment, federation.data)
@@ -64,6 +65,8 @@ def train(msg: Message, context: Context) -> Message:
     arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
     if faults.nan:
         arrays = poisoned(arrays)
+    if told is not None:  # a node told to misbehave in its own node config (experiments with a malicious node)
+        arrays = misbehaved(arrays, msg.content["arrays"], *told)
     content = RecordDict({"arrays": arrays, "metrics": metrics})
     for key, answer_after in AFTER_TRAINING.items():
         if asked(config, key):

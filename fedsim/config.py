@@ -313,8 +313,11 @@ def validate(experiment: Mapping[str, Any]) -> None:
         raise ConfigError("server.proxy_size", 0, f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} learns on a server proxy set: use e.g. {DEFAULT_PROXY_SIZE}")
     _integer("server.eval_batch_size", server["eval_batch_size"], 1)
     _positive("server.round_timeout", server["round_timeout"])
-    if server.get("max_update_norm") is not None:
-        _positive("server.max_update_norm", server["max_update_norm"])
+    bound = server.get("max_update_norm", "auto")
+    if bound is not None and bound != "auto" and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound <= 0):
+        raise ConfigError("server.max_update_norm", bound, "auto, null or a number > 0")
+    if _number("server.update_norm_factor", server.get("update_norm_factor", 100.0)) <= 1:
+        raise ConfigError("server.update_norm_factor", server["update_norm_factor"], "must be > 1 (a multiple of the round's median update norm)")
     if _integer("server.min_valid_replies", server.get("min_valid_replies", 1), 1) > num_clients:
         raise ConfigError("server.min_valid_replies", server["min_valid_replies"], f"at most num_clients ({num_clients})")
     _integer("server.checkpoint_every", server.get("checkpoint_every", 1), 0)

@@ -19,3 +19,8 @@ class ConfigError(FedsimError):
 
 class DataError(FedsimError):
     """A data set that cannot be loaded or partitioned as configured."""
+
+
+class DeployError(FedsimError):
+    """A deployment step failed (a process that did not start, a node the SuperLink refused, a missing tool); the
+    message says which, what to do, and where the log is."""

@@ -1,7 +1,8 @@
 """The recorder: the only writer of a run folder.
 
-A run folder holds `config.yaml` (the resolved experiment), `metrics.csv` (one row per round), `summary.json` and
-`accuracy.png`. Every file is written to a temporary name and renamed, so a crash never leaves a torn file.
+A run folder holds `config.yaml` (the resolved experiment), `metrics.csv` (one row per round), `summary.json`,
+`accuracy.png`, and `rejections.csv` / `nodes.csv` (refused replies, nodes seen). Every file is written to a
+temporary name and renamed, so a crash never leaves a torn file.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ CONFIG_FILE = "config.yaml"
 PLOT_FILE = "accuracy.png"
 MODEL_FILE = "model.pt"
 REJECTIONS_FILE = "rejections.csv"  # one line per client reply the server refused (round, partition, node, kind, reason)
+NODES_FILE = "nodes.csv"  # one line per node the server saw (node id, claimed partition, accepted/refused, reason, round)
+NODE_COLUMNS = ["node_id", "partition", "status", "reason", "round"]
 
 ROUND_COLUMNS = [
     "round",
@@ -132,6 +135,7 @@ class Recorder:
         self._scalar_columns: list[str] = []  # strategy scalars (e.g. gamma, stragglers), in order of appearance
         self._has_weights = False
         self._rejections: list[tuple[int, int, int, str, str]] = []
+        self._nodes: list[tuple[int, int | str, str, str, int]] = []  # NODE_COLUMNS; partition "" when none claimed
         self.started = time.perf_counter()
         self._last_round_end = self.started
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(experiment), sort_keys=False).encode())
@@ -139,7 +143,8 @@ class Recorder:
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs to carry the run folder on after a restart."""
         return {"rows": list(self.rows), "scalar_columns": list(self._scalar_columns), "has_weights": self._has_weights,
-                "rejections": list(self._rejections), "elapsed": time.perf_counter() - self.started}
+                "rejections": list(self._rejections), "nodes": list(self._nodes),
+                "elapsed": time.perf_counter() - self.started}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's `state()`: its rows stay, wall time goes on from where it stopped."""
@@ -147,6 +152,7 @@ class Recorder:
         self._scalar_columns = list(state["scalar_columns"])
         self._has_weights = bool(state["has_weights"])
         self._rejections = list(state["rejections"])
+        self._nodes = list(state.get("nodes", []))  # checkpoints from before nodes.csv have none
         self.started = time.perf_counter() - float(state["elapsed"])
         self._last_round_end = time.perf_counter()
 
@@ -168,12 +174,14 @@ class Recorder:
         scalars: Mapping[str, float] | None = None,
         rejections: Sequence[Any] = (),
         skipped: bool = False,
+        nodes: Sequence[Any] = (),
     ) -> dict[str, Any]:
         """Add and write the row of `server_round` (round 0 is the initial model, before any training).
 
         `weights` are the strategy's aggregation weights by partition id, `scalars` its named per-round numbers.
         `rejections` are the replies the server refused (`fedsim.server_grid.Rejection`); `skipped` says the round
-        aggregated nothing because too few valid training replies came back.
+        aggregated nothing because too few valid training replies came back. `nodes` are the nodes seen since the
+        last row (`fedsim.server_grid.NodeRecord`; see `record_nodes`).
         """
         now = time.perf_counter()
         accuracies = {pid: m["eval_acc"] for pid, m in evaluate.items() if "eval_acc" in m}
@@ -210,7 +218,23 @@ class Recorder:
         if rejections:
             self._rejections.extend((server_round, r.partition, r.node_id, r.kind, r.reason) for r in rejections)
             self._write_rejections()
+        self.record_nodes(nodes, server_round)
         return row
+
+    def record_nodes(self, nodes: Sequence[Any], server_round: int) -> None:
+        """Add the nodes seen at `server_round` (0: node discovery) to `nodes.csv`, one row per node id: a node
+        already there (a resumed run discovers its nodes again) keeps its first row."""
+        known = {row[0] for row in self._nodes}
+        fresh = [node for node in nodes if node.node_id not in known]
+        if not fresh:
+            return
+        self._nodes.extend((node.node_id, "" if node.partition is None else node.partition, node.status, node.reason,
+                            server_round) for node in fresh)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(NODE_COLUMNS)
+        writer.writerows(self._nodes)
+        write_atomic(self.run_dir / NODES_FILE, buffer.getvalue().encode())
 
     def _write_metrics(self) -> None:
         buffer = io.StringIO()

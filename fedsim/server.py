@@ -59,8 +59,8 @@ def _to_cpu_arrays(model: torch.nn.Module) -> ArrayRecord:
     return ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
 
 
-def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any],
-                           timeout: float) -> tuple[dict[int, float], dict[int, float], dict[int, GroupCounts]]:
+def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Mapping[str, Any], timeout: float,
+                           recorder: Recorder) -> tuple[dict[int, float], dict[int, float], dict[int, GroupCounts]]:
     """The final global model on every client's validation split, excluded clients included: (accuracy, loss,
     fairness group counts) per partition id (group counts only for data with a sensitive attribute)."""
     config = experiment_record(experiment)
@@ -69,6 +69,7 @@ def _evaluate_every_client(grid: FedsimGrid, arrays: ArrayRecord, experiment: Ma
     messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.all_node_ids()]
     grid.send_and_receive(messages, timeout=timeout)
     log = grid.take_round_log()
+    recorder.record_nodes(log.nodes, int(experiment["num_rounds"]))  # a node that appeared after the last round
     replies = sorted(log.evaluate.items())
     accuracy = {pid: metrics["eval_acc"] for pid, metrics in replies if "eval_acc" in metrics}
     loss = {pid: metrics["eval_loss"] for pid, metrics in replies if "eval_loss" in metrics}
@@ -92,7 +93,11 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
     excluded = list(experiment.get("exclude_clients") or [])
     client_sizes = {pid: len(rows) for pid, rows in enumerate(federation.client_indices)}  # caps num-examples
     fedsim_grid = FedsimGrid(grid, excluded, ReplyLimits.from_experiment(experiment, client_sizes))
-    fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
+    try:
+        fedsim_grid.discover(int(experiment["num_clients"]), timeout=NODE_DISCOVERY_TIMEOUT)
+    except TimeoutError:
+        recorder.record_nodes(fedsim_grid.take_round_log().nodes, 0)  # nodes.csv says who was there and who was refused
+        raise
     strategy = build_strategy(experiment, federation, str(device))
     if hasattr(strategy, "min_available_nodes"):
         # Flower's samplers wait until this many nodes are visible. Discovery has already waited for every node
@@ -113,7 +118,7 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
                 scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **scalars}
             recorder.record_round(
                 server_round, result.accuracy, result.loss, log.train, log.evaluate, len(log.failures), weights, scalars,
-                log.rejections, log.skipped,
+                log.rejections, log.skipped, nodes=log.nodes,
             )
             progress.update(server_round, result.accuracy, result.loss)
             return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
@@ -150,7 +155,7 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
     recorder.save_model(final_arrays.to_torch_state_dict(), federation.data.input_shape, federation.data.num_classes)
     client_accuracy, client_loss, client_groups = {}, {}, {}
     if float(experiment["client"]["val_fraction"]) > 0:
-        client_accuracy, client_loss, client_groups = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout)
+        client_accuracy, client_loss, client_groups = _evaluate_every_client(fedsim_grid, final_arrays, experiment, timeout, recorder)
     losses = list(client_loss.values())
     loss_stats = {"mean": float(np.mean(losses)), "std": float(np.std(losses)), "max": float(np.max(losses))} if losses else {}
     extra: dict[str, Any] = {"client_loss": loss_stats}

@@ -27,12 +27,14 @@ from fedsim.experiment import ROUND_KEY, build_model, experiment_record
 
 
 class _Listener:
-    """A loopback socket that accepts connections (and does a TLS handshake when given a context)."""
+    """A loopback socket that accepts connections, does a TLS handshake when given a context, and answers one HTTP
+    request with `answer` (what the proxy or the SuperLink would say)."""
 
-    def __init__(self, context: ssl.SSLContext | None) -> None:
+    def __init__(self, context: ssl.SSLContext | None, answer: tuple[int, str] = (404, "not found")) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.context = context
+        self.answer = answer
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -44,7 +46,10 @@ class _Listener:
             try:
                 if self.context is not None:
                     connection = self.context.wrap_socket(connection, server_side=True)
-                connection.recv(1)
+                request = connection.recv(65536)
+                if request.startswith(b"POST"):
+                    status, body = self.answer
+                    connection.sendall(f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n{body}".encode())
             except (OSError, ssl.SSLError):
                 pass
             finally:
@@ -71,6 +76,23 @@ def plain_link():
 def test_a_node_that_trusts_the_right_ca_passes(certs, tls_link):
     check_superlink(f"127.0.0.1:{tls_link.port}", certs.ca_cert, insecure=False)
     check_superlink(f"localhost:{tls_link.port}", certs.ca_cert, insecure=False)
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ((400, "<html><center>No required SSL certificate was sent</center></html>"), "requires this node's client certificate"),
+    ((400, "<html><center>The SSL certificate error</center></html>"), "refused this node's client certificate"),
+    ((502, "<html>Bad Gateway</html>"), "the SuperLink behind it does not"),
+    ((403, "<html>Forbidden</html>"), "refuses the Fleet API"),
+])
+def test_the_proxys_answers_are_one_line_on_the_node(certs, answer, message):
+    """What nginx answers when it will not pass a node on, told apart from an answer of the SuperLink itself."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    proxy = _Listener(context, answer)
+    node = certs.nodes[0]
+    with pytest.raises(DeployError, match=message) as error:
+        check_superlink(f"127.0.0.1:{proxy.port}", node.ca_cert, False, client_cert=node.client_cert, client_key=node.client_key)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(("case", "message"), [
@@ -177,18 +199,6 @@ def test_run_config_overrides_and_the_node_count():
     assert federation_overrides(["num_rounds=2"], 3)[-1] == "num_clients=3"
     with pytest.raises(DeployError, match="num_clients=4 but --nodes 3"):
         federation_overrides(["num_clients=4"], 3)
-
-
-def test_certs_command_writes_what_flower_reads(tmp_path):
-    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
-
-    from fedsim.cli import main
-
-    main(["certs", str(tmp_path / "c"), "--nodes", "2", "--host", "10.0.0.1"])
-    key = load_ssh_private_key((tmp_path / "c" / "nodes" / "node-1").read_bytes(), None)
-    public = load_ssh_public_key((tmp_path / "c" / "nodes" / "node-1.pub").read_bytes())
-    assert key.public_key().public_numbers() == public.public_numbers()
-    assert Path(tmp_path / "c" / "server.key").stat().st_mode & 0o077 == 0
 
 
 def test_bad_overrides_in_the_run_config_are_one_line_in_the_run_log(tmp_path, capsys):

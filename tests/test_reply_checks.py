@@ -24,7 +24,7 @@ from fedsim.data.federation import federation_for
 from fedsim.engines.inprocess import InProcessGrid
 from fedsim.errors import ConfigError
 from fedsim.experiment import build_model, experiment_record
-from fedsim.reply_checks import REJECTED_PREFIX, ReplyLimits, reply_problem
+from fedsim.reply_checks import REJECTED_PREFIX, ReplyLimits, outsized_updates, reply_problem
 from fedsim.server import build_strategy
 from fedsim.server_grid import FedsimGrid
 
@@ -104,6 +104,8 @@ def test_unknown_client_sizes_use_a_generous_cap():
 
 
 @pytest.mark.parametrize("override, key", [("server.max_update_norm=0", "server.max_update_norm"),
+                                           ("server.max_update_norm=fast", "server.max_update_norm"),
+                                           ("server.update_norm_factor=1", "server.update_norm_factor"),
                                            ("server.min_valid_replies=0", "server.min_valid_replies"),
                                            ("server.min_valid_replies=11", "server.min_valid_replies"),
                                            ("faults.crash_rate=1.5", "faults.crash_rate"),
@@ -113,7 +115,138 @@ def test_reliability_keys_are_validated(override, key):
         validate(compose_experiment([override]))
 
 
-# --- fuzzing every strategy's aggregation behind the checks -----------------------------------------------------
+# --- the relative update-norm bound (server.max_update_norm=auto) ------------------------------------------------
+
+def test_the_default_bound_is_relative_and_a_number_or_null_replace_it():
+    assert ReplyLimits.from_experiment(compose_experiment()) == ReplyLimits(None, 1, {}, 100.0)
+    assert ReplyLimits.from_experiment(compose_experiment(["server.update_norm_factor=20"])).update_norm_factor == 20.0
+    assert ReplyLimits.from_experiment(compose_experiment(["server.max_update_norm=5"])) == ReplyLimits(5.0, 1, {}, None)
+    assert ReplyLimits.from_experiment(compose_experiment(["server.max_update_norm=null"])) == ReplyLimits(None, 1, {}, None)
+    validate(compose_experiment(["server.max_update_norm=auto", "server.update_norm_factor=1.5"]))
+
+
+@pytest.mark.parametrize("norms, expected", [
+    ([1.0, 2.0, 3.0, 400.0], [None, None, None, "update norm 400 > 100 × the round's median (2)"]),
+    ([1.0, 2.0, 3.0, 4.0, 1000.0], [None, None, None, None, "update norm 1e+03 > 100 × the round's median (2.5)"]),
+    ([1000.0, 1.0], ["update norm 1e+03 > 100 × the round's median (1)", None]),  # the attacker is not its own reference
+    ([5.0, 400.0, 450.0], [None, None, None]),  # two large of three: the median of the others is large too
+    ([3.0, 300.0], [None, None]),  # exactly 100 times: not above
+    ([1e9], [None]),  # alone: nothing to compare with
+    ([0.0, 0.0, 5.0], [None, None, None]),  # a median of 0: nothing to compare with
+    ([], []),
+])
+def test_outsized_updates_compare_each_norm_with_the_median_of_the_others(norms, expected):
+    assert outsized_updates(norms, 100.0) == expected
+
+
+def _batch(steps: list[float]) -> tuple[list[Message], dict]:
+    """Training replies moving every float of the model by `step` (update norm step * sqrt(6 + 3)), one per node."""
+    sent_arrays = _model_arrays()
+    sent, replies = {}, []
+    for node, step in enumerate(steps):
+        message = Message(RecordDict({"arrays": sent_arrays}), dst_node_id=node + 1, message_type="train")
+        message.metadata.__dict__["_message_id"] = f"m{node}"
+        sent[message.metadata.message_id] = message
+        arrays = ArrayRecord({k: Array(v.numpy() + (step if v.numpy().dtype.kind == "f" else 0)) for k, v in sent_arrays.items()})
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 50})})
+        reply = Message(content, dst_node_id=0, message_type="train")
+        reply.metadata.__dict__["_reply_to_message_id"] = f"m{node}"
+        reply.metadata.__dict__["_src_node_id"] = node + 1
+        replies.append(reply)
+    return replies, sent
+
+
+def test_the_grid_rejects_a_scaled_update_by_the_rounds_median(caplog):
+    grid = FedsimGrid(InProcessGrid(client_app, 1), limits=ReplyLimits(update_norm_factor=100.0))
+    replies, sent = _batch([0.1, 0.2, 0.15, 0.2 * 1000, 0.12])
+    with caplog.at_level("WARNING", logger="fedsim"):
+        checked = grid.check_replies(replies, sent)
+    assert [reply.has_error() for reply in checked] == [False, False, False, True, False]
+    # norms are 3 * step (9 floats moved by step); the median of the other four is 3 * (0.12 + 0.15) / 2 = 0.405
+    reason = "update norm 600 > 100 × the round's median (0.405)"
+    assert checked[3].error.reason == REJECTED_PREFIX + reason
+    assert [(r.node_id, r.kind, r.reason) for r in grid.take_round_log().rejections] == [(4, "train", reason)]
+    assert f"(node 4): {reason}" in caplog.text
+    nan_reply = _mutate(replies[0], "nan")  # a malformed reply is neither measured nor a reference
+    assert [r.has_error() for r in grid.check_replies([nan_reply, replies[3]], sent)] == [True, False]
+
+
+def test_with_an_absolute_bound_or_none_the_relative_one_is_off():
+    replies, sent = _batch([0.1, 0.2, 200.0])
+    absolute = FedsimGrid(InProcessGrid(client_app, 1), limits=ReplyLimits(max_update_norm=1000.0))
+    assert [r.has_error() for r in absolute.check_replies(replies, sent)] == [False, False, False]
+    assert [r.has_error() for r in FedsimGrid(InProcessGrid(client_app, 1)).check_replies(replies, sent)] == [False] * 3
+
+
+# --- a node told to misbehave (node config `misbehave`) ---------------------------------------------------------
+
+def test_misbehaved_updates_are_what_the_attack_says():
+    from fedsim.faults import misbehaved
+
+    start = ArrayRecord({"w": Array(np.array([1.0, 2.0], dtype=np.float32)), "n": Array(np.array([4]))})
+    trained = ArrayRecord({"w": Array(np.array([1.5, 1.0], dtype=np.float32)), "n": Array(np.array([5]))})
+    scaled = misbehaved(trained, start, "scale", 10.0)
+    np.testing.assert_array_equal(scaled["w"].numpy(), [6.0, -8.0])  # 1 + 10 * 0.5, 2 + 10 * (-1)
+    assert scaled["w"].numpy().dtype == np.float32 and scaled["n"].numpy().tolist() == [5]
+    np.testing.assert_array_equal(misbehaved(trained, start, "sign-flip")["w"].numpy(), [0.5, 3.0])
+    poisoned = misbehaved(trained, start, "nan")
+    assert np.isnan(poisoned["w"].numpy()).all() and poisoned["n"].numpy().tolist() == [5]
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({}, None),
+    ({"misbehave": "scale"}, ("scale", 1000.0)),
+    ({"misbehave": "scale", "misbehave-scale": 50}, ("scale", 50.0)),
+    ({"misbehave": "sign-flip"}, ("sign-flip", 1000.0)),
+    ({"misbehave": "lie"}, "--node-config misbehave='lie': one of scale, sign-flip, nan"),
+    ({"misbehave": "scale", "misbehave-scale": 0}, "--node-config misbehave-scale=0: a number > 0"),
+    ({"misbehave": "scale", "misbehave-scale": -2.5}, "--node-config misbehave-scale=-2.5: a number > 0"),
+    ({"misbehave": "scale", "misbehave-scale": "big"}, "--node-config misbehave-scale='big': a number > 0"),
+])
+def test_misbehave_is_read_from_the_node_config(config, expected):
+    from flwr.app import Context
+
+    from fedsim.deploy.node import NodeConfigError, misbehavior
+
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, **config}, state=RecordDict(), run_config={})
+    if isinstance(expected, str):
+        with pytest.raises(NodeConfigError) as raised:
+            misbehavior(context)
+        assert str(raised.value) == expected
+    else:
+        assert misbehavior(context) == expected
+
+
+@pytest.fixture
+def one_node_misbehaves(monkeypatch):
+    """In-process runs in which partition 3's node has `misbehave="scale"` in its node config."""
+    import fedsim.run
+
+    real = fedsim.run.make_engine
+
+    def engine_with_a_misbehaving_node(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        engine.node_config_extras = {3: {"misbehave": "scale"}}
+        return engine
+
+    monkeypatch.setattr(fedsim.run, "make_engine", engine_with_a_misbehaving_node)
+
+
+def test_a_node_told_to_scale_its_update_is_rejected_every_round_by_the_default_bound(run_quietly, one_node_misbehaves):
+    summary, run_dir = run_quietly("num_rounds=10")
+    rows = _rows(run_dir)[1:]
+    assert [row["rejected"] for row in rows] == ["1"] * 10
+    assert all("3" not in row["sampled"].split() for row in rows)
+    with open(run_dir / "rejections.csv", newline="") as stream:
+        logged = list(csv.DictReader(stream))
+    assert [(line["round"], line["partition"], line["kind"]) for line in logged] == [(str(r), "3", "train") for r in range(1, 11)]
+    assert all("× the round's median" in line["reason"] for line in logged)
+    assert summary["final_accuracy"] > 0.8  # the nine honest clients still learn
+    with open(run_dir / "nodes.csv", newline="") as stream:  # its node was accepted: it is a known partition
+        assert [(row["partition"], row["status"]) for row in csv.DictReader(stream)] == [(str(p), "accepted") for p in range(10)]
+
+    collapsed, run_dir = run_quietly("num_rounds=10", "server.max_update_norm=null", name="unbounded")
+    assert collapsed["final_accuracy"] < 0.3 and sum(int(row["rejected"]) for row in _rows(run_dir)) == 0
 
 MUTATIONS = ["none", "nan", "inf", "shape", "dtype", "drop_key", "extra_key", "no_arrays", "no_metrics",
              "bad_count", "huge_count", "nan_metric", "huge_update", "no_count"]

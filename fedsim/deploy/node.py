@@ -7,7 +7,11 @@ Keys (all read on the node, never sent by the server):
 - `data-path` (optional): the node's own data (a parquet/csv file or an image folder), instead of partition
   `partition-id` of the configured data set: the cross-silo case, where no machine sees another's rows;
 - `device` (optional): `auto` (default: the experiment's `device`), `cpu`, `cuda` or `cuda:1`; resolved here, so
-  each node uses its own GPU or runs on CPU when it has none.
+  each node uses its own GPU or runs on CPU when it has none;
+- `misbehave` (optional, experiments only): `"scale"`, `"sign-flip"` or `"nan"`: the node trains, then sends a
+  scaled update w_global + s (w_k - w_global), a sign-flipped one, or NaN weights (`fedsim.faults.misbehaved`),
+  so that a deployment can run one malicious node among honest ones;
+- `misbehave-scale` (optional): s for `misbehave="scale"`, a number > 0 (default 1000).
 """
 
 from __future__ import annotations
@@ -16,20 +20,24 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import lru_cache, wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
-from ..data.federation import Federation, federation_for
 from ..errors import DataError, FedsimError
+
+if TYPE_CHECKING:
+    from ..data.federation import Federation
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"
 DEVICE = "device"
+MISBEHAVE = "misbehave"
+MISBEHAVE_SCALE = "misbehave-scale"
 SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv"}
 
 
@@ -59,8 +67,29 @@ def node_device(context: Context, experiment: Mapping[str, Any]) -> torch.device
     return torch.device(name)
 
 
+def misbehavior(context: Context) -> tuple[str, float] | None:
+    """(kind, scale) of the node's `misbehave` instruction, or None for an honest node."""
+    from ..faults import MISBEHAVIORS
+
+    kind = context.node_config.get(MISBEHAVE)
+    if kind is None:
+        return None
+    if kind not in MISBEHAVIORS:
+        raise NodeConfigError(f"--node-config {MISBEHAVE}={kind!r}: one of {', '.join(MISBEHAVIORS)}")
+    raw = context.node_config.get(MISBEHAVE_SCALE, 1000.0)
+    try:
+        scale = float(raw) if not isinstance(raw, bool) else float("nan")
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not 0 < scale < float("inf"):
+        raise NodeConfigError(f"--node-config {MISBEHAVE_SCALE}={raw!r}: a number > 0")
+    return str(kind), scale
+
+
 def node_federation(experiment: Mapping[str, Any], context: Context) -> Federation:
     """The federation as this node sees it: the configured one, or, with `data-path`, its own rows alone."""
+    from ..data.federation import federation_for  # imported here: it pulls in datasets and scikit-learn
+
     pid = partition_id(context)
     num_clients = int(experiment["num_clients"])
     if not 0 <= pid < num_clients:
@@ -91,6 +120,7 @@ def _format_of(path: str) -> str:
 def _local_federation(path: str, file_format: str, image_column: str, label_column: str, pid: int,  # pylint: disable=too-many-arguments
                       val_fraction: float, seed: int) -> Federation:
     """A federation in which this node's partition is every row of its own file (the other partitions are empty)."""
+    from ..data.federation import Federation
     from ..data.local import load_local_data
 
     if not Path(path).exists():

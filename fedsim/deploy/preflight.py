@@ -1,32 +1,20 @@
-"""`fedsim deploy node <flower-supernode options>`: check the SuperLink is reachable the way the node will talk to
-it, then become `flower-supernode` with the same options.
+"""`fedsim deploy node`'s first step: check that the server answers the way the node will talk to it.
 
-Without this, a wrong address or a TLS mismatch makes a SuperNode retry forever with "Connection attempt failed";
-here each gives one line naming the cause, on the node, before Flower starts.
+Without this, a wrong address, a TLS mismatch or a refused client certificate makes a SuperNode retry forever with
+"Connection attempt failed"; here each gives one line naming the cause and what to do, on the node, before Flower
+starts. `fedsim deploy node --check` runs only this: a client machine's health check.
 """
 
 from __future__ import annotations
 
-import os
+import http.client
 import socket
 import ssl
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from .local_federation import DeployError
+from ..errors import DeployError
 
-SUPERNODE_CODE = ("import sys; from flwr.supernode.cli import flower_supernode as main; "
-                  "sys.argv[0] = 'flower-supernode'; sys.exit(main())")
-
-
-def _value(args: Sequence[str], name: str) -> str | None:
-    for position, arg in enumerate(args):
-        if arg == name and position + 1 < len(args):
-            return args[position + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
+PROBE_PATH = "/v1/fleet/fedsim-preflight"  # a Fleet-shaped path: the proxy passes it on, the SuperLink has no such method
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -36,7 +24,8 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def check_superlink(address: str, root_certificates: str | Path | None, insecure: bool, timeout: float = 5.0) -> None:
+def check_superlink(address: str, root_certificates: str | Path | None, insecure: bool, timeout: float = 5.0,  # pylint: disable=too-many-arguments
+                    client_cert: str | Path | None = None, client_key: str | Path | None = None) -> None:
     """Raise a one-line DeployError when a SuperNode with these options could not talk to the SuperLink."""
     host, port = _split_address(address)
     try:
@@ -45,8 +34,8 @@ def check_superlink(address: str, root_certificates: str | Path | None, insecure
         raise DeployError(f"cannot resolve the SuperLink host {host!r} (--superlink {address})") from None
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise DeployError(f"cannot reach the SuperLink at {address} ({reason}): check --superlink, that flower-superlink "
-                          f"runs there with --port {port}, and the firewall") from None
+        raise DeployError(f"cannot reach the SuperLink at {address} ({reason}): check --superlink, that `fedsim deploy server` "
+                          f"listens there on port {port}, and the firewall") from None
     with raw:
         probe = ssl.create_default_context()
         probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE  # first: does it speak TLS at all?
@@ -57,31 +46,46 @@ def check_superlink(address: str, root_certificates: str | Path | None, insecure
             speaks_tls = False
     if insecure and speaks_tls:
         raise DeployError(f"the SuperLink at {address} uses TLS but this node has --insecure: "
-                          "pass --root-certificates ca.crt (from `fedsim certs`) instead")
+                          "pass --credentials <this node's folder from fedsim certs> instead")
     if insecure:
         return
     if not speaks_tls:
-        raise DeployError(f"the SuperLink at {address} does not speak TLS (started with --insecure?): start it with "
-                          "--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile, or this node with --insecure")
+        raise DeployError(f"the SuperLink at {address} does not speak TLS (started with --insecure?): start the server with "
+                          "`fedsim deploy server --certs DIR`, or this node with --insecure")
     if root_certificates is None:
         return  # Flower then uses the system's CAs; their verdict comes from Flower itself
     if not Path(root_certificates).is_file():
         raise DeployError(f"--root-certificates {root_certificates} does not exist on this node")
     verify = ssl.create_default_context(cafile=str(root_certificates))
+    if client_cert is not None and client_key is not None:
+        verify.load_cert_chain(str(client_cert), str(client_key))
     try:
-        with socket.create_connection((host, port), timeout=timeout) as again, verify.wrap_socket(again, server_hostname=host):
-            pass
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=verify)
+        connection.request("POST", PROBE_PATH, body=b"", headers={"content-type": "application/protobuf"})
+        response = connection.getresponse()
+        status, body = response.status, response.read(2048).decode(errors="replace")
+        connection.close()
     except ssl.SSLCertVerificationError as error:
         reason = error.verify_message or str(error)
         raise DeployError(f"the SuperLink's certificate does not verify against {root_certificates} for {host!r} ({reason}): "
                           f"use the ca.crt that signed it, and make its certificate with `fedsim certs --host {host}`") from None
+    except (ssl.SSLError, OSError) as error:
+        raise DeployError(f"the server at {address} broke off the TLS connection ({error}): its proxy may have refused "
+                          "this node's client certificate") from None
+    _check_proxy_answer(address, status, body)
 
 
-def supernode_main(args: Sequence[str]) -> None:
-    """Check, then replace this process with `flower-supernode args` on this interpreter."""
-    address = _value(args, "--superlink")
-    if address is None:
-        raise DeployError("flower-supernode needs --superlink HOST:PORT")
-    check_superlink(address, _value(args, "--root-certificates"), "--insecure" in args)
-    sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-c", SUPERNODE_CODE, *args])
+def _check_proxy_answer(address: str, status: int, body: str) -> None:
+    """What the proxy's own answers mean; any other answer came from the SuperLink itself, which is what we want."""
+    if status == 400 and "No required SSL certificate" in body:
+        raise DeployError(f"the server at {address} requires this node's client certificate: start the node with "
+                          "--credentials <its nodes/node-<i> folder from fedsim certs>")
+    if status == 400 and "SSL certificate error" in body:
+        raise DeployError(f"the server at {address} refused this node's client certificate: it was revoked, or issued "
+                          "by another CA; ask the operator for this node's current folder (fedsim certs --add-nodes)")
+    if status in (502, 503, 504):
+        raise DeployError(f"the proxy at {address} answers but the SuperLink behind it does not (HTTP {status}): "
+                          "start the SuperLink on the server (fedsim deploy server)")
+    if status == 403:
+        raise DeployError(f"the server at {address} refuses the Fleet API (HTTP 403): is --superlink the proxy's "
+                          "address and port?")

@@ -47,12 +47,24 @@ def write_flower_shims(folder: Path) -> Path:
     for entry in distribution(FLOWER_DISTRIBUTION).entry_points:
         if entry.group != "console_scripts":
             continue
-        module, _, function = entry.value.partition(":")
-        code = f"import sys; from {module} import {function} as main; sys.argv[0] = {entry.name!r}; sys.exit(main())"
         shim = folder / entry.name
-        shim.write_text(f"#!/bin/sh\nexec {sys.executable!s} -c {_sh_quote(code)} \"$@\"\n")
+        shim.write_text(f"#!/bin/sh\nexec {' '.join(_sh_quote(part) for part in flower_command(entry.name))} \"$@\"\n")
         shim.chmod(0o755)
     return folder
+
+
+# Console scripts fedsim runs through its own entry point, which adjusts Flower and then calls Flower's.
+ADJUSTED_ENTRY_POINTS = {"flower-superlink": "fedsim.deploy.pacing:superlink_main"}
+
+
+def flower_command(name: str) -> list[str]:
+    """A Flower console script (`flwr`, `flower-superlink`, ...) as a command on *this* interpreter."""
+    if name in ADJUSTED_ENTRY_POINTS:
+        value = ADJUSTED_ENTRY_POINTS[name]
+    else:
+        value = next(e for e in distribution(FLOWER_DISTRIBUTION).entry_points if e.group == "console_scripts" and e.name == name).value
+    module, _, function = value.partition(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"]
 
 
 def _sh_quote(text: str) -> str:
@@ -72,13 +84,19 @@ def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def descendants(roots: Sequence[int]) -> set[int]:
-    """Every live process below `roots` (children, grandchildren, ...), from /proc."""
+def process_children() -> dict[int, list[int]]:
+    """Parent pid -> the pids of its live children, from one scan of /proc."""
     children: dict[int, list[int]] = {}
     for pid in _all_pids():
         stat = _proc_stat(pid)
         if stat is not None:
             children.setdefault(stat[0], []).append(pid)
+    return children
+
+
+def descendants(roots: Sequence[int], children: dict[int, list[int]] | None = None) -> set[int]:
+    """Every live process below `roots` (children, grandchildren, ...), from /proc or a `process_children()` map."""
+    children = process_children() if children is None else children
     found: set[int] = set()
     stack = list(roots)
     while stack:
@@ -136,7 +154,8 @@ class ProcessSet:
         _LIVE.append(self)
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {**os.environ, TOKEN_VARIABLE: self.token, "PYTHONUNBUFFERED": "1", **(extra or {})}
+        # Flower's telemetry would report every start to Flower's servers: off, as in an offline deployment.
+        env = {**os.environ, TOKEN_VARIABLE: self.token, "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0", **(extra or {})}
         if self.path_prefix is not None:
             env["PATH"] = f"{self.path_prefix}{os.pathsep}{env.get('PATH', '')}"
         return env

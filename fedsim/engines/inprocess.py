@@ -14,8 +14,9 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 from uuid import uuid4
 
 import torch
@@ -86,14 +87,16 @@ def torch_threads_per_worker(workers: int) -> Iterator[None]:
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process; node FIRST_NODE_ID + i holds partition i."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = RUN_ID, workers: int = 1) -> None:
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = RUN_ID, workers: int = 1,
+                 node_config_extras: Mapping[int, Mapping[str, Any]] | None = None) -> None:
         self._client_app = client_app
         self._run = Run.create_empty(run_id)
+        extras = node_config_extras or {}  # partition -> more node-config entries, as a SuperNode's --node-config
         self._contexts = {
             FIRST_NODE_ID + pid: Context(
                 run_id=run_id,
                 node_id=FIRST_NODE_ID + pid,
-                node_config={PARTITION_ID: pid, NUM_PARTITIONS: num_nodes},
+                node_config={PARTITION_ID: pid, NUM_PARTITIONS: num_nodes, **extras.get(pid, {})},
                 state=RecordDict(),
                 run_config={},
             )
@@ -219,9 +222,11 @@ class InProcessEngine(Engine):
 
     def __init__(self, workers: int | str = 1, device: str = AUTO, model: Callable[[], nn.Module] | None = None) -> None:
         self.workers = resolve_workers(workers, device, model)
+        # Tests: partition -> extra node-config entries (e.g. a node told to `misbehave`); no config key sets it.
+        self.node_config_extras: dict[int, dict[str, Any]] = {}
 
     def run(self, server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
-        grid = InProcessGrid(client_app, num_nodes, workers=self.workers)
+        grid = InProcessGrid(client_app, num_nodes, workers=self.workers, node_config_extras=self.node_config_extras)
         # Messages take their run and sender from the process's task identity, as under Flower's runtimes.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID
         context = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config={})
