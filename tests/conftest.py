@@ -27,3 +27,18 @@ def run_quietly(tmp_path: Path):
         return run_experiment(experiment, run_dir, show_progress=False), run_dir
 
     return _run
+
+
+def give_nodes_config(monkeypatch: pytest.MonkeyPatch, extras: dict[int, dict[str, Any]]) -> None:
+    """Make every in-process run of this test give partition p's node the node-config entries `extras[p]`, as a
+    SuperNode's `--node-config` would (e.g. a node told to `misbehave`)."""
+    import fedsim.run
+
+    make_engine = fedsim.run.make_engine
+
+    def engine_with_node_config(*args: Any, **kwargs: Any):
+        engine = make_engine(*args, **kwargs)
+        engine.node_config_extras = extras
+        return engine
+
+    monkeypatch.setattr(fedsim.run, "make_engine", engine_with_node_config)

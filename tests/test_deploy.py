@@ -27,6 +27,8 @@ from fedsim.deploy.processes import TOKEN_VARIABLE, processes_with_token
 from fedsim.errors import DeployError
 from fedsim.run import run_experiment
 
+from .conftest import give_nodes_config
+
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]  # not in the default run (see addopts): `pytest -m deploy`
 
 NODES = 3
@@ -426,16 +428,7 @@ def test_only_the_operator_controls_the_federation(tmp_path, monkeypatch):
         rejections = list(csv.DictReader(stream))
     assert [(row["round"], row["partition"], row["kind"]) for row in rejections] == [("1", "1", "train"), ("2", "1", "train")]
 
-    import fedsim.run
-
-    make_engine = fedsim.run.make_engine
-
-    def engine_with_the_same_misbehaving_node(*args, **kwargs):
-        engine = make_engine(*args, **kwargs)
-        engine.node_config_extras = {1: {"misbehave": "scale"}}
-        return engine
-
-    monkeypatch.setattr(fedsim.run, "make_engine", engine_with_the_same_misbehaving_node)
+    give_nodes_config(monkeypatch, {1: {"misbehave": "scale"}})  # the same misbehaving node, simulated
     simulated = _simulate(overrides, tmp_path / "simulated")
     _assert_same_run(tmp_path / "deployed", simulated)
     assert _close(summary["final_accuracy"], json.loads((simulated / "summary.json").read_text())["final_accuracy"])

@@ -28,6 +28,8 @@ from fedsim.reply_checks import REJECTED_PREFIX, ReplyLimits, outsized_updates, 
 from fedsim.server import build_strategy
 from fedsim.server_grid import FedsimGrid
 
+from .conftest import give_nodes_config
+
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # messages built here need a sender
 
 STRATEGIES = ["fedavg", "fedprox", "feddisco", "fedlaw", "qffl", "fedce", "fairfed"]
@@ -220,16 +222,7 @@ def test_misbehave_is_read_from_the_node_config(config, expected):
 @pytest.fixture
 def one_node_misbehaves(monkeypatch):
     """In-process runs in which partition 3's node has `misbehave="scale"` in its node config."""
-    import fedsim.run
-
-    real = fedsim.run.make_engine
-
-    def engine_with_a_misbehaving_node(*args, **kwargs):
-        engine = real(*args, **kwargs)
-        engine.node_config_extras = {3: {"misbehave": "scale"}}
-        return engine
-
-    monkeypatch.setattr(fedsim.run, "make_engine", engine_with_a_misbehaving_node)
+    give_nodes_config(monkeypatch, {3: {"misbehave": "scale"}})
 
 
 def test_a_node_told_to_scale_its_update_is_rejected_every_round_by_the_default_bound(run_quietly, one_node_misbehaves):

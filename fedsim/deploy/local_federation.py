@@ -249,9 +249,7 @@ class LocalFederation:
 
     def _run_command(self, overrides: Sequence[str], run_dir: Path, stream: bool) -> list[str]:
         app = self.app_dir or write_installed_app(self.work_dir / "app")
-        run_config = self.work_dir / f"run-config-{time.monotonic_ns()}.toml"
-        run_config.write_text(f"{OVERRIDES_KEY} = {toml_string(shlex.join(overrides))}\n"
-                              f"{RUN_DIR_KEY} = {toml_string(str(run_dir))}\n")
+        run_config = write_run_config(self.work_dir / f"run-config-{time.monotonic_ns()}.toml", overrides, run_dir)
         command = ["flwr", "run", str(app), CONNECTION, "--run-config", str(run_config), *(["--stream"] if stream else [])]
         return [*self.server_prefix, *self._shimmed(command)]
 
@@ -272,6 +270,12 @@ class LocalFederation:
         if completed.returncode != 0:
             raise DeployError(f"flwr run failed: {(completed.stdout + completed.stderr).strip()}")
         return completed.stdout
+
+
+def write_run_config(path: Path, overrides: Sequence[str], run_dir: Path) -> Path:
+    """The `--run-config` file of `flwr run` that submits an experiment (its overrides) into `run_dir`."""
+    path.write_text(f"{OVERRIDES_KEY} = {toml_string(shlex.join(overrides))}\n{RUN_DIR_KEY} = {toml_string(str(run_dir))}\n")
+    return path
 
 
 def submit_run(command: Sequence[str], env: Mapping[str, str], run_dir: Path, cwd: Path,  # pylint: disable=too-many-arguments

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from typing import Any
 
 from ..errors import DeployError
 from .processes import flower_command
-from .local_federation import FEDERATION_FILE, LocalFederation, submit_run, toml_string, write_installed_app
-from .server_app import DEPLOYMENT_FILE, OVERRIDES_KEY, RUN_DIR_KEY
+from .local_federation import FEDERATION_FILE, LocalFederation, submit_run, write_installed_app, write_run_config
+from .server_app import DEPLOYMENT_FILE
 
 REACH_TIMEOUT = 30.0
 
@@ -55,8 +54,7 @@ def resume_deployed(folder: Path, federation: str | None = None, say: Callable[[
     _check_reachable(connection)
     with tempfile.TemporaryDirectory(prefix="fedsim-resume-") as temporary:
         app = write_installed_app(Path(temporary) / "app")
-        run_config = Path(temporary) / "run-config.toml"
-        run_config.write_text(f"{OVERRIDES_KEY} = {toml_string(shlex.join(overrides))}\n{RUN_DIR_KEY} = {toml_string(str(run_dir))}\n")
+        run_config = write_run_config(Path(temporary) / "run-config.toml", overrides, run_dir)
         command = [*flower_command("flwr"), "run", str(app), *([connection] if connection else []), "--run-config", str(run_config),
                    "--stream"]
         return submit_run(command, {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}, run_dir, Path.cwd(), on_line=say,
