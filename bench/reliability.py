@@ -106,10 +106,9 @@ def kill_and_resume(strategies: list[str]) -> None:
         at_round = random.Random(name).randint(1, 4)
         killed = root / f"{name}_killed"
         _kill_during(killed, overrides, at_round)
-        with open(killed / "checkpoint.pt", "rb") as stream:
-            import pickle
+        from fedsim.checkpoint import load_checkpoint
 
-            checkpoint_round = pickle.load(stream)["server_round"]
+        checkpoint_round = load_checkpoint(killed).server_round
         subprocess.run([sys.executable, "-m", "fedsim.cli", "resume", str(killed)], check=True, capture_output=True)
         same = _metrics(killed) == _metrics(root / f"{name}_reference")
         print(f"| {name} | {at_round} | {checkpoint_round} | {'yes' if same else 'NO'} | "

@@ -5,6 +5,9 @@ Logistic regression, 20 rounds, full participation, fedsim's default local work 
 0.9, batch 32). Prints mean ± std over seeds of the final global model's test accuracy, |EOD| and |SPD|, and of
 |EOD| and |SPD| averaged over the last 5 rounds (the test metrics swing from round to round under this skew).
 
+beta is on declearn's scale (weights start at n_k; the default beta = 1 is declearn's). Rows marked beta_p use the
+paper's scale (weights start at n_k / n): they run beta = beta_p * n, with n the clients' training rows of that seed.
+
     python bench/reproduce_fairfed.py --seeds 0 1 2 3 4 --markdown fairfed.md
 """
 
@@ -17,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from fedsim.config import compose_experiment
+from fedsim.data import build_federation
 from fedsim.run import run_experiment
 from table_cells import mean_std  # bench/, on sys.path when a script runs
 
@@ -24,21 +28,35 @@ SETTING = [
     "dataset=fair_synthetic", "partition=dirichlet", "partition.partition_by=sensitive", "partition.alpha=0.1",
     "num_clients=5", "model=logreg", "num_rounds=20",
 ]
+PAPER_BETA = "paper-beta="  # a pseudo-override: strategy.beta = beta_p * n for this seed's n
 VARIANTS = {
     "FedAvg": ["strategy=fedavg"],
     "FairFed (β=1, EOD)": ["strategy=fairfed", "strategy.beta=1.0", "strategy.metric=eod"],
-    "FairFed (β=5, EOD)": ["strategy=fairfed", "strategy.beta=5.0", "strategy.metric=eod"],
-    "FairFed (β=1, SPD)": ["strategy=fairfed", "strategy.beta=1.0", "strategy.metric=spd"],
+    "FairFed (β_p=1, EOD)": ["strategy=fairfed", f"{PAPER_BETA}1", "strategy.metric=eod"],
+    "FairFed (β_p=5, EOD)": ["strategy=fairfed", f"{PAPER_BETA}5", "strategy.metric=eod"],
+    "FairFed (β_p=1, SPD)": ["strategy=fairfed", f"{PAPER_BETA}1", "strategy.metric=spd"],
     # The paper's FairFed runs on top of local debiasing; reweighing is its main choice (FairBatch the other).
     "FedAvg + local reweighing": ["strategy=fedavg", "client.local_debiasing=reweighing"],
     "FairFed (β=1, EOD) + local reweighing": ["strategy=fairfed", "strategy.beta=1.0", "client.local_debiasing=reweighing"],
-    "FairFed (β=5, EOD) + local reweighing": ["strategy=fairfed", "strategy.beta=5.0", "client.local_debiasing=reweighing"],
+    "FairFed (β_p=1, EOD) + local reweighing": ["strategy=fairfed", f"{PAPER_BETA}1", "client.local_debiasing=reweighing"],
+    "FairFed (β_p=5, EOD) + local reweighing": ["strategy=fairfed", f"{PAPER_BETA}5", "client.local_debiasing=reweighing"],
 }
+
+
+def training_rows(overrides: list[str]) -> int:
+    """n: the clients' training rows (what they report as num-examples) under these overrides."""
+    federation = build_federation(compose_experiment(overrides))
+    return sum(len(federation.client_rows(k)[0]) for k in range(federation.num_clients))
 
 
 def run(seed: int, variant: list[str], out: Path, extra: list[str]) -> tuple[float, ...]:
     """(final accuracy, final |EOD|, final |SPD|, last-5-round mean |EOD|, last-5-round mean |SPD|)."""
-    experiment = compose_experiment([*SETTING, *extra, *variant, f"seed={seed}", "progress=false"])
+    overrides = [*SETTING, *extra, f"seed={seed}", "progress=false"]
+    paper = [float(item[len(PAPER_BETA):]) for item in variant if item.startswith(PAPER_BETA)]
+    variant = [item for item in variant if not item.startswith(PAPER_BETA)]
+    if paper:
+        variant.append(f"strategy.beta={paper[0] * training_rows([*overrides, *variant])}")
+    experiment = compose_experiment([*overrides, *variant])
     summary = run_experiment(experiment, out, show_progress=False)
     fairness = summary["fairness"]
     with open(out / "metrics.csv", newline="") as stream:

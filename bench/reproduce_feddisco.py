@@ -1,7 +1,7 @@
 """FedDisco vs FedAvg on a NIID-2-style partition of `digits` (Ye et al., ICML 2023, Table 1's NIID-2 setting).
 
-NIID-2: 6 clients; 5 hold two label shards each (two classes), 1 holds a uniform sample. FedDisco up-weights the
-uniform client. Local work follows the FedDisco scripts (SGD lr 0.01, momentum 0.9, weight decay 1e-5, batch 64,
+NIID-2 (the FedDisco reference's shard rule): 6 clients; 5 hold two whole classes each, 1 holds one shard of every
+class. FedDisco up-weights the uniform client. Local work follows the FedDisco scripts (SGD lr 0.01, momentum 0.9, weight decay 1e-5, batch 64,
 10 local epochs, full participation); 30 rounds of an MLP (the paper runs 100 rounds of a CNN on CIFAR-10).
 Prints mean ± std over seeds of the final accuracy and the mean accuracy over the last 5 rounds.
 

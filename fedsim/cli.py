@@ -14,12 +14,70 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import FedsimError
-from .progress import console
+from .progress import console, output
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]fedsim: error:[/] {error}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]fedsim: error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     sys.exit(2)
+
+
+COMMANDS = {  # subcommand: what it does, in one line (`fedsim --help`)
+    "partition": "build the partition only (no training) and report its heterogeneity",
+    "compare": "run strategies × settings × seeds and write a comparison table, plots and an HTML report",
+    "contribution": "compare FedCE's client weights with each client's leave-one-out contribution",
+    "resume": "continue a stopped run from its last checkpoint",
+    "certs": "make and manage a federation's keys and certificates",
+    "deploy": "run the server, a client machine, or a whole federation here (Flower's Deployment Runtime)",
+}
+
+
+def main_help() -> str:
+    """`fedsim --help`: the subcommands, how overrides work and each config group's options."""
+    from .config import GROUPS, group_options
+
+    lines = ["usage: fedsim [override ...]               run one experiment (default: FedAvg on digits, 10 clients)",
+             "       fedsim -m [override with a,b ...]   a sweep: one run per combination, all validated first",
+             "       fedsim <command> [...]              (fedsim <command> --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:<13} {summary}" for name, summary in COMMANDS.items()]
+    lines += ["", "overrides (Hydra): key=value (num_rounds=50, client.lr=0.05) and group=option; the groups:"]
+    lines += [f"  {group + '=':<13} {', '.join(group_options(group))}" for group in (*GROUPS, "tracking")]
+    lines += ["", "fedsim --cfg job             print the composed config: every key, documented in configs/config.yaml",
+              "fedsim --hydra-help          Hydra's own options (--multirun, --cfg, --info, ...)",
+              "Results go to stdout, progress and diagnostics to stderr. Bad input: one line and exit code 2."]
+    return "\n".join(lines)
+
+
+def _wants_help(args: Sequence[str], usage: str) -> bool:
+    """Print `usage` to stdout if `args` asks for help (-h / --help)."""
+    if any(arg in ("-h", "--help") for arg in args):
+        output.print(usage, highlight=False, soft_wrap=True, markup=False)
+        return True
+    return False
+
+
+PARTITION_USAGE = """usage: fedsim partition [override ...] [--out DIR]
+
+Builds the partition of the composed experiment (no training) and writes partition.json and heatmaps to DIR
+(default outputs/partition/<time>); prints per-client sizes, label counts, entropy, JS divergence and EMD.
+Example: fedsim partition partition=dirichlet partition.alpha=0.1 num_clients=20"""
+
+CONTRIBUTION_USAGE = """usage: fedsim contribution [override ...] [--out DIR] [--reference clients|test]
+
+Runs the experiment with strategy=fedce once, then once per client with that client left out (num_clients + 1 runs),
+and reports how FedCE's client weights track each client's leave-one-out contribution (Pearson r), in
+contribution.json and contribution.png. --reference: the accuracy compared (clients: mean over every client's
+held-out split, the default; test: the pooled test split).
+Example: fedsim contribution num_clients=6 num_rounds=10 --out contribution/"""
+
+RESUME_USAGE = """usage: fedsim resume <run folder> [--federation NAME]
+
+Continues a run that stopped (killed, interrupted, crashed) from its last checkpoint, with the config in its folder;
+the result is the same as an uninterrupted run's. A deployed run resumes on its federation (--federation: the
+SuperLink connection in the Flower App's pyproject.toml, if not the one it was started with)."""
 
 
 def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
@@ -35,8 +93,8 @@ def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
         summary = run_experiment(experiment, runtime.output_dir, {g: str(runtime.choices[g]) for g in GROUPS})
     except FedsimError as error:
         _fail(error)
-    console.print(summary_table(summary))
-    console.print(f"run folder: {runtime.output_dir}", highlight=False, soft_wrap=True)
+    output.print(summary_table(summary))
+    output.print(f"run folder: {runtime.output_dir}", highlight=False, soft_wrap=True, markup=False)
     return float(summary["final_accuracy"])
 
 
@@ -65,6 +123,8 @@ def partition_command(args: list[str]) -> None:
     from .partitions.report import CLUSTER_HEATMAP_FILE, HEATMAP_FILE, REPORT_FILE, write_report
     from .progress import partition_table
 
+    if _wants_help(args, PARTITION_USAGE):
+        return
     out, args = _output_folder(args, "partition")
     try:
         experiment = compose_experiment(args)
@@ -73,17 +133,20 @@ def partition_command(args: list[str]) -> None:
     except FedsimError as error:
         _fail(error)
     report = write_report(out, federation.label_counts(), " ".join(args) or "default partition", federation.cluster_counts)
-    console.print(partition_table(report))
+    output.print(partition_table(report))
     heatmaps = [HEATMAP_FILE] + ([CLUSTER_HEATMAP_FILE] if federation.cluster_counts is not None else [])
-    console.print(f"report: {out / REPORT_FILE}\nheatmap: " + ", ".join(str(out / name) for name in heatmaps), highlight=False, soft_wrap=True)
+    output.print(f"report: {out / REPORT_FILE}\nheatmap: " + ", ".join(str(out / name) for name in heatmaps), highlight=False, soft_wrap=True)
 
 
 def contribution_command(args: list[str]) -> None:
     """`fedsim contribution <overrides> [--out DIR] [--reference clients|test]`: one FedCE run plus one run per
     left-out client."""
-    from .config import compose_experiment, validate
-    from .contribution import CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table, run_contribution
+    from .config import compose_experiment
+    from .contribution import (CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table,
+                               run_contribution, validate_contribution)
 
+    if _wants_help(args, CONTRIBUTION_USAGE):
+        return
     out, args = _output_folder(args, "contribution")
     reference, args = _option(args, "--reference")
     reference = reference or "clients"
@@ -94,12 +157,12 @@ def contribution_command(args: list[str]) -> None:
 
     try:
         experiment = compose_experiment(contribution_overrides(args))
-        validate(experiment)
+        validate_contribution(experiment, reference)
         report = run_contribution(experiment, out, progress_line, reference)
     except FedsimError as error:
         _fail(error)
-    console.print(contribution_table(report))
-    console.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
+    output.print(contribution_table(report))
+    output.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
 
 
 def certs_command(args: list[str]) -> None:
@@ -138,11 +201,7 @@ def compare_command(args: list[str]) -> None:
     from .compare.table import rich_table
     from .progress import SweepProgress
 
-    import datasets
-
-    datasets.disable_progress_bars()  # the partitioners' "Flattening the indices" bars would break the live display
-    if any(arg in ("-h", "--help") for arg in args):
-        console.print(COMPARE_USAGE, highlight=False, soft_wrap=True)
+    if _wants_help(args, COMPARE_USAGE):
         return
     command = "fedsim compare " + shlex.join(args)
     out, args = _output_folder(args, "compare")
@@ -189,9 +248,9 @@ def compare_command(args: list[str]) -> None:
     # piped output has no width; keep the table's rows on one line each there
     from rich.console import Console
 
-    wide = console if console.is_terminal else Console(stderr=True, width=max(console.width, 170))
+    wide = output if output.is_terminal else Console(width=max(output.width, 170))
     wide.print(rich_table(rows, target))
-    console.print(f"table: {out / 'comparison.md'}, {out / 'comparison.csv'}\nreport: {report_path}", highlight=False,
+    output.print(f"table: {out / 'comparison.md'}, {out / 'comparison.csv'}\nreport: {report_path}", highlight=False,
                   soft_wrap=True)
 
 
@@ -201,11 +260,13 @@ def resume_command(args: list[str]) -> None:
 
     import yaml
 
-    from .checkpoint import CHECKPOINT_FILE
+    from .checkpoint import CHECKPOINT_FILE, load_checkpoint
     from .progress import summary_table
     from .results import CONFIG_FILE, SUMMARY_FILE
     from .run import run_experiment
 
+    if _wants_help(args, RESUME_USAGE):
+        return
     federation, args = _option(args, "--federation")
     if len(args) != 1:
         _fail(FedsimError("usage: fedsim resume <run folder> [--federation NAME (a deployed run's SuperLink connection)]"))
@@ -214,8 +275,12 @@ def resume_command(args: list[str]) -> None:
         _fail(FedsimError(f"{folder} is not a fedsim run folder (no {CONFIG_FILE})"))
     summary_path = folder / SUMMARY_FILE
     if summary_path.exists() and json.loads(summary_path.read_text()).get("complete"):
-        console.print(f"{folder}: the run is already complete", highlight=False, soft_wrap=True)
+        output.print(f"{folder}: the run is already complete", highlight=False, soft_wrap=True, markup=False)
         return
+    try:
+        load_checkpoint(folder)  # a broken checkpoint: its one line now, before any work (simulated or deployed run)
+    except FedsimError as error:
+        _fail(error)
     if not (folder / CHECKPOINT_FILE).exists():
         console.print(f"{folder}: no checkpoint yet, starting the run from round 1", highlight=False, soft_wrap=True)
     from .deploy.resume import is_deployed_run, resume_deployed
@@ -232,8 +297,12 @@ def resume_command(args: list[str]) -> None:
     except KeyboardInterrupt:
         console.print("interrupted: the run folder keeps its last checkpoint", highlight=False)
         sys.exit(130)
-    console.print(summary_table(summary))
-    console.print(f"run folder: {folder}", highlight=False, soft_wrap=True)
+    output.print(summary_table(summary))
+    output.print(f"run folder: {folder}", highlight=False, soft_wrap=True, markup=False)
+
+
+SUBCOMMANDS = {"partition": partition_command, "compare": compare_command, "contribution": contribution_command,
+               "resume": resume_command, "certs": certs_command, "deploy": deploy_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -241,20 +310,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     import hydra
 
     from . import config_dir
-    from .config import check_group_overrides, compose_experiment, validate
+    from .config import check_group_overrides, compose_experiment, validate, validate_sweep
 
     args = list(sys.argv[1:] if argv is None else argv)
-    subcommands = {"partition": partition_command, "contribution": contribution_command, "compare": compare_command,
-                   "resume": resume_command, "deploy": deploy_command, "certs": certs_command}
-    if args and args[0] in subcommands:
-        subcommands[args[0]](args[1:])
+    if args and args[0] in SUBCOMMANDS:
+        SUBCOMMANDS[args[0]](args[1:])
+        return
+    if any(arg in ("-h", "--help") for arg in args):
+        output.print(main_help(), highlight=False, soft_wrap=True, markup=False)
         return
     overrides = [arg for arg in args if not arg.startswith("-")]
     sweeping = any(arg in ("-m", "--multirun") for arg in args)
-    informational = any(arg.startswith(("--help", "-h", "--cfg", "-c", "--info", "--hydra-help")) for arg in args)
+    informational = any(arg.startswith(("--cfg", "-c", "--info", "--hydra-help")) for arg in args)
     try:
         check_group_overrides(overrides)
-        if not sweeping and not informational:
+        if sweeping and not informational:
+            validate_sweep(overrides)
+        elif not informational:
             validate(compose_experiment(overrides))
     except FedsimError as error:
         _fail(error)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import config_dir
@@ -38,7 +38,7 @@ def check_group_overrides(overrides: Sequence[str], root: Path | None = None) ->
     """Refuse `group=option` overrides naming an option that does not exist (sweeps `a,b` are checked each)."""
     for override in overrides:
         match = _GROUP_OVERRIDE.match(override)
-        if not match or match["group"] not in GROUPS or "(" in match["value"]:
+        if not match or match["group"] not in (*GROUPS, "tracking") or "(" in match["value"]:
             continue
         options = group_options(match["group"], root)
         for value in match["value"].split(","):
@@ -46,8 +46,30 @@ def check_group_overrides(overrides: Sequence[str], root: Path | None = None) ->
                 raise ConfigError(match["group"], value, f"one of {', '.join(options)}")
 
 
+def _group_choices(cfg: DictConfig) -> dict[str, str] | None:
+    """The config-group options the run was composed from (`strategy=fedprox` gives "fedprox"), from the Hydra
+    section of a composed config or from the running Hydra app; None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if "hydra" in cfg:
+        choices = cfg.hydra.runtime.choices
+    elif HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+    else:
+        return None
+    return {group: str(choices[group]) for group in GROUPS if group in choices}
+
+
 def to_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved experiment as plain data (no Hydra section); a missing mandatory value is a ConfigError."""
+    """The resolved experiment as plain data (no Hydra section); a missing mandatory value is a ConfigError.
+
+    `choices` records the option of each config group, so that every command (a run, `resume`, `compare`,
+    `deploy`) names a run's choices the same way: the file names in configs/<group>/."""
+    choices = _group_choices(cfg)
+    if "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]  # its interpolations need a running Hydra app
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
@@ -57,6 +79,8 @@ def to_experiment(cfg: DictConfig) -> dict[str, Any]:
         raise FedsimError(f"config could not be resolved: {str(error).splitlines()[0]}") from None
     assert isinstance(container, dict)
     container.pop("hydra", None)
+    if choices is not None:
+        container["choices"] = choices
     return resolve_auto_values(container)
 
 
@@ -93,7 +117,7 @@ def compose_experiment(overrides: Sequence[str] = ()) -> dict[str, Any]:
     check_group_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     except HydraException as error:
         lines = str(error).strip().splitlines()
         if lines and lines[0].startswith("Could not override"):
@@ -101,6 +125,42 @@ def compose_experiment(overrides: Sequence[str] = ()) -> dict[str, Any]:
             raise FedsimError(f"{key} is not a fedsim config key (see `fedsim --cfg job` for all keys)") from None
         raise FedsimError(" ".join(lines[:2])) from None
     return to_experiment(cfg)
+
+
+def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs of a Hydra multirun, in Hydra's order: each job's overrides, with every sweep (`a=1,2`,
+    `a=range(0,3)`, `a=choice(x,y)`) replaced by one of its values. `hydra.*` overrides are left out."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as error:
+        raise FedsimError(str(error).strip().splitlines()[0]) from None
+    axes: list[list[str]] = []
+    for override in parsed:
+        if override.get_key_element().lstrip("+~").startswith("hydra."):
+            continue
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            axes.append([override.input_line or ""])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def validate_sweep(overrides: Sequence[str]) -> None:
+    """Compose and validate every job of a multirun before the first one starts: the first bad one is a
+    FedsimError naming the job and its overrides."""
+    jobs = sweep_jobs(overrides)
+    for number, job in enumerate(jobs):
+        try:
+            validate(compose_experiment(job))
+        except FedsimError as error:
+            swept = [override for override in job if override not in overrides] or job
+            raise FedsimError(f"sweep job {number} of {len(jobs)} ({' '.join(swept)}): {error}") from None
 
 
 # --- value checks ------------------------------------------------------------------------------------------
@@ -222,13 +282,25 @@ def _validate_strategy(strategy: Mapping[str, Any]) -> None:
 
     checks: dict[str, Callable[[str, Any], Any]] = {
         "proximal_mu": _non_negative, "a": _non_negative, "b": _number, "q": _non_negative, "beta": _non_negative,
-        "server_lr": _positive, "server_epochs": integer_from(0), "batch_size": integer_from(1),
+        "server_lr": lambda key, value: value == "auto" or _positive(key, value), "server_epochs": integer_from(0),
+        "batch_size": integer_from(1), "lr_step_epochs": integer_from(1),
+        "lr_step_factor": lambda key, value: _in_range(key, value, 0, 1, low_open=True),
         "straggler_mode": one_of(STRAGGLER_MODES), "measure": one_of(MEASURES), "target": one_of(TARGETS),
         "mode": one_of(MODES), "metric": one_of(METRICS),
     }
     for name, check in checks.items():
         if name in strategy:
             check(f"strategy.{name}", strategy[name])
+    optimizer = strategy.get("client_optimizer") or {}  # the paper's client optimiser (fedsim.experiment.client_optimizer)
+    if not isinstance(optimizer, Mapping):
+        raise ConfigError("strategy.client_optimizer", optimizer, "a mapping with momentum and weight_decay, or null")
+    for name in optimizer:
+        if name not in ("momentum", "weight_decay"):
+            raise ConfigError(f"strategy.client_optimizer.{name}", optimizer[name], "only momentum and weight_decay")
+    if "momentum" in optimizer:
+        _in_range("strategy.client_optimizer.momentum", optimizer["momentum"], 0, 1, high_open=True)
+    if "weight_decay" in optimizer:
+        _non_negative("strategy.client_optimizer.weight_decay", optimizer["weight_decay"])
 
 
 def _validate_cohort(strategy: Mapping[str, Any], num_clients: int) -> None:
@@ -274,10 +346,65 @@ def _partition_ids(key: str, value: Any, num_clients: int, leave_one: bool) -> N
             raise ConfigError(key, value, allowed)
 
 
+TARGET_BASES = {  # group: (module, class) that its `_target_` must subclass
+    "strategy": ("flwr.serverapp.strategy", "Strategy"),
+    "partition": ("flwr_datasets.partitioner", "Partitioner"),
+    "model": ("torch.nn", "Module"),
+}
+
+
+def _validate_targets(experiment: Mapping[str, Any]) -> None:
+    """Only three keys name code to build, and each must name a class of its kind: `strategy._target_` a Flower
+    Strategy, `partition._target_` a flwr-datasets Partitioner, `model._target_` a torch Module. A config is data
+    (a run folder's `config.yaml` may come from someone else, for `fedsim resume`): it cannot make fedsim call
+    anything else (`subprocess.Popen`, `os.system`), at the top or nested."""
+    import importlib
+
+    def locate(dotted: str) -> Any:
+        parts = dotted.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                found = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for part in parts[cut:]:
+                found = getattr(found, part)
+            return found
+        raise ImportError(dotted)
+
+    def nested_targets(value: Any, path: str) -> list[tuple[str, Any]]:
+        if isinstance(value, Mapping):
+            found = [(path, value["_target_"])] if "_target_" in value else []
+            return found + [key for k, v in value.items() for key in nested_targets(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return [key for i, v in enumerate(value) for key in nested_targets(v, f"{path}[{i}]")]
+        return []
+
+    for group, entry in experiment.items():
+        if group in TARGET_BASES:
+            inner = [key for k, v in entry.items() if k != "_target_" for key in nested_targets(v, f"{group}.{k}")]
+        else:
+            inner = nested_targets(entry, str(group))
+        if inner:
+            raise ConfigError(f"{inner[0][0]}._target_", inner[0][1],
+                              "nothing: only strategy._target_, partition._target_ and model._target_ name a class")
+    for group, (module, name) in TARGET_BASES.items():
+        target = experiment[group].get("_target_")
+        base = getattr(importlib.import_module(module), name)
+        allowed = f"an importable subclass of {module}.{name}"
+        try:
+            cls = locate(str(target))
+        except Exception:  # pylint: disable=broad-exception-caught
+            raise ConfigError(f"{group}._target_", target, allowed) from None
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(f"{group}._target_", target, allowed)
+
+
 def validate(experiment: Mapping[str, Any]) -> None:
     """Check every value the run will use; raise a ConfigError on the first bad one."""
     import torch
 
+    _validate_targets(experiment)
     _integer("seed", experiment["seed"], 0)
     num_clients = _integer("num_clients", experiment["num_clients"], 1)
     _integer("num_rounds", experiment["num_rounds"], 1)
@@ -287,6 +414,9 @@ def validate(experiment: Mapping[str, Any]) -> None:
     if experiment["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "no CUDA device is visible here; use device=auto or device=cpu")
     _choice("log_level", str(experiment.get("log_level", "WARNING")).upper(), LOG_LEVELS)
+    from .tracking import validate_tracking  # imports the chosen tracker's library: a missing one stops here
+
+    validate_tracking(experiment)
 
     client = experiment["client"]
     _integer("client.local_epochs", client["local_epochs"], 1)
@@ -341,11 +471,10 @@ def validate(experiment: Mapping[str, Any]) -> None:
     _validate_dataset(experiment["dataset"])
 
     engine = experiment["engine"]
-    resources = engine.get("client_resources") or {}
-    if "num_cpus" in resources:
-        _positive("engine.client_resources.num_cpus", resources["num_cpus"])
-    if "num_gpus" in resources:
-        _non_negative("engine.client_resources.num_gpus", resources["num_gpus"])
+    if engine.get("name") == "flower":
+        from .engines.ray_resources import validate_flower_engine
+
+        validate_flower_engine(engine)
     if engine.get("name") == "inprocess":
         _auto_or_count("engine.workers", engine.get("workers", 1))
     if engine.get("name") == "vectorized":

@@ -67,15 +67,31 @@ def reference_accuracy(summary: Mapping[str, Any], reference: str) -> float:
     return float(summary["final_accuracy"])
 
 
+def validate_contribution(experiment: Mapping[str, Any], reference: str = "clients") -> None:
+    """Refuse, before any run, a study that cannot be done: the experiment and each of its leave-one-out runs must
+    be valid, and leaving one client out needs at least 2."""
+    from .config import validate
+    from .errors import ConfigError, FedsimError
+
+    if reference not in REFERENCES:
+        raise FedsimError(f"--reference {reference}: one of {', '.join(REFERENCES)}")
+    validate(experiment)
+    if int(experiment["num_clients"]) < 2:
+        raise ConfigError("num_clients", experiment["num_clients"], "at least 2: a leave-one-out study leaves one out")
+    if experiment.get("exclude_clients"):
+        raise ConfigError("exclude_clients", experiment["exclude_clients"],
+                          "[] (fedsim contribution sets it for each leave-one-out run)")
+    for k in range(int(experiment["num_clients"])):
+        validate({**experiment, "exclude_clients": [k]})
+
+
 def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallback | None = None,
                      reference: str = "clients") -> dict[str, Any]:
     """The full FedCE run in out/full and one run per left-out client in out/without_<k>; writes and returns the
     report (also `contribution.json` and `contribution.png` in `out`)."""
-    from .errors import FedsimError
     from .run import run_experiment
 
-    if reference not in REFERENCES:
-        raise FedsimError(f"--reference {reference}: one of {', '.join(REFERENCES)}")
+    validate_contribution(experiment, reference)
     out = Path(out)
     num_clients = int(experiment["num_clients"])
     total = num_clients + 1

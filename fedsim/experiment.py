@@ -29,6 +29,14 @@ MOMENTUM_KEY = "momentum"
 # (q-FFL's F_k(w^t)); the reply's metrics then carry `pretrain_loss` and `pretrain_accuracy`.
 PRETRAIN_EVAL_KEY = "pretrain-eval"
 ROUND_KEY = "server-round"
+# A strategy config's block naming the client optimiser of its paper's reference code (`momentum`, `weight_decay`);
+# it takes precedence over `client.momentum` / `client.weight_decay`. The server removes it before building the
+# strategy, and clients read it from the experiment they receive.
+CLIENT_OPTIMIZER_KEY = "client_optimizer"
+CLIENT_OPTIMIZER_FIELDS = ("momentum", "weight_decay")
+# Strategies that send a momentum in every train ConfigRecord whatever the config says (q-FFL: its Delta w / eta
+# gradient estimate holds for plain SGD only).
+_SENT_MOMENTUM = {"fedsim.strategies.QFFL": 0.0}
 
 
 def experiment_record(experiment: Mapping[str, Any]) -> ConfigRecord:
@@ -47,17 +55,42 @@ def experiment_from_record(record: ConfigRecord) -> dict[str, Any]:
     return _parse(str(record[CONFIG_KEY]))
 
 
-def train_settings(experiment: Mapping[str, Any], record: ConfigRecord) -> TrainSettings:
-    """The config's local-training settings, with the strategy's per-round keys taking precedence."""
+def client_optimizer(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimiser the clients run under this experiment's strategy (before any per-round key a strategy sends).
+
+    Clients always run PyTorch SGD at `client.lr` (the papers tune the learning rate per data set). Momentum and
+    weight decay come from the strategy config's `client_optimizer` block where its paper's reference code names
+    them (source "paper"), else from `client.momentum` and `client.weight_decay` (source "fedsim default").
+    """
     client = experiment["client"]
+    strategy = experiment.get("strategy") or {}
+    paper = strategy.get(CLIENT_OPTIMIZER_KEY) or {}
+    momentum = float(paper.get("momentum", client["momentum"]))
+    weight_decay = float(paper.get("weight_decay", client["weight_decay"]))
+    target = str(strategy.get("_target_", ""))
+    if target in _SENT_MOMENTUM:
+        momentum = _SENT_MOMENTUM[target]
+    return {"name": "SGD", "lr": float(client["lr"]), "momentum": momentum, "weight_decay": weight_decay,
+            "source": "paper" if paper else "fedsim default"}
+
+
+def train_settings(experiment: Mapping[str, Any], record: ConfigRecord) -> TrainSettings:
+    """The local-training settings: the config's, the strategy's client optimiser, then its per-round keys."""
+    client = experiment["client"]
+    optimizer = client_optimizer(experiment)
     return TrainSettings(
         epochs=int(record.get(LOCAL_EPOCHS_KEY, client["local_epochs"])),
         batch_size=int(client["batch_size"]),
         lr=float(record.get(LR_KEY, client["lr"])),
-        momentum=float(record.get(MOMENTUM_KEY, client["momentum"])),
-        weight_decay=float(client["weight_decay"]),
+        momentum=float(record.get(MOMENTUM_KEY, optimizer["momentum"])),
+        weight_decay=optimizer["weight_decay"],
         proximal_mu=float(record.get(PROXIMAL_MU_KEY, client["proximal_mu"])),
     )
+
+
+def strategy_arguments(strategy: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy config without the keys meant for clients (what `hydra.utils.instantiate` gets)."""
+    return {key: value for key, value in strategy.items() if key != CLIENT_OPTIMIZER_KEY}
 
 
 def build_model(experiment: Mapping[str, Any], data: LoadedData) -> nn.Module:

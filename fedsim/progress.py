@@ -1,7 +1,14 @@
-"""What a person watches while a run goes: a progress bar per round, then a summary table."""
+"""What a person watches while a run goes: a progress bar per round, then a summary table.
+
+Results (summary tables, the run folder, reports' paths, help) go to stdout through `output`, so that
+`RUN=$(fedsim ...)` or `fedsim ... > results.txt` captures them; progress and diagnostics go to stderr through
+`console`. Without a terminal on stderr, a run prints one plain line per round instead of a live bar, as it goes.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,10 +17,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and diagnostics
+output = Console()  # results
 
 
 _shared: Progress | None = None  # the sweep's live display, while `SweepProgress` runs; round bars join it
+_in_sweep = False  # a multi-run command is going: without a terminal, it prints a line per run, not per round
 
 
 def _bar(*fields: TextColumn, enabled: bool) -> Progress:
@@ -27,19 +36,21 @@ class SweepProgress:
     (rich allows one live display at a time)."""
 
     def __init__(self, total: int, description: str = "runs", enabled: bool = True) -> None:
+        enabled = enabled and console.is_terminal  # rich draws nothing until the end without a terminal
         self._progress = _bar(TextColumn("{task.fields[info]}"), enabled=enabled)
         self._enabled = enabled
         self._task = self._progress.add_task(description, total=total, info="")
 
     def __enter__(self) -> SweepProgress:
-        global _shared  # pylint: disable=global-statement
+        global _shared, _in_sweep  # pylint: disable=global-statement
         self._progress.start()
         _shared = self._progress if self._enabled else None
+        _in_sweep = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        global _shared  # pylint: disable=global-statement
-        _shared = None
+        global _shared, _in_sweep  # pylint: disable=global-statement
+        _shared, _in_sweep = None, False
         self._progress.stop()
 
     def advance(self, info: str = "") -> None:
@@ -47,16 +58,20 @@ class SweepProgress:
 
 
 class RoundProgress:
-    """A rich progress bar over rounds showing the latest global accuracy; silent when disabled."""
+    """Rounds done with the latest global accuracy and loss: a live bar on a terminal, one line per round without
+    one (a log file, CI, `2> run.log`), nothing when disabled. Inside a `SweepProgress` it is the sweep's second bar."""
 
     def __init__(self, num_rounds: int, enabled: bool = True, description: str = "rounds") -> None:
         self._shared = _shared if enabled else None
+        self._lines = enabled and not _in_sweep and not console.is_terminal
+        self._num_rounds = num_rounds
+        self._started = time.monotonic()
         if self._shared is not None:
             self._progress = self._shared
             self._task = self._progress.add_task(description, total=num_rounds, info="", accuracy="-", loss="-")
             return
         self._progress = _bar(TextColumn("acc [cyan]{task.fields[accuracy]}"), TextColumn("loss {task.fields[loss]}"),
-                              enabled=enabled)
+                              enabled=enabled and console.is_terminal)
         self._task = self._progress.add_task(description, total=num_rounds, accuracy="-", loss="-")
 
     def __enter__(self) -> RoundProgress:
@@ -71,6 +86,11 @@ class RoundProgress:
             self._progress.remove_task(self._task)
 
     def update(self, server_round: int, accuracy: float, loss: float) -> None:
+        if self._lines:
+            seconds = time.monotonic() - self._started
+            print(f"round {server_round}/{self._num_rounds} acc {accuracy:.4f} loss {loss:.4f} elapsed {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
+            return
         self._progress.update(self._task, completed=server_round, accuracy=f"{accuracy:.4f}", loss=f"{loss:.4f}",
                               info=f"acc [cyan]{accuracy:.4f}[/] loss {loss:.4f}")
 
@@ -90,6 +110,12 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_row("best test accuracy", f"{_fmt(summary['best_accuracy'])} (round {summary['best_round']})")
     table.add_row(f"client accuracy mean ± std (n={clients['clients']})", f"{_fmt(clients['mean'])} ± {_fmt(clients['std'])}")
     table.add_row("client accuracy worst 10% / best 10%", f"{_fmt(clients['worst10'])} / {_fmt(clients['best10'])}")
+    if clients.get("jain") is not None:
+        table.add_row("client accuracy Jain's index", _fmt(clients["jain"]))
+    fairness = summary.get("fairness")
+    if fairness:  # data with a sensitive attribute: the final global model's group fairness on the test split
+        table.add_row("test SPD (P(Ŷ=1|A=0) − P(Ŷ=1|A=1))", _fmt(fairness.get("test_spd")))
+        table.add_row("test EOD (same, given Y=1)", _fmt(fairness.get("test_eod")))
     table.add_row("rounds", str(summary["rounds_completed"]))
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     return table

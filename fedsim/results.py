@@ -139,6 +139,9 @@ class Recorder:
         self.started = time.perf_counter()
         self._last_round_end = self.started
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(experiment), sort_keys=False).encode())
+        from .tracking import open_tracker  # light: the chosen tracker's library loads with the first row
+
+        self.tracker = open_tracker(self.run_dir, experiment, self.choices)
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs to carry the run folder on after a restart."""
@@ -215,6 +218,9 @@ class Recorder:
         self._last_round_end = now
         self.rows.append(row)
         self._write_metrics()
+        tracking_started = time.perf_counter()
+        self.tracker.log_round(row)
+        self._last_round_end += time.perf_counter() - tracking_started  # a tracker's time (opening one: seconds) is no round's
         if rejections:
             self._rejections.extend((server_round, r.partition, r.node_id, r.kind, r.reason) for r in rejections)
             self._write_rejections()
@@ -284,6 +290,7 @@ class Recorder:
         from .plots import plot_accuracy  # matplotlib only when a run ends
 
         plot_accuracy(self.rows, self.run_dir / PLOT_FILE, title=self._title())
+        self.tracker.close()
         return summary
 
     def _title(self) -> str:

@@ -13,6 +13,7 @@ from .client import app as client_app
 from .config import GROUPS, resolve_auto_values, validate
 from .data.federation import federation_for
 from .engines import make_engine
+from .engines.ray_resources import check_client_resources
 from .experiment import build_model
 from .results import Recorder
 from .partitions.report import write_report
@@ -20,7 +21,12 @@ from .server import make_server_app
 
 
 def describe_choices(experiment: Mapping[str, Any]) -> dict[str, str]:
-    """Readable names of the config-group choices, for runs composed without Hydra's runtime choices."""
+    """The config-group options of a run: those recorded when it was composed (`choices`, the file names in
+    configs/<group>/), else, for an experiment built by hand, each group's `name` or class name."""
+    recorded = experiment.get("choices") or {}
+    if all(group in recorded for group in GROUPS):
+        return {group: str(recorded[group]) for group in GROUPS}
+
     def short(entry: Mapping[str, Any]) -> str:
         return str(entry.get("name") or str(entry.get("_target_", "?")).rsplit(".", 1)[-1])
 
@@ -71,6 +77,7 @@ def run_experiment(
     With `resume`, a run folder holding a checkpoint continues from it (`fedsim resume <run folder>`).
     Returns the summary also written to `run_dir/summary.json`.
     """
+    check_client_resources(experiment["engine"])  # engine=flower: a Ray request no node holds fails here, before data
     experiment, recorder = prepare_run(experiment, run_dir, choices)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress, resume)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -18,9 +17,9 @@ from flwr.serverapp.strategy import Strategy
 from .config import needs_server_data
 from .data.federation import Federation, federation_for
 from .fairness import GroupCounts, fairness_summary, model_group_counts
-from .experiment import ROUND_KEY, build_model, experiment_record
+from .experiment import ROUND_KEY, build_model, experiment_record, strategy_arguments
 from .progress import RoundProgress
-from .checkpoint import capture, load_checkpoint, restore_random_states, save_checkpoint
+from .checkpoint import capture, load_checkpoint, restore_random_states, restore_strategy, save_checkpoint
 from .reply_checks import ReplyLimits
 from .rounds import run_rounds
 from .results import Recorder
@@ -42,7 +41,7 @@ def build_strategy(experiment: Mapping[str, Any], federation: Federation | None 
             raise ValueError("this strategy needs the federation's proxy set")
         proxy = federation.proxy
         extras = {"model": build_model(experiment, federation.data), "proxy_data": (proxy.x, proxy.y), "device": device}
-    strategy = hydra.utils.instantiate(dict(experiment["strategy"]), **extras)
+    strategy = hydra.utils.instantiate(strategy_arguments(experiment["strategy"]), **extras)
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy._target_ must build a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
     return strategy
@@ -128,7 +127,8 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
         arrays, first_round = initial_arrays, 1
         checkpoint = load_checkpoint(recorder.run_dir) if resume else None
         if checkpoint is not None:
-            strategy, arrays, first_round = checkpoint.strategy, checkpoint.arrays, checkpoint.server_round + 1
+            restore_strategy(strategy, checkpoint)  # the strategy built from the config, with the saved state
+            arrays, first_round = checkpoint.arrays, checkpoint.server_round + 1
             recorder.restore(checkpoint.recorder_state)
             fedsim_grid.restore_node_states(checkpoint.node_states)
             restore_random_states(checkpoint)
@@ -143,7 +143,7 @@ def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, sh
             try:
                 save_checkpoint(recorder.run_dir, capture(server_round, round_arrays, strategy, recorder.state(),
                                                           fedsim_grid.node_states()))
-            except (TypeError, AttributeError, pickle.PicklingError) as error:  # a strategy holding unpicklable state
+            except TypeError as error:  # a strategy holding state that is not plain data (fedsim.checkpoint)
                 checkpoints["on"] = False  # the run matters more than its checkpoints: go on without them
                 logging.getLogger("fedsim").warning("checkpoints turned off: the strategy's state cannot be saved (%s)", error)
 

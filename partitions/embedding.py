@@ -27,8 +27,9 @@ class EmbeddingPartitioner(PrecomputedPartitioner):
     clients by `size_rule` (see `partitions.cluster_mixture`), redrawing at most `max_retries` times.
     `by="label"` runs the same procedure with the labels as the clusters, for side-by-side comparisons at one alpha.
 
-    Deviations from the reference, both switchable: `size_rule="fit"` (constrained least squares; "reference" is the
-    paper's pinv-and-redraw rule), and `keep_leftovers=True` (rows no client drew are spread over the clients in
+    Deviations from the reference, both switchable: `size_rule="fit"` (the reference's sizes on every draw it
+    accepts; constrained least squares instead of a redraw on the draws it rejects; "reference" is the paper's
+    pinv-and-redraw rule), and `keep_leftovers=True` (rows no client drew are spread over the clients in
     proportion to what they drew, so the partition covers the data set; False drops them as the reference does).
     The reference's minimum client size is 128; here `min_partition_size` defaults to 10 for small data sets.
     After partitioning, `cluster_of` holds each row's cluster (labels under `by="label"`).

@@ -1,6 +1,8 @@
-"""FedDisco's NIID-2 partition: most clients hold sorted label shards, a few hold a uniform random sample."""
+"""FedDisco's NIID-2 partition: most clients hold whole-class label shards, a few hold an equal share of every class."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -8,11 +10,28 @@ from .base import PrecomputedPartitioner
 
 
 class LabelShardsWithIidPartitioner(PrecomputedPartitioner):
-    """`num_iid_partitions` clients get a uniform random N / num_partitions rows each; the rest of the rows are
-    sorted by label and cut into equal contiguous shards, `shards_per_partition` consecutive shards per client.
+    """The NIID-2 rule of FedDisco's reference (`MediaBrain-SJTU/FedDisco`, utils/utils.py `partition_data`,
+    `noniid-2`), applied class by class.
 
-    With 6 clients, 1 IID, 2 shards each and 10 balanced classes (FedDisco's NIID-2 on CIFAR-10), client i < 5
-    holds classes 2i and 2i+1 and client 5 is uniform. The IID clients are the last partition ids.
+    With C classes, K clients of which m are skewed, S = `shards_per_partition` classes per skewed client and
+    G = C // S (the skewed clients that cover every class once), each class's rows are cut into shards of
+    s = N // C // K rows (the reference's int(N / C / K)):
+
+    - skewed client i holds classes (S i + j) mod C, j < S, and takes G shards of each: the class's rows
+      [s G (i // G), s G (i // G + 1));
+    - uniform client u (the last `num_iid_partitions` ids) takes one shard of every class: rows
+      [s G ceil(m / G) + s u, ... + s).
+
+    On 6 clients (1 uniform) over CIFAR-10 (5,000 rows a class): s = 833; client i < 5 holds 4,165 rows of each of
+    classes 2i and 2i+1 and nothing else, client 5 holds 833 rows of every class, 2 rows a class are left out, as in
+    the reference (rows no rule reaches belong to no client).
+
+    Deviations, none of which changes that case: (1) the reference indexes the whole label-sorted array at c N / C,
+    which on unequal classes crosses into neighbouring classes (stray slivers of other labels); here a class only
+    gives its own rows, and a client takes fewer when its class runs short. (2) Which rows of a class a client gets
+    is a seeded random choice; the reference takes them in numpy's (unstable) sort order. (3) The reference starts
+    the uniform shards at s G floor(m / G), which overlaps the skewed clients' rows unless G divides m; here they
+    start after the last skewed shard.
     """
 
     def __init__(
@@ -34,16 +53,25 @@ class LabelShardsWithIidPartitioner(PrecomputedPartitioner):
         self._seed = seed
 
     def _compute_partition_indices(self) -> list[np.ndarray]:
+        labels = np.asarray(self.dataset[self._partition_by]).astype(np.int64)
+        num_classes, per_client = int(labels.max()) + 1, self._shards_per_partition
+        if per_client > num_classes:
+            raise ValueError(f"shards_per_partition={per_client}: at most the {num_classes} classes")
+        shard = len(labels) // num_classes // self._num_partitions
+        if shard == 0:
+            raise ValueError(f"{len(labels)} rows over {num_classes} classes and {self._num_partitions} clients leave no "
+                             "row per shard: use fewer clients")
+        group = num_classes // per_client
         rng = np.random.default_rng(self._seed)
-        total = len(self.dataset)
-        iid_size = total // self._num_partitions
-        order = rng.permutation(total)
-        iid = [order[i * iid_size : (i + 1) * iid_size] for i in range(self._num_iid)]
-        rest = order[self._num_iid * iid_size :]
-        labels = np.asarray(self.dataset[self._partition_by])[rest]
-        rest = rest[np.argsort(labels, kind="stable")]
-        skewed_clients = self._num_partitions - self._num_iid
-        shards = np.array_split(rest, skewed_clients * self._shards_per_partition)
-        step = self._shards_per_partition
-        skewed = [np.concatenate(shards[i * step : (i + 1) * step]) for i in range(skewed_clients)]
-        return [np.sort(part) for part in skewed + iid]
+        classes = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+        skewed = self._num_partitions - self._num_iid
+        parts = []
+        for client in range(skewed):
+            start = shard * group * (client // group)
+            owned = [(per_client * client + j) % num_classes for j in range(per_client)]
+            parts.append(np.concatenate([classes[c][start : start + shard * group] for c in owned]))
+        first = shard * group * math.ceil(skewed / group)
+        for uniform in range(self._num_iid):
+            start = first + shard * uniform
+            parts.append(np.concatenate([rows[start : start + shard] for rows in classes]))
+        return [np.sort(part) for part in parts]

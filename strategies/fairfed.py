@@ -1,6 +1,7 @@
 """FairFed (Ezzeldin, Yan, He, Ferrara, Avestimehr, AAAI 2023): fairness-aware aggregation weights.
 
-References read: the paper and the Inria declearn implementation (`declearn/fairness/fairfed`); no official code.
+References read: the paper and the Inria declearn implementation (`declearn/fairness/fairfed`, the source of the
+default beta = 1 and of the weights' scale); no official code.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def fairness_gaps(counts: Sequence[GroupCounts], metric: str) -> np.ndarray:
 
 
 def update_weights(previous: np.ndarray, gaps: np.ndarray, beta: float) -> np.ndarray:
-    """omega_bar^t = max(omega_bar^{t-1} - beta (Delta_k - mean_j Delta_j), 0): the paper's step, clipped at 0."""
+    """omega_bar^t = max(omega_bar^{t-1} - beta (Delta_k - mean_j Delta_j), 0): the paper's and declearn's step,
+    clipped at 0."""
     return np.maximum(previous - beta * (gaps - gaps.mean()), 0.0)
 
 
@@ -47,25 +49,31 @@ class FairFed(RoundReport, FlowerFedAvg):
     metric F_g (EOD or SPD) and accuracy Acc_g, computes each client's F_k and Acc_k, and
 
         Delta_k = |F_k - F_g|   (or |Acc_k - Acc_g| when the client lacks a group; for EOD a group with Y=1)
-        omega_bar_k^0 = n_k / n,   omega_bar_k^t = omega_bar_k^{t-1} - beta (Delta_k - mean_j Delta_j)
+        omega_bar_k^0 = n_k,   omega_bar_k^t = omega_bar_k^{t-1} - beta (Delta_k - mean_j Delta_j)
         omega_k = omega_bar_k / sum_j omega_bar_j,   w^{t+1} = sum_k omega_k w_k^{t+1},
 
     with the mean over the round's clients. beta = 0 is FedAvg.
 
+    Scale of beta: omega_bar starts at the raw sample count n_k, as in declearn (`FairfedAggregator`
+    `initialize_local_weight(n_samples)`), so the default beta = 1 is declearn's beta = 1: each round moves a weight
+    by at most 1 sample's worth, a gentle correction. The paper writes omega_bar^0 = n_k / n and renormalises every
+    round; with every client present the updates sum to 0, so the paper's beta_p equals beta = beta_p * n here
+    (n = the clients' total rows): pass beta = beta_p * n to run the paper's scale.
+
     Deviations: (1) the paper exchanges F_g, then the clients' Delta_k, then mean Delta through secure aggregation
     in extra message rounds; here the server computes F_g and every F_k from the clients' counts of one train
     round, which gives the same weights but lets the server see each client's counts. (2) omega_bar is clipped at 0
-    (the paper leaves it unconstrained; a large beta can drive it negative); if every weight is 0, the round falls
-    back to n_k / n. (3) With partial participation, n in omega_bar^0 = n_k / n is the total of the clients present
-    the first time a client is seen (the paper assumes every client takes part).
+    (the paper and declearn leave it unconstrained; a large beta can drive it negative, and a negative weight would
+    extrapolate away from that client's model); if every weight is 0, the round falls back to n_k / n. With the
+    default beta = 1 the clip can only bind on a client holding fewer rows than rounds run.
 
     The report's `client_weights` are omega_k; `round_scalars` hold `fairfed_global_metric` (F_g on the clients'
     training data, before local training) and `fairfed_mean_gap` (mean Delta).
 
     Parameters (beyond Flower's FedAvg)
     ----------
-    beta : float >= 0, default 1.0 (declearn's default)
-        Fairness budget: how fast weights move.
+    beta : float >= 0, default 1.0 (declearn's default, on declearn's scale: weights start at n_k)
+        Fairness budget: how many samples' worth of weight a unit of fairness gap moves per round.
     metric : "eod" (default) | "spd"
     """
 
@@ -91,7 +99,7 @@ class FairFed(RoundReport, FlowerFedAvg):
         """Update the cumulative omega_bar of this round's clients and return their normalised weights omega."""
         sizes = np.asarray(num_examples, dtype=np.float64)
         for node, size in zip(nodes, sizes, strict=True):
-            self.omega_bar.setdefault(node, float(size / sizes.sum()))
+            self.omega_bar.setdefault(node, float(size))
         gaps = fairness_gaps(counts, self.metric)
         previous = np.array([self.omega_bar[node] for node in nodes])
         current = update_weights(previous, gaps, self.beta)

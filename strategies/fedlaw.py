@@ -21,6 +21,11 @@ from .common import NUM_EXAMPLES, single_array_record, single_metric, to_array_r
 from .fedavg import FedAvg
 
 
+def reference_server_lr(dataset: str | None) -> float:
+    """The reference's server learning rate (`fedlaw_optimization`): 0.01 on CIFAR-10, 0.005 on other data sets."""
+    return 0.01 if dataset == "cifar10" else 0.005
+
+
 class FedLAW(FedAvg):
     r"""Global model w_g = gamma * sum_i lambda_i w_i, with gamma = exp(g) and lambda = softmax(l) learned each round.
 
@@ -28,9 +33,13 @@ class FedLAW(FedAvg):
     g = 0, i.e. exactly FedAvg with gamma = 1; minimise the cross-entropy of the model with parameters
     gamma * sum_i lambda_i w_i on the server's proxy set, computed with `torch.func.functional_call` so gradients flow
     only to (l, g); Adam with betas (0.5, 0.999), `server_epochs` passes over the proxy set in minibatches of
-    `batch_size`, model in train mode. The reference's StepLR(step 20, x0.5) never fires within 20 epochs and is
-    left out. gamma < 1 shrinks the global model (a learned weight decay); the paper finds it smaller under more
-    heterogeneity and more local epochs.
+    `batch_size`, model in train mode; the learning rate halves every 20 epochs (the reference's StepLR(20, 0.5),
+    which only matters above 20 server epochs). gamma < 1 shrinks the global model (a learned weight decay); the
+    paper finds it smaller under more heterogeneity and more local epochs.
+
+    Clients: configs/strategy/fedlaw.yaml's `client_optimizer` block gives them the reference's SGD (momentum 0.9,
+    weight decay 5e-4); the reference's client lr schedule (0.08, x0.99 a round) and its optimiser state kept across
+    rounds are not reproduced (fedsim's clients use `client.lr` and a fresh optimiser each round).
 
     What crosses the wire: nothing beyond FedAvg (clients send weights and `num-examples`). The proxy set is the
     server's own: fedsim carves a class-balanced `server.proxy_size` (200) samples out of the training pool before
@@ -47,9 +56,14 @@ class FedLAW(FedAvg):
         The architecture (its weights are ignored): used to evaluate candidate parameters functionally.
     proxy_data : (inputs, labels)
         The server's proxy set.
-    server_lr : float, default 0.01 (the reference uses 0.01 on CIFAR-10, 0.005 elsewhere)
+    server_lr : float or "auto", default "auto"
+        auto: the reference's, 0.01 on CIFAR-10 and 0.005 on every other data set (`dataset` names it).
     server_epochs : int, default 20
         0 returns FedAvg's aggregate bit for bit.
+    lr_step_epochs : int, default 20, and lr_step_factor : float, default 0.5
+        The server learning rate is multiplied by lr_step_factor every lr_step_epochs epochs (StepLR).
+    dataset : str, optional
+        The data set's name (the config passes `dataset.name`), for `server_lr: auto`.
     batch_size : int, default 128
     betas : (float, float), default (0.5, 0.999)
     device : str, default "cpu"
@@ -62,16 +76,24 @@ class FedLAW(FedAvg):
         *,
         model: nn.Module,
         proxy_data: tuple[torch.Tensor, torch.Tensor],
-        server_lr: float = 0.01,
+        server_lr: float | str = "auto",
         server_epochs: int = 20,
         batch_size: int = 128,
         betas: tuple[float, float] = (0.5, 0.999),
+        lr_step_epochs: int = 20,
+        lr_step_factor: float = 0.5,
+        dataset: str | None = None,
         device: str = "cpu",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if server_epochs < 0 or server_lr <= 0 or batch_size < 1:
-            raise ValueError("FedLAW needs server_epochs >= 0, server_lr > 0 and batch_size >= 1")
+        if server_lr == "auto":
+            server_lr = reference_server_lr(dataset)
+        server_lr = float(server_lr)
+        if server_epochs < 0 or server_lr <= 0 or batch_size < 1 or lr_step_epochs < 1 or not 0 < lr_step_factor <= 1:
+            raise ValueError("FedLAW needs server_epochs >= 0, server_lr > 0, batch_size >= 1, lr_step_epochs >= 1 "
+                             "and lr_step_factor in (0, 1]")
+        self.lr_step_epochs, self.lr_step_factor = int(lr_step_epochs), float(lr_step_factor)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.proxy_x, self.proxy_y = (t.to(self.device) for t in proxy_data)
@@ -81,8 +103,9 @@ class FedLAW(FedAvg):
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
 
     def summary(self) -> None:
-        log(INFO, "\t├──> FedLAW: proxy %d samples, Adam lr %s betas %s, %d epochs, batch %d",
-            len(self.proxy_y), self.server_lr, self.betas, self.server_epochs, self.batch_size)
+        log(INFO, "\t├──> FedLAW: proxy %d samples, Adam lr %s (x%s every %d epochs) betas %s, %d epochs, batch %d",
+            len(self.proxy_y), self.server_lr, self.lr_step_factor, self.lr_step_epochs, self.betas, self.server_epochs,
+            self.batch_size)
         super().summary()
 
     def learn_weights(self, stacked: dict[str, torch.Tensor], sizes: np.ndarray, buffers: dict[str, torch.Tensor], server_round: int) -> tuple[float, np.ndarray]:
@@ -90,6 +113,7 @@ class FedLAW(FedAvg):
         logits_l = torch.tensor(np.log(sizes / sizes.sum()), dtype=torch.float32, device=self.device, requires_grad=True)
         g = torch.zeros((), device=self.device, requires_grad=True)
         optimizer = torch.optim.Adam([logits_l, g], lr=self.server_lr, betas=self.betas)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_step_factor)
         generator = torch.Generator().manual_seed(int(self.seed) * 100_003 + server_round)
         self.model.train()
         for _ in range(self.server_epochs):
@@ -103,6 +127,7 @@ class FedLAW(FedAvg):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+            schedule.step()
         with torch.no_grad():
             return float(torch.exp(g)), torch.softmax(logits_l, 0).double().cpu().numpy()
 
@@ -136,3 +161,7 @@ class FedLAW(FedAvg):
         self.client_weights = {node: float(w) for node, w in zip(nodes, lam, strict=True)}
         self.round_scalars["gamma"] = gamma
         return to_array_record(arrays, names), metrics
+
+    # Not checkpointed (`fedsim.checkpoint`): the run's config builds them again on resume. The model's weights play
+    # no part (candidate parameters go through `functional_call`), so only the architecture matters.
+    rebuilt_from_config = ("model", "proxy_x", "proxy_y", "device")

@@ -15,7 +15,9 @@ class FedProx(StragglerMixin, RoundReport, FlowerFedProx):
 
     Client update (the reference's PerturbedGradientDescent): w <- w - lr (grad F_k(w; batch) + mu (w - w^t)),
     with w^t the received global model. The strategy sends `proximal-mu` in the train ConfigRecord; fedsim's
-    ClientApp adds the term (any Flower client reading `proximal-mu` works too).
+    ClientApp adds the term (any Flower client reading `proximal-mu` works too). That optimiser has no momentum:
+    configs/strategy/fedprox.yaml's `client_optimizer` block has fedsim's clients run plain SGD under this strategy
+    (see `fedsim.experiment.client_optimizer`), where fedsim's default client momentum is 0.9.
 
     Systems heterogeneity (reference `flearn/trainers/fedprox.py`): a `stragglers_fraction` of the sampled clients
     straggle; under FedProx they train a random number of epochs, uniform on 1..E-1 (numpy's `randint(1, E)`, as

@@ -118,7 +118,7 @@ def test_expiry_is_printed_and_follows_days(tmp_path, capsys):
     assert abs((end - dt.datetime.now(dt.timezone.utc)).days - 30) <= 1
     main(["certs", str(tmp_path / "c"), "--revoke", "node-0"])
     main(["certs", str(tmp_path / "c"), "--show"])
-    assert "REVOKED" in capsys.readouterr().err
+    assert "REVOKED" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args", [["--nodes", "-1"], ["--days", "0"], ["--add-nodes", "0"], ["--force", "--revoke", "node-0"]])

@@ -6,9 +6,7 @@ import base64
 import csv
 import io
 import json
-import shutil
-import subprocess
-import tempfile
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -34,39 +32,49 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # --- fake run folders ---------------------------------------------------------------------------------------
 
 
-def write_fake_run(folder: Path, curve: list[float], clients: list[float], round_seconds: float = 0.5,
-                   weights: list[float] | None = None, experiment: dict | None = None) -> None:
-    """A run folder as the recorder leaves it: metrics.csv (round 0 = initial model), summary.json, config.yaml."""
+def write_fake_run(folder: Path, curve: list[float], clients: list[float], round_seconds: float | list[float] = 0.5,
+                   weights: list[float] | None = None, experiment: dict | None = None, final_loss: float = 0.5,
+                   fairness: dict | None = None, seed: int | None = None) -> None:
+    """A run folder as the recorder leaves it: metrics.csv (round 0 = initial model), summary.json, config.yaml.
+    `round_seconds`: one value for every trained round, or one per trained round."""
     folder.mkdir(parents=True, exist_ok=True)
-    header = ["round", "test_accuracy", "round_seconds"] + [f"acc_client_{k}" for k in range(len(clients))]
+    seconds = round_seconds if isinstance(round_seconds, list) else [round_seconds] * (len(curve) - 1)
+    header = ["round", "test_accuracy", "test_loss", "round_seconds"] + [f"acc_client_{k}" for k in range(len(clients))]
     header += [f"weight_client_{k}" for k in range(len(weights or []))]
     lines = [",".join(header)]
     for r, accuracy in enumerate(curve):
-        row = [str(r), str(accuracy), str(round_seconds if r else 9.0)] + [str(c) for c in clients]
-        row += [str(w) if r else "" for w in (weights or [])]
+        row = [str(r), str(accuracy), str(final_loss + 0.1 * (len(curve) - 1 - r)), str(seconds[r - 1] if r else 9.0)]
+        row += [str(c) for c in clients] + [str(w) if r else "" for w in (weights or [])]
         lines.append(",".join(row))
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
     trained = curve[1:]
     summary = {
-        "final_accuracy": curve[-1], "best_accuracy": max(trained), "best_round": 1 + trained.index(max(trained)),
-        "rounds_completed": len(curve) - 1, "client_accuracy": {**client_accuracy_stats(clients), "clients": len(clients)},
+        "final_accuracy": curve[-1], "final_loss": final_loss, "best_accuracy": max(trained),
+        "best_round": 1 + trained.index(max(trained)), "rounds_completed": len(curve) - 1,
+        "client_accuracy": {**client_accuracy_stats(clients), "clients": len(clients)},
         "final_client_accuracy": {str(k): c for k, c in enumerate(clients)},
-        "wall_seconds": 1.0, "complete": True,
+        "wall_seconds": 1.0, "complete": True, "seed": seed,
     }
+    if fairness is not None:
+        summary["fairness"] = fairness
     (folder / "summary.json").write_text(json.dumps(summary))
     if experiment is not None:
         (folder / "config.yaml").write_text(yaml.safe_dump(resolve_auto_values(experiment), sort_keys=False))
 
 
-def fake_run(calls: list[Path]):  # type: ignore[no-untyped-def]
-    """A stand-in for run_experiment that writes a small, deterministic run folder (and a partition heatmap)."""
+def fake_run(calls: list[Path], fairness: bool = False):  # type: ignore[no-untyped-def]
+    """A stand-in for run_experiment that writes a small, deterministic run folder (and a partition heatmap);
+    `fairness`: with the group-fairness summary of data that has a sensitive attribute."""
 
-    def run(experiment, folder, choices=None, show_progress=True):  # type: ignore[no-untyped-def]
+    def run(experiment, folder, choices=None, show_progress=True, resume=False):  # type: ignore[no-untyped-def]
         calls.append(Path(folder))
         seed, name = int(experiment["seed"]), str(experiment["strategy"]["_target_"])
         shift = 0.05 * (len(name) % 3) + 0.01 * seed
         curve = [0.1, 0.5 + shift, 0.8 + shift]
-        write_fake_run(Path(folder), curve, [0.6 + shift, 0.9, 1.0], weights=[0.2, 0.3, 0.5], experiment=experiment)
+        weights = [0.2, 0.3, 0.5] if seed % 2 == 0 else [0.5, 0.3, 0.2]
+        groups = {"test_spd": 0.1 - shift, "test_eod": 0.2 - shift, "clients": {}} if fairness else None
+        write_fake_run(Path(folder), curve, [0.6 + shift, 0.9, 1.0], weights=weights, experiment=experiment, seed=seed,
+                       final_loss=1.0 - curve[-1], fairness=groups)
         plot_heatmap(np.array([[3, 1], [0, 4], [2, 2]]), Path(folder) / HEATMAP_FILE)
         return json.loads((Path(folder) / "summary.json").read_text())
 
@@ -149,49 +157,119 @@ def test_strategies_of_a_seed_start_from_the_same_model_and_sample_the_same_clie
 
 # --- table ------------------------------------------------------------------------------------------------------
 
+T2 = 4.302652729749462  # Student's t, 97.5% quantile, 2 degrees of freedom (three seeds)
 
-def test_table_means_stds_best_ties_and_rounds_to_target(tmp_path):
-    # by hand: A final 0.80, 0.90 -> 0.85 ± 0.05; B final 0.86, 0.88 -> 0.87 ± 0.01; |Δ| = 0.02 < 0.05: a tie
-    write_fake_run(tmp_path / "a0", [0.1, 0.5, 0.80], [0.5, 1.0], round_seconds=1.0)
-    write_fake_run(tmp_path / "a1", [0.1, 0.86, 0.90], [0.7, 0.9], round_seconds=3.0)
-    write_fake_run(tmp_path / "b0", [0.1, 0.7, 0.86], [0.9, 0.9], round_seconds=0.5)
-    write_fake_run(tmp_path / "b1", [0.1, 0.85, 0.88], [0.8, 1.0], round_seconds=0.5)
-    runs = [("A", "s", 0, load_run(tmp_path / "a0", 0.85)), ("A", "s", 1, load_run(tmp_path / "a1", 0.85)),
-            ("B", "s", 0, load_run(tmp_path / "b0", 0.85)), ("B", "s", 1, load_run(tmp_path / "b1", 0.85))]
+
+def test_table_states_means_with_t_intervals_paired_wins_and_rounds_to_target(tmp_path):
+    # final accuracy by hand: A 0.80, 0.84, 0.88 -> mean 0.84, s = 0.04, half = t(2) * 0.04 / sqrt(3) = 0.0994.
+    # B is A + 0.01 on every seed: the unpaired intervals overlap by far, but the paired difference is 0.010 ± 0.000,
+    # so B's win is significant (no ≈). C is B ± 0.02 alternately: no better than B by pairs -> C vs B is a tie.
+    finals = {"A": [0.80, 0.84, 0.88], "B": [0.81, 0.85, 0.89]}
+    for name, values in finals.items():
+        for seed, final in enumerate(values):
+            write_fake_run(tmp_path / f"{name}{seed}", [0.1, 0.5, 0.6, 0.7, 0.75, 0.8, final], [0.5, 1.0],
+                           round_seconds=[5.0, 1.0, 2.0, 3.0, 4.0, 100.0], final_loss=1.0 - final)
+    runs = [(name, "s", seed, load_run(tmp_path / f"{name}{seed}", 0.85)) for name in finals for seed in range(3)]
     a, b = build_rows(runs)
-    assert a.seeds == [0, 1] and b.seeds == [0, 1]
-    assert a.cells["final_accuracy"].mean == pytest.approx(0.85) and a.cells["final_accuracy"].std == pytest.approx(0.05)
-    assert b.cells["final_accuracy"].mean == pytest.approx(0.87) and b.cells["final_accuracy"].std == pytest.approx(0.01)
-    assert b.cells["final_accuracy"].best and b.cells["final_accuracy"].tie and not a.cells["final_accuracy"].best
-    # best accuracy: A 0.80, 0.90 -> 0.85; B 0.86, 0.88 -> 0.87
-    assert a.cells["best_accuracy"].mean == pytest.approx(0.85) and b.cells["best_accuracy"].best
-    # worst-10% of two clients is the lower one: A 0.5, 0.7 -> 0.6 ± 0.1; B 0.9, 0.8 -> 0.85 ± 0.05; |Δ| > spread
-    assert a.cells["worst10"].mean == pytest.approx(0.6) and a.cells["worst10"].std == pytest.approx(0.1)
-    assert b.cells["worst10"].mean == pytest.approx(0.85) and b.cells["worst10"].best and not b.cells["worst10"].tie
-    # client std (lower is better): A 0.25, 0.10 -> 0.175 ± 0.075; B 0.0, 0.1 -> 0.05 ± 0.05
-    assert a.cells["client_std"].mean == pytest.approx(0.175) and a.cells["client_std"].std == pytest.approx(0.075)
-    assert b.cells["client_std"].mean == pytest.approx(0.05) and b.cells["client_std"].best
-    # rounds to 0.85: A never (seed 0), 1 (seed 1); B 2, 1 -> 1.5 ± 0.5; fewer misses beat a lower mean
-    assert a.cells["rounds_to_target"].values == [1.0] and a.cells["rounds_to_target"].missing == 1
-    assert b.cells["rounds_to_target"].mean == pytest.approx(1.5) and b.cells["rounds_to_target"].std == pytest.approx(0.5)
+    final_a, final_b = a.cells["final_accuracy"], b.cells["final_accuracy"]
+    assert final_a.mean == pytest.approx(0.84) and final_a.std == pytest.approx(0.04)
+    assert final_a.interval.half_width == pytest.approx(T2 * 0.04 / 3**0.5)
+    assert final_a.text(3) == "0.840 ± 0.099"
+    assert final_b.best and not final_b.tie and not final_a.best
+    assert b.baseline == "A" and a.delta_text() == "baseline"
+    assert b.delta.mean == pytest.approx(0.01) and b.delta.half_width == pytest.approx(0.0, abs=1e-9)
+    assert b.delta_text() == "+0.010 ± 0.000 *"
+    # mean of the last 5 rounds: (0.6 + 0.7 + 0.75 + 0.8 + final) / 5
+    assert a.cells["last_k_accuracy"].by_seed[0] == pytest.approx((0.6 + 0.7 + 0.75 + 0.8 + 0.80) / 5) and a.last_k == 5
+    # test loss 1 - final (lower is better): B; Jain of (0.5, 1.0) = 1.5² / (2 · 1.25) = 0.9, equal for both: a tie
+    assert b.cells["final_loss"].mean == pytest.approx(0.15) and b.cells["final_loss"].best
+    assert a.cells["jain"].mean == pytest.approx(0.9) and a.cells["jain"].best and a.cells["jain"].tie
+    # rounds to 0.85: A only on seed 2 (round 6), B on seeds 1 and 2 -> fewer misses win
+    assert a.cells["rounds_to_target"].by_seed == {2: 6.0} and a.cells["rounds_to_target"].missing == 2
     assert b.cells["rounds_to_target"].best
-    # seconds per round over trained rounds only (round 0 is setup): A 1.0, 3.0 -> 2.0 ± 1.0
-    assert a.cells["seconds_per_round"].mean == pytest.approx(2.0) and a.cells["seconds_per_round"].std == pytest.approx(1.0)
+    # seconds per round: median of rounds 2..6 (1, 2, 3, 4, 100) = 3; round 1's 5 s warm-up is left out; never best
+    assert a.cells["seconds_per_round"].mean == pytest.approx(3.0)
+    assert not any(row.cells["seconds_per_round"].best for row in (a, b))
     text = markdown_table([a, b], 0.85)
-    assert "| A | s | 2 | 0.850 ± 0.050 |" in text and "**0.870 ± 0.010** ≈" in text
-    assert "1.0 ± 0.0 (1/2 ✗)" in text and "**1.5 ± 0.5**" in text
+    assert "| A | s | 3 | 0.840 ± 0.099 | baseline |" in text and "| **0.850 ± 0.099** | +0.010 ± 0.000 * |" in text
+    assert "Student-t 95% confidence interval" in text and "mean acc, last 5 rounds" in text
+    assert "|SPD|" not in text  # no sensitive attribute in these runs: no group-fairness column
 
 
-def test_best_is_marked_within_each_setting():
+def test_exact_ties_are_ties_and_one_seed_never_wins():
     from fedsim.compare.table import RunMetrics
 
-    def metrics(final: float) -> RunMetrics:
-        return RunMetrics(final, final, 0.5, 0.1, None, 1.0, [(0, 0.1), (1, final)], [0.5])
+    def metrics(final: float, rounds: int | None) -> RunMetrics:
+        return RunMetrics(final, final, 0.5, 0.1, rounds, 1.0, [(0, 0.1), (1, final)], [0.5])
 
-    rows = build_rows([("A", "x", 0, metrics(0.9)), ("B", "x", 0, metrics(0.8)),
-                       ("A", "y", 0, metrics(0.3)), ("B", "y", 0, metrics(0.4))])
-    assert [row.cells["final_accuracy"].best for row in rows] == [True, False, False, True]
-    assert all(row.cells["rounds_to_target"].text(1) == "— (1/1 ✗)" for row in rows)
+    # rounds to target 5 and 5 on both seeds: "5.0 ± 0.0" for both, both bold and both ≈
+    rows = build_rows([("A", "x", 0, metrics(0.9, 5)), ("B", "x", 0, metrics(0.8, 5)),
+                       ("A", "x", 1, metrics(0.91, 5)), ("B", "x", 1, metrics(0.7, 5))])
+    rounds = [row.cells["rounds_to_target"] for row in rows]
+    assert all(cell.best and cell.tie for cell in rounds) and rounds[0].text(1) == "5.0 ± 0.0"
+    assert "**5.0 ± 0.0** ≈" in markdown_table(rows, 0.5)
+    # a single seed: the best is bold but ≈, and there is no interval to show
+    single = build_rows([("A", "y", 0, metrics(0.9, None)), ("B", "y", 0, metrics(0.3, None))])
+    assert single[0].cells["final_accuracy"].best and single[0].cells["final_accuracy"].tie
+    assert single[0].cells["final_accuracy"].text(3) == "0.900" and single[1].delta_text() == "-0.600"
+    assert all(row.cells["rounds_to_target"].text(1) == "— (1/1 ✗)" for row in single)
+
+
+def test_paired_difference_sees_what_unpaired_intervals_miss():
+    from fedsim.compare.stats import difference, mean_interval, paired_difference, welch_difference
+
+    a, b = {0: 0.80, 1: 0.84, 2: 0.88}, {0: 0.82, 1: 0.865, 2: 0.91}
+    paired = paired_difference(b, a)  # differences 0.02, 0.025, 0.03: mean 0.025, s 0.005, half 0.0124
+    assert paired.mean == pytest.approx(0.025) and paired.half_width == pytest.approx(T2 * 0.005 / 3**0.5)
+    assert paired.excludes_zero and difference(b, a) == paired
+    welch = welch_difference(list(b.values()), list(a.values()))
+    assert welch.half_width > welch.mean and not welch.excludes_zero  # unpaired, the seed spread hides it
+    assert mean_interval([0.5]).half_width is None and paired_difference({0: 1.0}, {1: 1.0}) is None
+
+
+def test_best_is_marked_within_each_setting_and_fairness_columns_appear_with_a_sensitive_attribute(tmp_path):
+    for name, final, spd in (("A", 0.9, -0.30), ("B", 0.8, 0.05)):
+        write_fake_run(tmp_path / name, [0.1, final], [0.5], fairness={"test_spd": spd, "test_eod": 0.1, "clients": {}})
+    rows = build_rows([(name, "x", 0, load_run(tmp_path / name, 0.5)) for name in ("A", "B")])
+    assert rows[0].cells["test_spd"].mean == pytest.approx(0.30)  # |SPD|: parity is 0 from either side
+    assert rows[1].cells["test_spd"].best and rows[0].cells["final_accuracy"].best
+    text = markdown_table(rows, 0.5)
+    assert r"\|SPD\| (test)" in text and r"\|EOD\| (test)" in text and "statistical parity" in text
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1  # escaped: every line has as many cells
+
+
+def test_different_client_optimisers_are_flagged():
+    from fedsim.compare.table import RunMetrics, rich_table
+
+    metrics = RunMetrics(0.9, 0.9, 0.5, 0.1, None, 1.0, [(0, 0.1), (1, 0.9)], [0.5])
+    optimizers = {("fedavg", "x"): "SGD lr=0.1 m=0.9 wd=0", ("qffl", "x"): "SGD lr=0.1 m=0 wd=0",
+                  ("fedavg", "y"): "SGD lr=0.1 m=0.9 wd=0", ("fedprox", "y"): "SGD lr=0.1 m=0.9 wd=0"}
+    rows = build_rows([(s, setting, 0, metrics) for s, setting in optimizers], optimizers)
+    assert [row.optimizer_differs for row in rows] == [True, True, False, False]
+    text = markdown_table(rows, 0.5)
+    assert "| ⚠ SGD lr=0.1 m=0 wd=0 |" in text and "different client optimisers" in text
+    assert "different client optimisers" in str(rich_table(rows, 0.5).caption)
+    assert "different client optimisers" not in markdown_table(rows[2:], 0.5)
+
+
+def test_setup_and_hyperparameters_are_read_from_the_composed_configs():
+    from fedsim.compare.setup import hyperparameters, setup_table, strategy_table
+
+    the_plan = plan(["strategy=fedavg,feddisco", "seed=0,1", "num_rounds=7"])
+    setup = dict(setup_table(the_plan.experiments))
+    assert setup["rounds"] == "7" and setup["clients"] == "10" and setup["local epochs"] == "3"
+    assert setup["seeds"] == "0, 1 (n=2)" and setup["data set"].startswith("digits")
+    assert setup["partition"] == "dirichlet (partition_by=label, alpha=0.5, min_partition_size=10, self_balancing=False)"
+    assert setup["client optimiser"] == (
+        "SGD lr=0.1 m=0.9 wd=0 | SGD lr=0.1 m=0.9 wd=1e-05 (differs by strategy: see Strategies)")
+    table = {s.strategy: s for s in strategy_table(the_plan.grid.strategies, the_plan.experiments,
+                                                   [p.strategy for p in the_plan.grid.points])}
+    assert table["feddisco"].hyperparameters == ["a=0.5, b=0.1, measure=kl, target=uniform, proximal_mu=0"]
+    assert table["feddisco"].optimizers == ["SGD lr=0.1 m=0.9 wd=1e-05"] and table["feddisco"].sources == ["paper"]
+    assert table["fedavg"].hyperparameters == ["—"] and table["fedavg"].optimizers == ["SGD lr=0.1 m=0.9 wd=0"]
+    assert hyperparameters(compose_experiment(["strategy=fedprox", "stragglers.fraction=0.5"])) == (
+        "proximal_mu=0.1, straggler_mode=partial")
 
 
 # --- resuming ---------------------------------------------------------------------------------------------------
@@ -238,6 +316,67 @@ def test_an_interrupted_run_with_a_checkpoint_continues_instead_of_starting_over
     assert (folder / "metrics.csv").read_text().splitlines()[1:] == finished.splitlines()[1:]  # no round ran again
 
 
+def _interrupted_with_broken_checkpoint(out: Path):  # type: ignore[no-untyped-def]
+    """A grid point killed after a checkpoint whose file was then cut short (same config, no summary)."""
+    import torch
+
+    the_plan = plan(["seed=0", "num_rounds=3"])
+    point, experiment = the_plan.grid.points[0], the_plan.experiments[0]
+    run_sweep([point], [experiment], out, run=fake_run([]), show_progress=False)
+    folder = run_folder(out, point)
+    (folder / "summary.json").unlink()
+    buffer = io.BytesIO()
+    torch.save({"format": 2, "server_round": 2, "arrays": torch.zeros(4096)}, buffer)  # a torch.save file, cut in half
+    (folder / "checkpoint.pt").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return point, experiment, folder
+
+
+def test_a_truncated_checkpoint_reruns_its_point_from_scratch(tmp_path, caplog):
+    point, experiment, folder = _interrupted_with_broken_checkpoint(tmp_path)
+    calls: list[dict] = []
+    inner = fake_run([])
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs)
+        return inner(*args, **kwargs)
+
+    with caplog.at_level("WARNING", logger="fedsim"):
+        result = run_sweep([point], [experiment], tmp_path, run=spy, show_progress=False)
+    assert calls == [{}] and result.ran == [point]  # not resumed: run again from nothing
+    assert is_complete(folder, experiment) and not (folder / "checkpoint.pt").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(folder) in warnings[0] and "from scratch" in warnings[0]
+
+
+def test_a_checkpoint_the_run_itself_refuses_reruns_its_point_but_other_errors_stop_the_sweep(tmp_path, monkeypatch):
+    """The run's own loader may find what the sweep's check did not."""
+    import fedsim.checkpoint
+    from fedsim.checkpoint import CheckpointError
+    from fedsim.errors import FedsimError
+
+    point, experiment, folder = _interrupted_with_broken_checkpoint(tmp_path)
+    monkeypatch.setattr(fedsim.checkpoint, "load_checkpoint", lambda run_dir: None)  # the sweep's check passes
+    calls: list[dict] = []
+
+    def refuses(experiment, folder, choices=None, show_progress=True, resume=False):  # type: ignore[no-untyped-def]
+        calls.append({"resume": resume})
+        if resume:
+            raise CheckpointError(f"{folder}/checkpoint.pt was written by another fedsim version")
+        return fake_run([])(experiment, folder)
+
+    run_sweep([point], [experiment], tmp_path, run=refuses, show_progress=False)
+    assert calls == [{"resume": True}, {"resume": False}] and is_complete(folder, experiment)
+
+    (folder / "summary.json").unlink()
+    (folder / "checkpoint.pt").write_bytes(b"whatever")
+
+    def fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise FedsimError("client 3 sent NaN weights")
+
+    with pytest.raises(FedsimError, match="NaN"):
+        run_sweep([point], [experiment], tmp_path, run=fails, show_progress=False)
+
+
 def test_a_changed_config_is_not_a_finished_run(tmp_path):
     the_plan = plan(["seed=0", "num_rounds=3"])
     calls: list[Path] = []
@@ -269,15 +408,22 @@ class _Images(HTMLParser):
             self.sources.append(dict(attrs).get("src") or "")
 
 
-@pytest.fixture
-def fake_compare(tmp_path, monkeypatch) -> Path:
-    """`fedsim compare` through the CLI, with fake runs: the report of a 2 strategies × 2 settings × 2 seeds grid."""
+@pytest.fixture(scope="module")
+def fake_compare(tmp_path_factory) -> Path:
+    """`fedsim compare` through the CLI, with fake runs: the report of a 2 strategies × 2 settings × 2 seeds grid
+    (built once for the module: every test here only reads it)."""
+    return run_fake_compare(tmp_path_factory.mktemp("compare") / "cmp")
+
+
+GRID = ["strategy=fedavg,feddisco", "seed=0,1", "partition.alpha=0.1,1.0", "num_rounds=2", "--target", "0.8"]
+
+
+def run_fake_compare(out: Path, grid: list[str] = GRID, fairness: bool = False) -> Path:
     calls: list[Path] = []
-    monkeypatch.setattr("fedsim.run.run_experiment", fake_run(calls))
-    out = tmp_path / "cmp"
-    cli.main(["compare", "strategy=fedavg,feddisco", "seed=0,1", "partition.alpha=0.1,1.0", "num_rounds=2",
-              "--target", "0.8", "--no-progress", "--out", str(out)])
-    assert len(calls) == 8
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fedsim.run.run_experiment", fake_run(calls, fairness))
+        cli.main(["compare", *grid, "--no-progress", "--out", str(out)])
+    assert calls
     return out
 
 
@@ -288,16 +434,19 @@ def test_cli_writes_tables_and_report_and_resumes(fake_compare, monkeypatch, cap
     assert [(r["strategy"], r["setting"]) for r in rows] == [
         ("fedavg", "partition.alpha=0.1"), ("feddisco", "partition.alpha=0.1"),
         ("fedavg", "partition.alpha=1.0"), ("feddisco", "partition.alpha=1.0")]
-    assert rows[0]["seeds"] == "0 1" and float(rows[0]["final_accuracy_std"]) == pytest.approx(0.005)
+    # fake final accuracies of fedavg: 0.8 + 0.01 * seed -> 0.805, sample std 0.00707, t(1) = 12.706 -> ± 0.0635
+    assert rows[0]["seeds"] == "0 1" and float(rows[0]["final_accuracy_std"]) == pytest.approx(0.01 / 2**0.5)
+    assert float(rows[0]["final_accuracy_ci95"]) == pytest.approx(12.7062047 * 0.01 / 2**0.5 / 2**0.5)
+    assert rows[1]["delta_baseline"] == "fedavg" and rows[1]["client_optimizer"] == "SGD lr=0.1 m=0.9 wd=1e-05"
+    assert rows[1]["optimizer_differs"] == "1"  # FedDisco's paper sets weight decay 1e-5, FedAvg runs fedsim's 0
     assert "**" in (out / "comparison.md").read_text()
     calls: list[Path] = []
     monkeypatch.setattr("fedsim.run.run_experiment", fake_run(calls))
-    cli.main(["compare", "strategy=fedavg,feddisco", "seed=0,1", "partition.alpha=0.1,1.0", "num_rounds=2",
-              "--target", "0.8", "--no-progress", "--out", str(out)])
+    cli.main(["compare", *GRID, "--no-progress", "--out", str(out)])
     assert calls == [] and "8 runs already finished" in capsys.readouterr().err
 
 
-def test_report_images_are_embedded_pngs(fake_compare):
+def test_report_images_are_embedded_pngs_and_the_setup_is_stated(fake_compare):
     text = (fake_compare / "report.html").read_text()
     parser = _Images()
     parser.feed(text)
@@ -309,31 +458,26 @@ def test_report_images_are_embedded_pngs(fake_compare):
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
     assert "fedsim compare strategy=fedavg,feddisco seed=0,1 partition.alpha=0.1,1.0" in text
     assert "_target_: fedsim.strategies.FedDisco" in text  # the composed configs
+    assert '<table id="setup">' in text and "<th>local epochs</th><td>3</td>" in text
+    assert "<td>a=0.5, b=0.1, measure=kl, target=uniform, proximal_mu=0</td>" in text  # FedDisco's hyper-parameters
+    assert 'id="optimizer-warning"' in text and "Student-t 95% confidence interval" in text
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHECK_IMAGES = ("<script>window.addEventListener('load', () => { const images = [...document.images]; "
-                "document.body.dataset.images = images.length; document.body.dataset.shown = "
-                "images.filter(i => i.complete && i.naturalWidth > 0).length; });</script>")
+def test_weights_are_drawn_for_one_seed_and_box_plots_share_their_y_range(tmp_path):
+    from fedsim.compare import plots as compare_plots
+    from fedsim.compare.table import RunMetrics
 
+    def metrics(seed: int, clients: list[float], weights: dict) -> RunMetrics:
+        m = RunMetrics(0.9, 0.9, 0.5, 0.1, None, 1.0, [(0, 0.1), (1, 0.9)], clients, weights)
+        m.seed = seed
+        return m
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(fake_compare):
-    probe = fake_compare / "probe.html"
-    shutil.copyfile(fake_compare / "report.html", probe)
-    probe.write_text(probe.read_text().replace("</body>", CHECK_IMAGES + "</body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with tempfile.TemporaryDirectory() as profile:
-        dom = subprocess.run([str(CHROMIUM), *flags, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-                              "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    assert 'data-images="5"' in dom.stdout and 'data-shown="5"' in dom.stdout, dom.stderr[-2000:]
-    screenshot = fake_compare / "report.png"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([str(CHROMIUM), *flags, f"--user-data-dir={profile}", f"--screenshot={screenshot}",
-                        "--window-size=1400,3000", (fake_compare / "report.html").as_uri()],
-                       capture_output=True, timeout=120, check=True)
-    assert screenshot.read_bytes().startswith(PNG_MAGIC)
+    runs = {"x": {"A": [metrics(3, [0.9, 0.95], {1: {0: 0.2, 1: 0.8}}), metrics(4, [0.8], {1: {0: 0.8, 1: 0.2}})]},
+            "y": {"A": [metrics(3, [0.2, 0.6], {}), metrics(4, [0.7], {})]}}
+    limits = compare_plots.plot_client_distributions(runs, ["A"], tmp_path / "box.png")
+    assert limits == [(pytest.approx(0.15), 1.02)] * 2  # the lowest client of any panel, minus a margin
+    drawn = compare_plots.plot_weights(runs, ["A"], tmp_path / "w.png")
+    assert drawn == [("A", "x", 3, [[0.2], [0.8]])]  # seed 3's weights, not the mean 0.5 of two partitions
 
 
 def test_report_from_python(tmp_path):

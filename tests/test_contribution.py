@@ -45,7 +45,7 @@ def test_contribution_command_writes_a_consistent_report(tmp_path, capsys):
     report = json.loads((out / "contribution.json").read_text())
     assert (out / "contribution.png").stat().st_size > 1000
     full = json.loads((out / "full" / "summary.json").read_text())
-    assert report["reference"] == "clients" and full["choices"]["strategy"] == "FedCE"
+    assert report["reference"] == "clients" and full["choices"]["strategy"] == "fedce"
     assert report["full_accuracy"] == full["client_accuracy"]["mean"]
     last = read_metrics(out / "full")[-1]
     assert [c["client"] for c in report["clients"]] == [0, 1, 2, 3]
@@ -59,7 +59,8 @@ def test_contribution_command_writes_a_consistent_report(tmp_path, capsys):
     assert sum(c["fedce_weight_mean"] for c in report["clients"]) == pytest.approx(1.0)
     r, _ = pearson([c["fedce_weight"] for c in report["clients"]], [c["loo_contribution"] for c in report["clients"]])
     assert report["pearson"]["final_weight"] == (None if r is None else pytest.approx(r))
-    printed = capsys.readouterr().err
+    captured = capsys.readouterr()
+    printed = captured.err + captured.out  # progress lines on stderr, the table on stdout
     assert "[1/5] full federation" in printed and "[5/5] without client 3" in printed and "Pearson" in printed
 
 

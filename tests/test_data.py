@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -155,10 +156,121 @@ def test_niid2_gives_two_class_clients_and_one_uniform_client():
     data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
     parts = partition_indices(data.train, LabelShardsWithIidPartitioner(6, num_iid_partitions=1, seed=0))
     labels = data.train_arrays.y.numpy()
-    joined = np.concatenate(parts)
-    assert len(joined) == len(set(joined.tolist())) == len(data.train)
-    for client in range(5):  # sorted shards: client i holds (mostly) classes 2i and 2i+1
-        counts = np.bincount(labels[parts[client]], minlength=10)
-        assert counts[[2 * client, 2 * client + 1]].sum() >= 0.95 * len(parts[client])
-    uniform = np.bincount(labels[parts[5]], minlength=10) / len(parts[5])
-    assert len(parts[5]) == len(data.train) // 6 and np.abs(uniform - 0.1).max() < 0.05
+    joined = np.concatenate(parts)  # shards of 1437 // 10 // 6 = 23 rows; the 57 rows past them belong to no one
+    assert len(joined) == len(set(joined.tolist())) == 6 * 230
+    for client in range(5):  # client i holds 5 shards of classes 2i and 2i+1, nothing else
+        assert set(labels[parts[client]].tolist()) == {2 * client, 2 * client + 1} and len(parts[client]) == 230
+    assert np.bincount(labels[parts[5]], minlength=10).tolist() == [23] * 10
+
+
+# --- local tables: format from the suffix, text features one-hot, one line for every file that cannot train ----------
+
+LOCAL = {"name": "local", "source": "local", "format": "auto", "test_path": None, "test_fraction": 0.25,
+         "image_column": "image", "label_column": "label"}
+CITIES = ["berlin", "paris", "rome", "oslo"]
+
+
+def _city_table(rows: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    return pd.DataFrame({"size": rng.normal(50, 10, rows).round(2), "city": [CITIES[i % 4] for i in range(rows)],
+                         "label": (np.arange(rows) // 2) % 2})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json", ".jsonl", ".csv.gz"])
+def test_a_local_table_is_read_by_its_suffix_and_text_columns_are_one_hot_as_adults(tmp_path, suffix):
+    table = _city_table()
+    path = tmp_path / f"houses{suffix}"
+    if suffix == ".parquet":
+        table.to_parquet(path)
+    elif suffix.startswith(".json"):
+        table.to_json(path, orient="records", lines=suffix == ".jsonl")
+    else:
+        table.to_csv(path, index=False)
+    data = load_data({**LOCAL, "path": str(path)}, seed=0)
+    assert data.input_shape == (1 + len(CITIES),) and data.num_classes == 2
+    assert len(data.train_arrays) == 30 and len(data.test_arrays) == 10
+    x = np.concatenate([data.train_arrays.x.numpy(), data.test_arrays.x.numpy()])
+    y = np.concatenate([data.train_arrays.y.numpy(), data.test_arrays.y.numpy()])
+    assert set(x[:, 1:].sum(1).tolist()) == {1.0}  # one city per row, one-hot in sorted order
+    cities = [sorted(CITIES)[i] for i in x[:, 1:].argmax(1)]
+    assert sorted(zip(cities, y.tolist())) == sorted(zip(table["city"], table["label"].tolist()))
+    train_sizes = data.train_arrays.x[:, 0].numpy()
+    assert abs(float(train_sizes.mean())) < 1e-5 and abs(float(train_sizes.std()) - 1) < 1e-4  # standardised on train
+
+
+def test_local_features_match_the_shared_encoder_row_for_row(tmp_path):
+    from fedsim.data.tabular import encode_features
+
+    table = _city_table()
+    table.to_csv(tmp_path / "houses.csv", index=False)
+    (tmp_path / "test.csv").write_text("size,city,label\n51.5,paris,1\n47.0,lisbon,0\n")
+    data = load_data({**LOCAL, "path": str(tmp_path / "houses.csv"), "test_path": str(tmp_path / "test.csv")}, seed=0)
+    both = pd.concat([table, pd.read_csv(tmp_path / "test.csv")], ignore_index=True)
+    expected = encode_features(both.drop(columns=["label"]), np.arange(40))
+    np.testing.assert_array_equal(data.train_arrays.x.numpy(), expected[:40])
+    np.testing.assert_array_equal(data.test_arrays.x.numpy(), expected[40:])
+    # size, then city_berlin, city_lisbon, city_oslo, city_paris, city_rome: a test-only city gets its own column
+    assert data.input_shape == (6,) and data.test_arrays.x[1, 2] == 1.0 and data.train_arrays.x[:, 2].sum() == 0
+
+
+def test_local_text_labels_become_sorted_classes(tmp_path):
+    (tmp_path / "t.csv").write_text("a,label\n" + "".join(f"{i},{'yes' if i % 2 else 'no'}\n" for i in range(20)))
+    data = load_data({**LOCAL, "path": str(tmp_path / "t.csv")}, seed=0)
+    assert data.num_classes == 2
+    labels = np.concatenate([data.train_arrays.y.numpy(), data.test_arrays.y.numpy()])
+    a = np.concatenate([data.train_arrays.x[:, 0].numpy(), data.test_arrays.x[:, 0].numpy()])
+    assert np.all((labels == 1) == (np.argsort(np.argsort(a)) % 2 == 1))  # "yes" (odd a) is class 1, "no" class 0
+
+
+HEADER = "size,city,label\n"
+BAD_TABLES = [
+    ("empty.csv", "", "the file is empty"),
+    ("header.csv", HEADER, "has a header (size, city, label) but no rows"),
+    ("nolabel.csv", "size,city\n1,rome\n2,oslo\n", "dataset.label_column='label' is not one of its columns (size, city)"),
+    ("onlylabel.csv", "label\n0\n1\n", "there are no features"),
+    ("oneclass.csv", HEADER + "1,rome,3\n2,oslo,3\n4,rome,3\n", "has a single class (3)"),
+    ("nanlabel.csv", HEADER + "1,rome,0\n2,oslo,\n4,rome,1\n", "label column 'label' has 1 missing value (data row 2)"),
+    ("nanfeature.csv", HEADER + "1,rome,0\n,oslo,1\n4,rome,1\n,rome,0\n", "column 'size' has 2 missing values (data rows 2, 4)"),
+    ("inf.csv", HEADER + "1,rome,0\ninf,oslo,1\n4,rome,1\n", "column 'size' has 1 infinite value (data row 2)"),
+    ("typo.csv", HEADER + "1,rome,0\n2,oslo,1\n?,rome,1\n4,rome,0\n", "column 'size' holds numbers but also text ('?' at data row 3)"),
+    ("ids.csv", "id,label\n" + "".join(f"user{i},{i % 2}\n" for i in range(50)), "column 'id' is text with 50 distinct values in 50 rows"),
+    ("regression.csv", HEADER + "1,rome,0.5\n2,oslo,1\n", "holds non-integer numbers (0.5 at data row 1)"),
+    ("notes.txt", HEADER + "1,rome,0\n", "cannot tell its format from its name"),
+    ("broken.parquet", "not parquet", "cannot be read as parquet"),
+]
+
+
+@pytest.mark.parametrize("name, content, expected", BAD_TABLES, ids=[case[0] for case in BAD_TABLES])
+def test_a_local_table_that_cannot_train_is_one_line_naming_the_file(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as raised:
+        load_data({**LOCAL, "path": str(path)}, seed=0)
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message and expected in message, message
+
+
+def test_a_local_test_file_must_have_the_training_columns(tmp_path):
+    _city_table().to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "test.csv").write_text("size,town,label\n1,rome,0\n")
+    with pytest.raises(DataError, match=r"dataset.test_path=.*test.csv: its columns differ .* it lacks city and has town besides"):
+        load_data({**LOCAL, "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv")}, seed=0)
+    (tmp_path / "test.csv").write_text("size,city,label\n1,2,0\n")
+    with pytest.raises(DataError, match="column 'city' holds numbers, but text in"):
+        load_data({**LOCAL, "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv")}, seed=0)
+
+
+@pytest.mark.slow  # a fedsim process each: 8 s on 2 idle cores, most of it imports
+@pytest.mark.parametrize("content, expected", [(HEADER, "but no rows"), (HEADER + "1,rome,1\n2,oslo,1\n", "single class")])
+def test_the_cli_refuses_a_bad_local_table_in_one_line_before_training(tmp_path, content, expected):
+    import subprocess
+    import sys
+
+    path = tmp_path / "table.csv"
+    path.write_text(content)
+    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "dataset=local", f"dataset.path={path}",
+                                f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert completed.returncode == 2 and len(lines) == 1, completed.stderr
+    assert str(path) in lines[0] and expected in lines[0]
+    assert not (tmp_path / "run" / "metrics.csv").exists()

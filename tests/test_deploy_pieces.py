@@ -61,7 +61,13 @@ def _started_run(folder: Path, experiment: dict, rounds: int, checkpoint: bool) 
     for server_round in range(rounds + 1):
         recorder.record_round(server_round, 0.5, 1.0, {}, {}, 0)
     if checkpoint:
-        (folder / "checkpoint.pt").write_bytes(b"x")
+        from types import SimpleNamespace
+
+        from flwr.app import ArrayRecord
+
+        from fedsim.checkpoint import capture, save_checkpoint
+
+        save_checkpoint(folder, capture(rounds, ArrayRecord(), SimpleNamespace(), recorder.state(), None))
 
 
 def test_an_empty_or_new_run_dir_starts_at_round_one(tmp_path):

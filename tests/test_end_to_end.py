@@ -49,7 +49,7 @@ def test_fedprox_strategy_changes_the_client_update(run_quietly):
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, floor", [
     (("dataset=synthetic", "partition=natural", "num_clients=30", "model=logreg", "num_rounds=20", "fraction_train=0.34",
-      "client.lr=0.01", "client.momentum=0", "client.batch_size=10", "client.local_epochs=20"), 0.55),
+      "client.lr=0.01", "client.momentum=0", "client.batch_size=10", "client.local_epochs=5"), 0.55),
     (("model=cnn", "num_rounds=8"), 0.85),
     (("partition=pathological", "num_rounds=10"), 0.5),
 ])

@@ -57,14 +57,16 @@ def test_gaps_by_hand():
     np.testing.assert_allclose(fairness_gaps([COUNTS[k] for k in (1, 2, 3)], "spd"), GAPS, rtol=1e-12)
 
 
-def test_two_rounds_by_hand():
-    """omega_bar^0 = n_k / n = (0.25, 0.25, 0.5); each round subtracts beta (Delta_k - mean Delta) (the same replies
-    twice, so the same step twice); nothing is clipped and the omega_bar keep summing to 1."""
-    strategy = FairFed(beta=1.0, metric="spd", **COMMON)
-    expected_bar = np.array([0.25, 0.25, 0.5])
+@pytest.mark.parametrize("beta", [1.0, 40.0])
+def test_two_rounds_by_hand(beta):
+    """omega_bar^0 = n_k = (10, 10, 20), declearn's scale; each round subtracts beta (Delta_k - mean Delta) (the same
+    replies twice, so the same step twice); nothing is clipped and the omega_bar keep summing to n = 40. beta = 40
+    is the paper's beta_p = 1 on its omega_bar^0 = n_k / n scale."""
+    strategy = FairFed(beta=beta, metric="spd", **COMMON)
+    expected_bar = np.array([10.0, 10.0, 20.0])
     for server_round in (1, 2):
         arrays, _ = strategy.aggregate_train(server_round, _replies())
-        expected_bar = expected_bar - (GAPS - MEAN_GAP)
+        expected_bar = expected_bar - beta * (GAPS - MEAN_GAP)
         assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx(list(expected_bar), abs=1e-12)
         omega = expected_bar / expected_bar.sum()
         assert [strategy.client_weights[k] for k in (1, 2, 3)] == pytest.approx(list(omega), abs=1e-12)
@@ -72,8 +74,12 @@ def test_two_rounds_by_hand():
         np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-12)
         assert strategy.round_scalars["fairfed_global_metric"] == pytest.approx(4 / 15)
         assert strategy.round_scalars["fairfed_mean_gap"] == pytest.approx(MEAN_GAP)
-    # round 2 by hand: 0.25 - 2 * (2/15 - 0.325/3) = 0.2, 0.25 - 2 * (0.125 - 0.325/3) = 0.2167, 0.5 + 2 * 0.0417
-    assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([0.2, 0.25 - 2 * (0.125 - MEAN_GAP), 0.5 + 2 * (MEAN_GAP - 1 / 15)])
+    # round 2 by hand: 10 - 2 beta (2/15 - 0.325/3) = 10 - 0.05 beta, 10 - 2 beta (0.125 - 0.325/3) = 10 - beta / 30,
+    # 20 + 2 beta (0.325/3 - 1/15) = 20 + beta / 12
+    assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([10 - 0.05 * beta, 10 - beta / 30, 20 + beta / 12])
+    # the paper's scale: omega^2 = (0.25, 0.25, 0.5) - 2 beta_p (Delta - mean Delta) with beta_p = beta / n
+    paper = np.array([0.25, 0.25, 0.5]) - 2 * (beta / 40) * (GAPS - MEAN_GAP)
+    assert [strategy.client_weights[k] for k in (1, 2, 3)] == pytest.approx(list(paper / paper.sum()), abs=1e-12)
 
 
 def test_beta_zero_is_fedavg():
@@ -86,11 +92,11 @@ def test_beta_zero_is_fedavg():
 
 
 def test_weights_are_clipped_at_zero():
-    """beta = 20: omega_bar = 0.25 - 20 * 0.025 = -0.25 -> 0; 0.25 - 20 * (0.125 - 0.325/3) = -0.0833 -> 0;
-    0.5 + 20 * (0.325/3 - 1/15) = 1.3333: the aggregate is client 3's model."""
-    strategy = FairFed(beta=20.0, metric="spd", **COMMON)
+    """beta = 800: omega_bar = 10 - 800 * 0.025 = -10 -> 0; 10 - 800 * (0.125 - 0.325/3) = -3.33 -> 0;
+    20 + 800 * (0.325/3 - 1/15) = 53.33: the aggregate is client 3's model."""
+    strategy = FairFed(beta=800.0, metric="spd", **COMMON)
     arrays, _ = strategy.aggregate_train(1, _replies())
-    assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([0.0, 0.0, 0.5 + 20 * (MEAN_GAP - 1 / 15)])
+    assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([0.0, 0.0, 20 + 800 * (MEAN_GAP - 1 / 15)])
     assert strategy.client_weights == pytest.approx({1: 0.0, 2: 0.0, 3: 1.0})
     np.testing.assert_allclose(arrays["w"].numpy(), LOCAL[3])
 

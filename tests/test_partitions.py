@@ -114,3 +114,64 @@ def test_dirichlet_gives_up_like_flwr_datasets():
     partitioner.dataset = datasets.Dataset.from_dict({"label": np.random.default_rng(1).integers(0, 10, 3000)})
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="max number of attempts"):
         partitioner.load_partition(0)
+
+
+# --- NIID-2 (FedDisco): the reference's shard rule ----------------------------------------------------------------
+
+
+def _niid2(labels: np.ndarray, clients: int = 6, iid: int = 1, **kwargs) -> list[np.ndarray]:
+    import datasets
+
+    from fedsim.partitions import LabelShardsWithIidPartitioner
+
+    partitioner = LabelShardsWithIidPartitioner(clients, num_iid_partitions=iid, seed=0, **kwargs)
+    partitioner.dataset = datasets.Dataset.from_dict({"label": labels})
+    return partitioner.all_partition_indices()
+
+
+def test_niid2_on_cifar10_like_labels_is_the_references():
+    """50,000 rows, 5,000 a class, 6 clients: shards of int(50000 / 10 / 6) = 833 rows. Client i < 5 holds 5 shards
+    (4,165 rows) of classes 2i and 2i+1 and nothing else; client 5 holds 833 rows of every class; 2 rows a class
+    belong to no one (the reference's utils.partition_data, noniid-2)."""
+    labels = np.random.default_rng(1).permutation(np.repeat(np.arange(10), 5000))
+    parts = _niid2(labels)
+    counts = np.stack([np.bincount(labels[rows], minlength=10) for rows in parts])
+    for client in range(5):
+        expected = np.zeros(10, dtype=np.int64)
+        expected[[2 * client, 2 * client + 1]] = 4165
+        assert counts[client].tolist() == expected.tolist()
+    assert counts[5].tolist() == [833] * 10
+    joined = np.concatenate(parts)
+    assert len(joined) == len(set(joined.tolist())) == 50000 - 20
+
+
+def test_niid2_on_unequal_classes_never_gives_a_stray_class():
+    """Digits' training classes (139-146 rows; shard 23): each skewed client holds exactly its two classes, the
+    uniform client 23 rows of every class. A class that runs short (class 9 cut to 120 rows) shortens the uniform
+    client's share of it, never borrowing from another class; no row goes to two clients."""
+    sizes = np.array([142, 146, 142, 146, 145, 146, 145, 143, 139, 144])
+    labels = np.random.default_rng(2).permutation(np.repeat(np.arange(10), sizes))
+    parts = _niid2(labels)
+    for client in range(5):
+        assert np.bincount(labels[parts[client]], minlength=10)[[2 * client, 2 * client + 1]].tolist() == [115, 115]
+        assert len(parts[client]) == 230  # nothing else
+    assert np.bincount(labels[parts[5]], minlength=10).tolist() == [23] * 10
+    short = np.random.default_rng(3).permutation(np.repeat(np.arange(10), np.append(sizes[:9], 120)))
+    parts = _niid2(short)  # 1,413 rows: shard 23 still; class 9 gives 115 rows to client 4 and 5 to client 5
+    assert np.bincount(short[parts[5]], minlength=10).tolist() == [23] * 9 + [5]
+    assert set(short[parts[4]].tolist()) == {8, 9}
+    joined = np.concatenate(parts)
+    assert len(joined) == len(set(joined.tolist()))
+
+
+def test_niid2_beyond_one_cycle_of_classes_and_its_errors():
+    """11 clients, 10 skewed: clients 5-9 take the next 5 shards of the same classes; the uniform shard follows."""
+    labels = np.repeat(np.arange(10), 110)
+    parts = _niid2(labels, clients=11)
+    assert [sorted(set(labels[parts[c]].tolist())) for c in (0, 5, 9)] == [[0, 1], [0, 1], [8, 9]]
+    assert np.bincount(labels[parts[10]], minlength=10).tolist() == [10] * 10
+    assert len(set(np.concatenate(parts).tolist())) == 1100
+    with pytest.raises(ValueError, match="shards_per_partition=11"):
+        _niid2(labels, shards_per_partition=11)
+    with pytest.raises(ValueError, match="fewer clients"):
+        _niid2(np.arange(10), clients=6)

@@ -192,6 +192,61 @@ def test_fedlaw_learns_to_shrink_overconfident_clients():
     assert proxy_loss(arrays["linear.weight"].numpy()) < proxy_loss(fedavg)  # it also generalises better
 
 
+def _reference_fedlaw(client_weights, sizes, x, y, epochs, lr):
+    """The reference's `fedlaw_optimization` (server_funct 'exp', Adam, StepLR(20, 0.5) stepped each epoch), one
+    full batch per epoch, written from `server_funct.py` independently of fedsim's implementation."""
+    params = [torch.from_numpy(w).flatten() for w in client_weights]
+    optimizees = torch.tensor([math.log(n / sum(sizes)) for n in sizes] + [0.0], requires_grad=True)
+    optimizer = torch.optim.Adam([optimizees], lr=lr, betas=(0.5, 0.999))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.5)
+    for _ in range(epochs):
+        lam = torch.softmax(optimizees[:-1], 0)
+        flat = sum(torch.exp(optimizees[-1]) * lam[i] * params[i] for i in range(len(params)))
+        loss = torch.nn.functional.cross_entropy(x @ flat[:8].reshape(2, 4).T + flat[8:], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return float(torch.exp(optimizees[-1]).detach()), torch.softmax(optimizees[:-1], 0).detach().numpy()
+
+
+@pytest.mark.parametrize("epochs", [20, 45])
+def test_fedlaw_matches_the_reference_optimisation_with_its_step_schedule(epochs):
+    """gamma and lambda equal the reference loop's; above 20 epochs its StepLR(20, 0.5) changes them."""
+    grid = _grid(3)
+    generator = torch.Generator().manual_seed(1)
+    true_w = torch.randn(2, 4, generator=generator)
+    x = torch.randn(100, 4, generator=generator)
+    y = torch.where(torch.rand(100, generator=generator) < 0.25, 1 - (x @ true_w.T).argmax(1), (x @ true_w.T).argmax(1))
+    client_weights = [(4.0 * true_w + 0.5 * torch.randn(2, 4, generator=generator)).numpy() for _ in range(3)]
+    sizes = (10, 20, 30)
+    replies = _logreg_replies(grid, client_weights, sizes)
+    with_bias = [np.concatenate([w.ravel(), np.zeros(2, dtype=np.float32)]) for w in client_weights]
+    strategy = FedLAW(model=LogisticRegression([4], 2), proxy_data=(x, y), server_epochs=epochs, batch_size=100,
+                      dataset="digits", **_common())
+    assert strategy.server_lr == 0.005  # the reference's on every data set but CIFAR-10
+    strategy.aggregate_train(1, replies)
+    lam = np.array([strategy.client_weights[node] for node in grid.get_node_ids()])
+    gamma, reference_lam = _reference_fedlaw([w.reshape(-1) for w in with_bias], sizes, x, y, epochs, 0.005)
+    assert strategy.round_scalars["gamma"] == pytest.approx(gamma, rel=1e-5)
+    np.testing.assert_allclose(lam, reference_lam, rtol=1e-5)
+    if epochs > 20:  # without the schedule the last 25 epochs would move gamma further
+        unscheduled = FedLAW(model=LogisticRegression([4], 2), proxy_data=(x, y), server_epochs=epochs, batch_size=100,
+                             dataset="digits", lr_step_factor=1.0, **_common())
+        unscheduled.aggregate_train(1, replies)
+        assert abs(unscheduled.round_scalars["gamma"] - gamma) > 1e-3
+
+
+def test_fedlaw_server_lr_auto_is_the_references():
+    from fedsim.config import compose_experiment
+    from fedsim.strategies.fedlaw import reference_server_lr
+
+    assert (reference_server_lr("cifar10"), reference_server_lr("digits"), reference_server_lr(None)) == (0.01, 0.005, 0.005)
+    strategy = compose_experiment(["strategy=fedlaw", "dataset=cifar10"])["strategy"]
+    assert strategy["server_lr"] == "auto" and strategy["dataset"] == "cifar10"
+    assert (strategy["lr_step_epochs"], strategy["lr_step_factor"]) == (20, 0.5)
+
+
 def test_fedlaw_averages_buffers_with_fedavg_weights():
     grid = _grid(2)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -205,3 +260,40 @@ def test_fedlaw_averages_buffers_with_fedavg_weights():
     assert list(arrays.keys()) == names
     np.testing.assert_allclose(arrays["1.running_mean"].numpy(), [2.5, 2.5])  # (1*1 + 3*3) / 4, no gamma
     assert arrays["1.num_batches_tracked"].numpy() == 2  # rounded FedAvg mean of 1 and 3 -> 2.5 -> 2 (banker's)
+
+
+# --- the clients' optimiser under each strategy ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy, momentum, weight_decay, source", [
+    ("fedavg", 0.9, 0.0, "fedsim default"),  # McMahan et al. use plain SGD; fedsim keeps its own default (README)
+    ("fedprox", 0.0, 0.0, "paper"),  # flearn/optimizer/pgd.py: plain SGD plus the proximal term
+    ("feddisco", 0.9, 1e-5, "paper"),  # algorithms/client.py: SGD momentum 0.9, weight decay args.reg = 1e-5
+    ("fedlaw", 0.9, 5e-4, "paper"),  # utils.init_optimizer: SGD momentum 0.9, weight decay 5e-4
+    ("qffl", 0.0, 0.0, "paper"),  # qffedavg.py: plain gradient descent
+    ("fedce", 0.9, 0.0, "fedsim default"),  # the reference trains with Adam, which fedsim's clients do not offer
+])
+def test_client_optimizer_is_the_papers_and_reaches_the_clients(strategy, momentum, weight_decay, source):
+    from fedsim.config import compose_experiment
+    from fedsim.experiment import client_optimizer, experiment_record, train_settings
+
+    experiment = compose_experiment([f"strategy={strategy}", "client.lr=0.05"])
+    expected = {"name": "SGD", "lr": 0.05, "momentum": momentum, "weight_decay": weight_decay, "source": source}
+    assert client_optimizer(experiment) == expected
+    settings = train_settings(experiment, experiment_record(experiment))
+    assert (settings.lr, settings.momentum, settings.weight_decay) == (0.05, momentum, weight_decay)
+
+
+def test_client_optimizer_block_can_be_removed_or_changed():
+    from fedsim.config import compose_experiment, validate
+    from fedsim.errors import ConfigError
+    from fedsim.experiment import client_optimizer
+
+    removed = compose_experiment(["strategy=fedprox", "~strategy.client_optimizer", "client.momentum=0.5"])
+    assert client_optimizer(removed)["momentum"] == 0.5 and client_optimizer(removed)["source"] == "fedsim default"
+    changed = compose_experiment(["strategy=fedprox", "strategy.client_optimizer.momentum=0.3"])
+    assert client_optimizer(changed)["momentum"] == 0.3
+    qffl = compose_experiment(["strategy=qffl", "strategy.client_optimizer.momentum=0.3"])
+    assert client_optimizer(qffl)["momentum"] == 0.0  # q-FFL sends momentum 0 every round whatever the config
+    with pytest.raises(ConfigError, match="strategy.client_optimizer.momentum"):
+        validate(compose_experiment(["strategy=fedprox", "strategy.client_optimizer.momentum=1.0"]))

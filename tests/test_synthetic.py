@@ -64,3 +64,43 @@ def test_natural_split_keeps_ninety_percent_of_each_user_for_training():
         assert (ids == user).sum() == int(0.9 * size)
     assert len(data.test_arrays) == sum(sizes) - sum(int(0.9 * s) for s in sizes)
     assert data.input_shape == (60,) and data.num_classes == 10
+
+
+def _reference_draws(alpha: float, beta: float, iid: bool, num_users: int, seed: int):
+    """The reference scripts' sequence of global-numpy draws after np.random.seed(seed), restated step by step:
+    data/synthetic_iid/generate_iid.py (iid) and data/synthetic_*/generate_synthetic.py (non-IID) of litian96/FedProx."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        sizes = np.random.lognormal(4, 2, (num_users)).astype(int) + 50
+        cov_x = np.diag([np.power(j + 1, -1.2) for j in range(60)])
+        if iid:
+            W, b = np.random.normal(0, 1, (60, 10)), np.random.normal(0, 1, 10)
+            pairs = [(np.zeros(60), W, b) for _ in range(num_users)]
+        else:
+            mean_W = np.random.normal(0, alpha, num_users)
+            B = np.random.normal(0, beta, num_users)
+            mean_x = [np.random.normal(B[i], 1, 60) for i in range(num_users)]
+            pairs = []
+        out = []
+        for i in range(num_users):
+            if iid:
+                mean, W, b = pairs[i]
+            else:
+                mean = mean_x[i]
+                W = np.random.normal(mean_W[i], 1, (60, 10))
+                b = np.random.normal(mean_W[i], 1, 10)
+            xx = np.random.multivariate_normal(mean, cov_x, sizes[i])
+            out.append((xx, np.array([np.argmax(np.dot(row, W) + b) for row in xx])))
+        return out
+    finally:
+        np.random.set_state(state)
+
+
+@pytest.mark.parametrize(("alpha", "beta", "iid"), [(0.0, 0.0, True), (1.0, 1.0, False), (0.5, 0.5, False)])
+def test_draw_for_draw_with_the_reference_scripts(alpha, beta, iid):
+    features, labels = generate_synthetic(alpha, beta, iid=iid, num_users=6, seed=4)  # 52-268 rows a user
+    reference = _reference_draws(alpha, beta, iid, num_users=6, seed=4)
+    for x, y, (ref_x, ref_y) in zip(features, labels, reference, strict=True):
+        np.testing.assert_array_equal(x, ref_x.astype(np.float32))
+        np.testing.assert_array_equal(y, ref_y)

@@ -17,6 +17,7 @@ from ..partitions.report import HEATMAP_FILE
 from . import plots as compare_plots
 from .grid import Grid, GridPoint, expand, share_proxy_set, slug
 from .report import write_report
+from .setup import client_optimizer, optimizer_label, setup_table, strategy_table
 from .sweep import RunFunction, PointCallback, SweepResult, run_folder, run_sweep
 from .table import RunMetrics, Row, build_rows, load_run, write_tables
 
@@ -66,20 +67,28 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
     """Table (md, csv), plots and `report.html` from the finished run folders (a missing run is left out)."""
     out = Path(out)
     grid = plan_.grid
-    runs = {p: load_run(run_folder(out, p), target) for p in grid.points if (run_folder(out, p) / "summary.json").is_file()}
+    runs = {}
+    for point in grid.points:
+        if (run_folder(out, point) / "summary.json").is_file():
+            runs[point] = load_run(run_folder(out, point), target)
+            runs[point].seed = point.seed
     if not runs:
         raise FedsimError(f"no finished run under {out}")
-    rows = build_rows((p.strategy, p.setting_label, p.seed, m) for p, m in runs.items())
+    optimizers = {(p.strategy, p.setting_label): optimizer_label(client_optimizer(e))
+                  for p, e in zip(grid.points, plan_.experiments)}
+    rows = build_rows(((p.strategy, p.setting_label, p.seed, m) for p, m in runs.items()), optimizers)
     write_tables(rows, out, target)
     grouped = _by_setting(grid, runs)
     folder = out / PLOTS_FOLDER
-    plots = [(folder / compare_plots.CURVES_PLOT, "global test accuracy per round"),
-             (folder / compare_plots.CLIENTS_PLOT, "client accuracy, final round")]
+    plots = [(folder / compare_plots.CURVES_PLOT, "global test accuracy per round (mean over seeds, band = min–max)"),
+             (folder / compare_plots.CLIENTS_PLOT, "client accuracy, final round, all seeds pooled (same y range in "
+                                                   "every panel)")]
     compare_plots.plot_accuracy_curves(grouped, grid.strategies, plots[0][0])
     compare_plots.plot_client_distributions(grouped, grid.strategies, plots[1][0])
     if compare_plots.plot_weights(grouped, grid.strategies, folder / compare_plots.WEIGHTS_PLOT):
         unweighted = [s for s in grid.strategies if not any(m.weights for r in grouped.values() for m in r.get(s, []))]
-        caption = "aggregation weights of the strategies that report them" + (
+        caption = ("aggregation weights of the strategies that report them, for one seed per setting: client ids "
+                   "name different data in different seeds, so they are not averaged over seeds") + (
             f" ({', '.join(unweighted)} report no per-client weights)" if unweighted else "")
         plots.append((folder / compare_plots.WEIGHTS_PLOT, caption))
     partitions = _partition_heatmaps(grid, out, runs)
@@ -89,7 +98,9 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
             title = f"{point.strategy} · {point.setting_label} (seed={point.seed}; other seeds differ only in seed)"
             configs[title] = yaml.safe_dump(experiment, sort_keys=False)
     notes = [*grid.notes, f"{len(runs)} of {len(grid.points)} runs finished."]
-    return rows, write_report(out, command, rows, target, plots, partitions, configs, notes)
+    setup = setup_table(plan_.experiments)
+    strategies = strategy_table(grid.strategies, plan_.experiments, [p.strategy for p in grid.points])
+    return rows, write_report(out, command, rows, target, plots, partitions, configs, notes, setup, strategies)
 
 
 def _partition_heatmaps(grid: Grid, out: Path, runs: Mapping[GridPoint, RunMetrics]) -> dict[str, Path]:

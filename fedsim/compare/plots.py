@@ -56,12 +56,15 @@ def plot_accuracy_curves(runs: Runs, strategies: Sequence[str], path: Path) -> N
     save_figure(figure, path)
 
 
-def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path) -> None:
-    """Final-round accuracy of every client on its validation split, pooled over seeds, one box per strategy."""
+def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path) -> list[tuple[float, float]]:
+    """Final-round accuracy of every client on its validation split, pooled over seeds, one box per strategy; every
+    panel has the same y range, so settings compare by eye. Returns each panel's y limits."""
     colors = _colors(strategies)
     figure, axes = _panels(len(runs))
-    for axis, (setting, by_strategy) in zip(axes, runs.items()):
-        names = [s for s in strategies if by_strategy.get(s)]
+    panels = [(setting, [s for s in strategies if by_strategy.get(s)], by_strategy) for setting, by_strategy in runs.items()]
+    every = [a for _, names, by_strategy in panels for s in names for m in by_strategy[s] for a in m.client_accuracies]
+    low = max(-0.02, min(every, default=0.0) - 0.05)
+    for axis, (setting, names, by_strategy) in zip(axes, panels):
         data = [[a for m in by_strategy[s] for a in m.client_accuracies] for s in names]
         boxes = axis.boxplot(data, patch_artist=True, showmeans=True, widths=0.6)
         for patch, name in zip(boxes["boxes"], names):
@@ -73,38 +76,53 @@ def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path)
         axis.set_xticks(range(1, len(names) + 1), names)
         axis.set_title(setting, fontsize=9)
         axis.set_ylabel("client accuracy (final round)")
-        lowest = min((a for values in data for a in values), default=0.0)
-        axis.set_ylim(max(-0.02, lowest - 0.05), 1.02)
+        axis.set_ylim(low, 1.02)
         axis.grid(alpha=0.3, axis="y")
-    figure.suptitle("client accuracy distribution, all seeds pooled (triangle = mean)", fontsize=10)
+    figure.suptitle("client accuracy distribution, all seeds pooled (triangle = mean; same y range in every panel)",
+                    fontsize=10)
+    limits = [tuple(float(v) for v in axis.get_ylim()) for axis in axes]
     save_figure(figure, path)
+    return limits  # type: ignore[return-value]
 
 
-def plot_weights(runs: Runs, strategies: Sequence[str], path: Path) -> bool:
-    """Each weighting strategy's aggregation weight per client and round (mean over seeds) as a heatmap; False when
-    no strategy reports weights (nothing is written)."""
-    panels = [(strategy, setting, by_strategy[strategy]) for strategy in strategies for setting, by_strategy in runs.items()
-              if any(m.weights for m in by_strategy.get(strategy, []))]
+# (strategy, setting, seed, weight per client row and round column; NaN = not sampled) of each panel drawn
+WeightPanel = tuple[str, str, "int | None", list[list[float]]]
+
+
+def plot_weights(runs: Runs, strategies: Sequence[str], path: Path) -> list[WeightPanel]:
+    """Each weighting strategy's aggregation weight per client and round as a heatmap, for ONE seed per setting:
+    "client 3" is a different slice of data in every seed (the partition depends on it), so weights are never
+    averaged over seeds. Every panel shares one colour scale. Returns the panels drawn: none (and no file) when no
+    strategy reports weights."""
+    panels = []
+    for strategy in strategies:
+        for setting, by_strategy in runs.items():
+            found = [m for m in by_strategy.get(strategy, []) if m.weights]
+            if found:
+                panels.append((strategy, setting, found[0].seed, found[0]))
     if not panels:
-        return False
-    settings = len({setting for _, setting, _ in panels})
+        return []
+    drawn: list[WeightPanel] = []
+    settings = len({setting for _, setting, _, _ in panels})
+    top = max(w for *_, m in panels for row in m.weights.values() for w in row.values())
     figure, axes = _panels(len(panels), width=5.0, height=3.4, columns=settings if settings <= 4 else 3)  # a row per strategy
-    for axis, (strategy, setting, seeds) in zip(axes, panels):
-        rounds = sorted({r for m in seeds for r in m.weights})
-        clients = sorted({c for m in seeds for w in m.weights.values() for c in w})
+    for axis, (strategy, setting, seed, metrics) in zip(axes, panels):
+        rounds = sorted(metrics.weights)
+        clients = sorted({c for w in metrics.weights.values() for c in w})
         grid = np.full((len(clients), len(rounds)), np.nan)
         for j, r in enumerate(rounds):
             for i, c in enumerate(clients):
-                values = [m.weights[r][c] for m in seeds if c in m.weights.get(r, {})]
-                if values:
-                    grid[i, j] = float(np.mean(values))
-        image = axis.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
+                if c in metrics.weights[r]:
+                    grid[i, j] = metrics.weights[r][c]
+        drawn.append((strategy, setting, seed, grid.tolist()))
+        image = axis.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=top,
                             extent=(rounds[0] - 0.5, rounds[-1] + 0.5, clients[-1] + 0.5, clients[0] - 0.5))
         figure.colorbar(image, ax=axis, label="weight")
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axis.set_title(f"{strategy} · {setting}", fontsize=9)
+        axis.set_title(f"{strategy} · {setting} · seed={seed}", fontsize=9)
         axis.set_xlabel("round")
         axis.set_ylabel("client")
-    figure.suptitle("aggregation weight per client and round (mean over seeds; blank = not sampled)", fontsize=10)
+    figure.suptitle("aggregation weight per client and round, one seed (client ids differ between seeds); one colour "
+                    "scale; blank = not sampled", fontsize=10)
     save_figure(figure, path)
-    return True
+    return drawn

@@ -1,5 +1,6 @@
-"""`report.html`: one self-contained file (images as base64 data URIs) with the table, the plots, the exact command
-and the composed configs, so it can be mailed or archived without its folder."""
+"""`report.html`: one self-contained file (images as base64 data URIs) that states what a paper's results table
+states: the setup, each strategy's hyper-parameters and client optimiser, the table with what its uncertainty is,
+the plots, the exact command and the composed configs. It can be mailed or archived without its folder."""
 
 from __future__ import annotations
 
@@ -9,20 +10,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..results import write_atomic
-from .table import COLUMNS, MISSING_NOTE, TIE, TIE_NOTE, Row
+from .setup import StrategySetup
+from .table import TIE, WARNING, Row, headers, legend, optimizer_warning, table_cells, visible_columns
 
 REPORT_FILE = "report.html"
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.best { font-weight: bold; background: #e6f4e6; }
-tr.first td { border-top: 2px solid #888; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1340px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+span.nb { white-space: nowrap; }
+td.best { font-weight: bold; background: #c8ebc8; }
+td.best.tie { background: #eef7ee; }
+tr.setting th { text-align: left; background: #e4e8f0; }
+td.warn { background: #fff1c7; }
+.warning { background: #fff1c7; border: 1px solid #e0b400; padding: 0.6em 1em; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
-.note { color: #555; font-size: 13px; }
+.note, ul.legend { color: #444; font-size: 13px; }
 figure { margin: 1em 0; } figcaption { font-size: 13px; color: #444; }
 """
 
@@ -31,21 +38,53 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def _table(rows: Sequence[Row]) -> str:
-    headers = ["strategy", "setting", "seeds"] + [column.title for column in COLUMNS]
-    lines = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
+def _comparison(rows: Sequence[Row]) -> str:
+    """The results table, one header row per setting; best cells are green (pale when `≈`)."""
+    columns = visible_columns(rows, compact=True)
+    titles = ["strategy", "seeds", *headers(rows, columns), "client optimiser"]
+    lines = ['<table id="comparison">', "<tr>" + "".join(f"<th>{html.escape(t)}</th>" for t in titles) + "</tr>"]
     previous = None
     for row in rows:
-        first = previous is not None and row.setting != previous
-        previous = row.setting
-        cells = [f"<td>{html.escape(row.strategy)}</td>", f"<td>{html.escape(row.setting)}</td>",
-                 f"<td class=\"num\">{len(row.seeds)}</td>"]
-        for column in COLUMNS:
-            cell = row.cells[column.key]
-            text = html.escape(cell.text(column.digits) + (f" {TIE}" if cell.tie else ""))
-            cells.append(f"<td class=\"num{' best' if cell.best else ''}\">{text}</td>")
-        opening = '<tr class="first">' if first else "<tr>"
-        lines.append(opening + "".join(cells) + "</tr>")
+        if row.setting != previous:
+            lines.append(f'<tr class="setting"><th colspan="{len(titles)}">{html.escape(row.setting)}</th></tr>')
+            previous = row.setting
+        cells = [f"<td>{html.escape(row.strategy)}</td>", f'<td class="num">{len(row.seeds)}</td>']
+        for text, best in table_cells(row, columns):
+            classes = "num" + (" best" if best else "") + (" tie" if best and text.endswith(TIE) else "")
+            cells.append(f'<td class="{classes}">{_number(text)}</td>')
+        optimizer = (f"{WARNING} " if row.optimizer_differs else "") + (row.optimizer or "—")
+        cells.append(f'<td class="{"warn" if row.optimizer_differs else ""}">{html.escape(optimizer)}</td>')
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _number(text: str) -> str:
+    """`0.838 ± 0.051 ≈` as two unbreakable halves, so a wide table wraps at the ± instead of running off the page."""
+    mean, sep, rest = text.partition(" ± ")
+    if not sep:
+        return f'<span class="nb">{html.escape(text)}</span>'
+    return f'<span class="nb">{html.escape(mean)}</span> <span class="nb">± {html.escape(rest)}</span>'
+
+
+def _setup(setup: Sequence[tuple[str, str]]) -> str:
+    lines = ['<table id="setup">']
+    lines += [f"<tr><th>{html.escape(item)}</th><td>{html.escape(value)}</td></tr>" for item, value in setup]
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _strategies(strategies: Sequence[StrategySetup]) -> str:
+    differ = len({tuple(s.optimizers) for s in strategies}) > 1
+    lines = ['<table id="strategies">', "<tr><th>strategy</th><th>class</th><th>hyper-parameters</th>"
+             "<th>client optimiser</th><th>optimiser chosen by</th></tr>"]
+    for s in strategies:
+        optimizer = (f"{WARNING} " if differ else "") + " | ".join(s.optimizers)
+        lines.append(
+            f"<tr><td>{html.escape(s.strategy)}</td><td>{html.escape(s.target)}</td>"
+            f"<td>{'<br>'.join(html.escape(h) for h in s.hyperparameters)}</td>"
+            f'<td class="{"warn" if differ else ""}">{html.escape(optimizer)}</td>'
+            f"<td>{html.escape(' | '.join(s.sources) or '—')}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -64,28 +103,34 @@ def write_report(
     partitions: Mapping[str, Path],
     configs: Mapping[str, str],
     notes: Sequence[str] = (),
+    setup: Sequence[tuple[str, str]] = (),
+    strategies: Sequence[StrategySetup] = (),
 ) -> Path:
     """Write `out/report.html`; `plots` are (PNG, caption), `partitions` setting label -> heatmap PNG, `configs`
-    title -> composed config as YAML."""
+    title -> composed config as YAML, `setup` (item, value) of the grid, `strategies` their hyper-parameters."""
     parts = [
         "<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<title>fedsim strategy comparison</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>fedsim strategy comparison</h1>",
-        "<h2>Command</h2>", f"<pre>{html.escape(command)}</pre>",
     ]
+    warning = optimizer_warning(rows)
+    if warning:
+        parts.append(f'<p class="warning" id="optimizer-warning">{html.escape(warning)}</p>')
     parts += [f"<p class=\"note\">{html.escape(note)}</p>" for note in notes]
-    parts += [
-        "<h2>Comparison</h2>", _table(rows),
-        f"<p class=\"note\">Mean ± population std over seeds. Rounds to target: first round whose global test accuracy "
-        f"is ≥ {target:g}, averaged over the seeds that reached it; {html.escape(MISSING_NOTE)}. Bold: best of its setting. {html.escape(TIE_NOTE)}. "
-        "Worst-10% and std of client accuracy: the final model on every client's validation split.</p>",
-        "<h2>Plots</h2>",
-    ]
+    if setup:
+        parts += ["<h2>Setup</h2>", _setup(setup)]
+    if strategies:
+        parts += ["<h2>Strategies</h2>", _strategies(strategies)]
+    parts += ["<h2>Results</h2>", _comparison(rows), '<ul class="legend">']
+    parts += [f"<li>{html.escape(note)}</li>" for note in legend(rows, target, compact=True)]
+    parts.append("<li>comparison.md and comparison.csv beside this report also give the best accuracy of any round "
+                 "and the std of client accuracy; the csv gives stds, interval half-widths and n per cell.</li>")
+    parts += ["</ul>", "<h2>Plots</h2>"]
     parts += [_figure(path, caption) for path, caption in plots]
     if partitions:
         parts.append("<h2>Partitions</h2>")
         parts += [_figure(path, f"label counts per client · {setting}") for setting, path in partitions.items()]
-    parts.append("<h2>Composed configs</h2>")
+    parts += ["<h2>Command</h2>", f"<pre>{html.escape(command)}</pre>", "<h2>Composed configs</h2>"]
     for title, text in configs.items():
         parts.append(f"<details><summary>{html.escape(title)}</summary><pre>{html.escape(text)}</pre></details>")
     parts.append("</body></html>")

@@ -1,6 +1,7 @@
 """Running the grid resumably: a run whose folder holds a complete `summary.json` for the same config is skipped;
 a run that was interrupted after a checkpoint (`checkpoint.pt`, same config) continues from it; any other folder
-is cleared and run from scratch.
+is cleared and run from scratch, and so is one whose checkpoint cannot be read (a disk that filled up, a copy cut
+short): one broken point costs its own rounds, never the rest of the sweep.
 
 `summary.json` is the last file a run writes with meaning (atomically, with `complete: true`), so a sweep killed
 half way keeps every finished run and loses only the one in flight.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint import CHECKPOINT_FILE
+from .. import checkpoint as checkpoint_module
+from ..checkpoint import CHECKPOINT_FILE, CheckpointError
 from ..config import resolve_auto_values
 from ..errors import FedsimError
 from ..results import CONFIG_FILE, SUMMARY_FILE
@@ -57,6 +60,15 @@ def is_complete(folder: Path, experiment: Mapping[str, Any] | None = None) -> bo
 def can_resume(folder: Path, experiment: Mapping[str, Any]) -> bool:
     """Whether `folder` holds an interrupted run of `experiment` with a checkpoint to continue from."""
     return (Path(folder) / CHECKPOINT_FILE).exists() and _same_config(folder, experiment)
+
+
+def _checkpoint_problem(folder: Path) -> CheckpointError | None:
+    """Load the checkpoint before resuming from it, so that a broken one is found before a run starts on it."""
+    try:
+        checkpoint_module.load_checkpoint(folder)
+    except CheckpointError as error:
+        return error
+    return None
 
 
 def _same_config(folder: Path, experiment: Mapping[str, Any]) -> bool:
@@ -116,12 +128,29 @@ def _run_points(points: Sequence[GridPoint], experiments: Sequence[Mapping[str, 
         folder = run_folder(out, point)
         started = time.perf_counter()
         choices = {**describe_choices(experiment), "strategy": point.strategy}
+        resumed = False
         if can_resume(folder, experiment):  # killed after a checkpoint: go on from there
-            run(experiment, folder, choices, show_progress, resume=True)
-        else:
+            problem = _checkpoint_problem(folder)
+            if problem is None:
+                try:
+                    run(experiment, folder, choices, show_progress, resume=True)
+                    resumed = True
+                except CheckpointError as error:  # what the run's own loader refuses
+                    problem = error
+            if problem is not None:
+                _warn_broken(folder, problem)
+        if not resumed:
             if folder.exists():
-                shutil.rmtree(folder)  # a partial run without a checkpoint: start again from nothing
+                shutil.rmtree(folder)  # a partial run without a (readable) checkpoint: start again from nothing
             run(experiment, folder, choices, show_progress)
         if on_point is not None:
             on_point(point, index, len(todo), time.perf_counter() - started, False)
     return SweepResult([p for p, _ in todo], skipped)
+
+
+def _warn_broken(folder: Path, error: CheckpointError) -> None:
+    """One line: which checkpoint, what is wrong with it (CheckpointError's advice to delete it is what happens)."""
+    problem = str(error).splitlines()[0].split(": delete it", 1)[0] if str(error) else ""
+    if str(folder) not in problem:
+        problem = f"{folder / CHECKPOINT_FILE} cannot be read" + (f" ({problem})" if problem else "")
+    logging.getLogger("fedsim").warning("%s; running this grid point again from scratch", problem)

@@ -1,7 +1,13 @@
-"""The comparison table: one row per strategy × setting, mean ± std over seeds, the best cell of each column marked
-within a setting, and a `≈` where the runner-up is closer than the seed spread.
+"""The comparison table: one row per strategy × setting, mean and Student-t 95% interval over seeds, a paired
+per-seed difference against the first strategy, the best cell of each column marked within a setting, and `≈`
+where that best is not significantly better than the runner-up.
 
-Stds are population stds over seeds (`statistics.pstdev`), as in the bench scripts.
+What a cell says, so that a reader can trust it at a glance:
+- `±` is a 95% confidence interval over seeds (`stats.CI_NOTE`), not a std; with one seed there is none.
+- A best cell is only a win when a paired t-test over the seeds says so; otherwise it carries `≈`. Cells equal at
+  the precision shown are all best and all `≈`.
+- Seconds per round are the median over rounds 2…R (round 1 carries the process's warm-up, which only the first
+  run of a sweep pays) and are never marked best: they depend on the machine and on what else ran on it.
 """
 
 from __future__ import annotations
@@ -10,24 +16,23 @@ import csv
 import io
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.table import Table
 
-from ..results import METRICS_FILE, SUMMARY_FILE, write_atomic
+from ..results import METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
+from .stats import CI_NOTE, Interval, difference, mean_interval, paired_difference
 
 TABLE_MD = "comparison.md"
 TABLE_CSV = "comparison.csv"
+LAST_K = 5  # rounds averaged for "last-k mean acc", as papers report a mean of the last rounds beside the final one
 TIE = "≈"
-TIE_NOTE = f"{TIE}: the runner-up is within the seed spread (|Δ mean| < the larger of the two stds)"
+TIE_NOTE = (f"{TIE}: not significantly better than the runner-up (paired t-test over seeds, 95%), or equal at the "
+            "precision shown; with one seed every best is ≈")
 MISSING_NOTE = "(k/n ✗): k of the n seeds never reached the target"
-
-
-def mean_std(values: Sequence[float], digits: int = 3) -> str:
-    """`mean ± population std` of `values`."""
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
+WARNING = "⚠"
 
 
 @dataclass
@@ -43,13 +48,31 @@ class RunMetrics:
     curve: list[tuple[int, float]]  # (round, global test accuracy), round 0 = initial model
     client_accuracies: list[float]  # final round, per client
     weights: dict[int, dict[int, float]] = field(default_factory=dict)  # round -> client -> aggregation weight
+    last_k_accuracy: float | None = None  # mean global test accuracy over the last `last_k` trained rounds
+    last_k: int = 0
+    final_loss: float | None = None  # global test loss of the final model
+    jain: float | None = None  # Jain's index of the final client accuracies (1 = all equal)
+    test_spd: float | None = None  # |statistical parity difference| of the final model on the test split
+    test_eod: float | None = None  # |equal opportunity difference|, same
+    seed: int | None = None
 
 
 def _float(text: str | None) -> float | None:
     return float(text) if text not in (None, "") else None
 
 
-def load_run(folder: Path, target: float) -> RunMetrics:
+def _abs(value: object) -> float | None:
+    return None if value is None else abs(float(value))  # type: ignore[arg-type]
+
+
+def round_seconds(rows: Sequence[Mapping[str, str]]) -> float | None:
+    """Median seconds of rounds 2…R (round 0 is setup, round 1 the warm-up); round 1 alone when it is the only one."""
+    timed = [(int(row["round"]), float(row["round_seconds"])) for row in rows if row.get("round_seconds")]
+    steady = [s for r, s in timed if r >= 2] or [s for r, s in timed if r == 1]
+    return statistics.median(steady) if steady else None
+
+
+def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
     """Read `summary.json` and `metrics.csv` of a finished run."""
     folder = Path(folder)
     summary = json.loads((folder / SUMMARY_FILE).read_text())
@@ -58,7 +81,7 @@ def load_run(folder: Path, target: float) -> RunMetrics:
     curve = [(int(row["round"]), float(row["test_accuracy"])) for row in rows]
     reached = [r for r, accuracy in curve if r > 0 and accuracy >= target]
     trained = [row for row in rows if int(row["round"]) > 0] or rows
-    seconds = [float(row["round_seconds"]) for row in trained if row.get("round_seconds")]
+    seconds = round_seconds(rows)
     if "final_client_accuracy" in summary:
         clients = [float(v) for v in summary["final_client_accuracy"].values()]
     else:  # runs from before the summary listed them: the last round's client evaluation
@@ -69,16 +92,26 @@ def load_run(folder: Path, target: float) -> RunMetrics:
         if found:
             weights[int(row["round"])] = found
     stats = summary.get("client_accuracy", {})
+    tail = [float(row["test_accuracy"]) for row in trained[-last_k:]]
+    fairness = summary.get("fairness") or {}
+    loss = summary.get("final_loss", _float(rows[-1].get("test_loss")))
     return RunMetrics(
         final_accuracy=float(summary["final_accuracy"]),
         best_accuracy=float(summary["best_accuracy"]),
         worst10=stats.get("worst10"),
         client_std=stats.get("std"),
         rounds_to_target=reached[0] if reached else None,
-        seconds_per_round=statistics.mean(seconds) if seconds else float(summary["wall_seconds"]) / max(1, len(trained)),
+        seconds_per_round=seconds if seconds is not None else float(summary["wall_seconds"]) / max(1, len(trained)),
         curve=curve,
         client_accuracies=clients,
         weights=weights,
+        last_k_accuracy=statistics.fmean(tail) if tail else None,
+        last_k=len(tail),
+        final_loss=None if loss is None else float(loss),
+        jain=stats.get("jain", jain_index(clients) if clients else None),
+        test_spd=_abs(fairness.get("test_spd")),
+        test_eod=_abs(fairness.get("test_eod")),
+        seed=None if summary.get("seed") is None else int(summary["seed"]),
     )
 
 
@@ -88,35 +121,61 @@ class Column:
     title: str
     higher_is_better: bool
     digits: int = 3
+    ranked: bool = True  # marked best / ≈ within a setting
+    optional: bool = False  # shown only when some run has a value (group fairness needs a sensitive attribute)
+    compact: bool = True  # in the report's table (comparison.md and .csv have every column)
+    terminal: bool = True  # in the table printed at the end of `fedsim compare` (a compact column may still be left out)
+    short: str = ""  # its header there
 
 
 COLUMNS = (
-    Column("final_accuracy", "final acc", True),
-    Column("best_accuracy", "best acc", True),
-    Column("worst10", "worst-10% client acc", True),
-    Column("client_std", "client acc std", False),
-    Column("rounds_to_target", "rounds to target", False, 1),
-    Column("seconds_per_round", "s / round", False, 2),
+    Column("final_accuracy", "final acc", True, short="final acc"),
+    Column("last_k_accuracy", "mean acc, last {k} rounds", True, short="last-{k} acc"),
+    Column("best_accuracy", "best acc (any round)", True, compact=False),
+    Column("final_loss", "test loss", False, terminal=False),
+    Column("worst10", "worst-10% client acc", True, short="worst-10%"),
+    Column("client_std", "client acc std", False, compact=False),
+    Column("jain", "Jain's index (client acc)", True, short="Jain"),
+    Column("test_spd", "|SPD| (test)", False, optional=True, short="|SPD|"),
+    Column("test_eod", "|EOD| (test)", False, optional=True, short="|EOD|"),
+    Column("rounds_to_target", "rounds to target", False, 1, short="rounds→target"),
+    Column("seconds_per_round", "s / round", False, 2, ranked=False, terminal=False),
 )
+DELTA_KEY = "final_accuracy"  # the paired difference against the baseline strategy is of this column
 
 
 @dataclass
 class Cell:
-    values: list[float]  # over the seeds that have a value (for rounds to target: the seeds that reached it)
+    by_seed: dict[int, float]  # over the seeds that have a value (for rounds to target: the seeds that reached it)
     missing: int = 0  # seeds without a value (target not reached)
     best: bool = False
-    tie: bool = False  # best, but the runner-up is within the seed spread
+    tie: bool = False  # best, but not significantly better than the runner-up (or equal to it as shown)
+
+    @property
+    def values(self) -> list[float]:
+        return list(self.by_seed.values())
+
+    @property
+    def interval(self) -> Interval | None:
+        return mean_interval(self.values) if self.values else None
 
     @property
     def mean(self) -> float | None:
-        return statistics.mean(self.values) if self.values else None
+        return statistics.fmean(self.values) if self.values else None
 
     @property
     def std(self) -> float | None:
-        return statistics.pstdev(self.values) if self.values else None
+        """Sample std over seeds (n−1); None below two seeds."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     def text(self, digits: int) -> str:
-        shown = mean_std(self.values, digits) if self.values else "—"
+        interval = self.interval
+        if interval is None:
+            shown = "—"
+        elif interval.half_width is None:
+            shown = f"{interval.mean:.{digits}f}"
+        else:
+            shown = f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
         if self.missing:
             shown += f" ({self.missing}/{self.missing + len(self.values)} ✗)"
         return shown
@@ -128,10 +187,29 @@ class Row:
     setting: str
     seeds: list[int]
     cells: dict[str, Cell]
+    baseline: str = ""  # the strategy `delta` is measured against (the setting's first); == strategy for itself
+    delta: Interval | None = None  # paired per-seed difference of final acc against the baseline
+    optimizer: str = ""  # the client optimiser its runs used
+    optimizer_differs: bool = False  # another strategy of the same setting runs another client optimiser
+    last_k: int = LAST_K  # rounds its last-k mean averaged (fewer only when its runs had fewer rounds)
+
+    def delta_text(self, digits: int = 3) -> str:
+        if self.baseline == self.strategy:
+            return "baseline"
+        if self.delta is None:
+            return "—"
+        shown = f"{self.delta.mean:+.{digits}f}"
+        if self.delta.half_width is not None:
+            shown += f" ± {self.delta.half_width:.{digits}f}"
+            if self.delta.excludes_zero:
+                shown += " *"
+        return shown + ("" if self.delta.n == len(self.seeds) else f" (n={self.delta.n})")
 
 
-def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]]) -> list[Row]:
-    """Rows in order of first appearance of (strategy, setting); `runs` holds (strategy, setting, seed, metrics)."""
+def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]], optimizers: Mapping[tuple[str, str], str] | None = None
+               ) -> list[Row]:
+    """Rows in order of first appearance of (strategy, setting); `runs` holds (strategy, setting, seed, metrics),
+    `optimizers` the client optimiser label of each (strategy, setting)."""
     grouped: dict[tuple[str, str], list[tuple[int, RunMetrics]]] = {}
     for strategy, setting, seed, metrics in runs:
         grouped.setdefault((strategy, setting), []).append((seed, metrics))
@@ -139,88 +217,220 @@ def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]]) -> list[Row]:
     for (strategy, setting), entries in grouped.items():
         cells = {}
         for column in COLUMNS:
-            values = [getattr(m, column.key) for _, m in entries]
-            present = [float(v) for v in values if v is not None]
+            values = {seed: getattr(m, column.key) for seed, m in entries}
+            present = {seed: float(v) for seed, v in values.items() if v is not None}
             cells[column.key] = Cell(present, missing=len(values) - len(present))
-        rows.append(Row(strategy, setting, [seed for seed, _ in entries], cells))
+        label = (optimizers or {}).get((strategy, setting), "")
+        rows.append(Row(strategy, setting, [seed for seed, _ in entries], cells, optimizer=label,
+                        last_k=max(m.last_k for _, m in entries) or LAST_K))
+    for setting in dict.fromkeys(row.setting for row in rows):
+        group = [row for row in rows if row.setting == setting]
+        baseline = group[0]
+        for row in group:
+            row.baseline = baseline.strategy
+            if row is not baseline:
+                row.delta = paired_difference(row.cells[DELTA_KEY].by_seed, baseline.cells[DELTA_KEY].by_seed)
+        labels = {row.optimizer for row in group if row.optimizer}
+        for row in group:
+            row.optimizer_differs = len(labels) > 1
     mark_best(rows)
     return rows
 
 
+def _shown(cell: Cell, column: Column) -> tuple[int, str]:
+    return cell.missing, f"{cell.mean:.{column.digits}f}"
+
+
 def mark_best(rows: Sequence[Row]) -> None:
-    """Per setting and column: mark the best cell, and a tie when the runner-up is within the seed spread. For rounds
-    to target, fewer seeds that never reached the target come first."""
+    """Per setting and ranked column: mark the best cell (every cell equal to it as shown, with `≈`), and `≈` on a
+    lone best unless a t-test over seeds (paired) says it beats the runner-up. For rounds to target, fewer seeds
+    that never reached the target come first."""
     for setting in dict.fromkeys(row.setting for row in rows):
         group = [row for row in rows if row.setting == setting]
         for column in COLUMNS:
+            if not column.ranked:
+                continue
             cells = [row.cells[column.key] for row in group if row.cells[column.key].values]
-            sign = -1.0 if column.higher_is_better else 1.0
-            cells.sort(key=lambda cell: (cell.missing, sign * cell.mean))
             if not cells:
                 continue
-            best = cells[0]
-            best.best = True
-            if len(cells) > 1:
-                runner = cells[1]
-                spread = max(best.std or 0.0, runner.std or 0.0)
-                best.tie = runner.missing == best.missing and abs(best.mean - runner.mean) < spread
+            sign = -1.0 if column.higher_is_better else 1.0
+            cells.sort(key=lambda cell: (cell.missing, sign * cell.mean))
+            equal = [cell for cell in cells if _shown(cell, column) == _shown(cells[0], column)]
+            for cell in equal:
+                cell.best, cell.tie = True, len(equal) > 1
+            if len(equal) == 1 and len(cells) > 1:
+                best, runner = cells[0], cells[1]
+                if runner.missing == best.missing:
+                    best.tie = not difference(best.by_seed, runner.by_seed).excludes_zero
 
 
-def _headers() -> list[str]:
-    return ["strategy", "setting", "seeds"] + [column.title for column in COLUMNS]
+def visible_columns(rows: Sequence[Row], compact: bool = False) -> list[Column]:
+    """The columns worth showing: optional ones only when a run has a value; the terminal and the report get the
+    compact set, which fits a screen's width."""
+    return [c for c in COLUMNS if (not c.optional or any(row.cells[c.key].values for row in rows))
+            and (c.compact or not compact)]
+
+
+def column_title(column: Column, rows: Sequence[Row], short: bool = False) -> str:
+    title = column.short if short and column.short else column.title
+    return title.format(k=max((row.last_k for row in rows), default=LAST_K))
+
+
+def delta_title(rows: Sequence[Row], short: bool = False) -> str:
+    baselines = " / ".join(dict.fromkeys(row.baseline for row in rows)) or "first"
+    return f"Δ vs {baselines}" if short else f"Δ final acc vs {baselines} (paired)"
+
+
+def optimizer_warning(rows: Sequence[Row]) -> str | None:
+    """One line when, in some setting, the strategies compared run different client optimisers."""
+    for setting in dict.fromkeys(row.setting for row in rows):
+        group = [row for row in rows if row.setting == setting and row.optimizer]
+        if len({row.optimizer for row in group}) > 1:
+            listed = "; ".join(f"{row.strategy}: {row.optimizer}" for row in group)
+            return (f"{WARNING} The strategies run different client optimisers, so their differences are partly the "
+                    f"optimiser's ({listed}).")
+    return None
+
+
+def legend(rows: Sequence[Row], target: float, compact: bool = False) -> list[str]:
+    """What every number of the table is, one sentence each (under the Markdown and the report's table)."""
+    columns = {column.key for column in visible_columns(rows, compact)}
+    k = max((row.last_k for row in rows), default=LAST_K)
+    seeds = max((len(row.seeds) for row in rows), default=0)
+    notes = [
+        f"Mean over seeds; {CI_NOTE}." + (" One seed: no interval, and no win is significant." if seeds < 2 else ""),
+        f"{delta_title(rows)}: the mean of the per-seed differences of final accuracy to the setting's first strategy "
+        "(for one seed both see the same partition, initial model and client sampling) ± its 95% t interval; "
+        "* = the interval excludes 0.",
+        f"Bold: best of its setting. {TIE_NOTE}.",
+        f"Mean acc, last {k} rounds: global test accuracy averaged over the last {k} rounds, steadier than the final "
+        "round alone." + ("" if "best_accuracy" not in columns else
+                          " Best acc (any round): the peak over rounds, picked on the test set, so optimistic."),
+        "Client columns: the final model on every client's validation split; Jain's index (Σa)²/(n·Σa²) of the "
+        "client accuracies is 1 when all clients are equally served.",
+    ]
+    if columns & {"test_spd", "test_eod"}:
+        notes.append("|SPD|, |EOD|: statistical parity and equal opportunity differences of the final global model on "
+                     "the test split between the sensitive groups (0 = parity).")
+    notes += [
+        f"Rounds to target: first round whose global test accuracy is ≥ {target:g}, averaged over the seeds that "
+        f"reached it; {MISSING_NOTE}.",
+        "s / round: median over rounds 2…R (round 1 carries the process warm-up, which only the first run of a sweep "
+        "pays); not ranked, as it depends on the machine and what else ran on it.",
+    ]
+    warning = optimizer_warning(rows)
+    if warning:
+        notes.append(warning)
+    return notes
+
+
+def _cell_text(cell: Cell, column: Column) -> str:
+    return cell.text(column.digits) + (f" {TIE}" if cell.tie else "")
+
+
+def table_cells(row: Row, columns: Sequence[Column]) -> list[tuple[str, bool]]:
+    """(text, best) of the row's metric cells, with the paired Δ after final accuracy."""
+    cells = []
+    for column in columns:
+        cell = row.cells[column.key]
+        cells.append((_cell_text(cell, column), cell.best))
+        if column.key == DELTA_KEY:
+            cells.append((row.delta_text(column.digits), False))
+    return cells
+
+
+def headers(rows: Sequence[Row], columns: Sequence[Column], short: bool = False) -> list[str]:
+    titles = []
+    for column in columns:
+        titles.append(column_title(column, rows, short))
+        if column.key == DELTA_KEY:
+            titles.append(delta_title(rows, short))
+    return titles
+
+
+def _optimizer_text(row: Row) -> str:
+    return (f"{WARNING} " if row.optimizer_differs else "") + (row.optimizer or "—")
+
+
+TERMINAL_NOTE = (f"mean ± 95% t-interval over seeds · Δ: paired per-seed difference of final acc, * = its interval excludes 0 · "
+                 f"bold: best of its setting, {TIE} = not significantly better than the runner-up · legend, test loss, "
+                 f"seconds per round and every other column: {TABLE_MD}, report.html")
 
 
 def rich_table(rows: Sequence[Row], target: float, title: str = "strategy comparison") -> Table:
-    table = Table(title=title, header_style="bold",
-                  caption=f"mean ± std over seeds · rounds to target: first round with global test accuracy ≥ {target:g}"
-                          f" · {MISSING_NOTE} · bold: best in its setting · {TIE_NOTE}")
-    for index, header in enumerate(_headers()):
-        table.add_column(header, justify="left" if index < 2 else "right", no_wrap=index < 2)
+    """The table printed at the end of a sweep: the main columns, cells never wrapped (headers are) and a short
+    legend; a strategy whose client optimiser differs from the others' is marked ⚠ and the legend names every
+    strategy's (the files carry everything)."""
+    columns = [c for c in visible_columns(rows, compact=True) if c.terminal]
+    warning = optimizer_warning(rows)
+    caption = TERMINAL_NOTE + (f"\n[yellow]{warning}[/]" if warning else "")
+    table = Table(title=title, header_style="bold", caption=caption, caption_justify="left")
+    body = [[(row.strategy + (f" {WARNING}" if row.optimizer_differs else ""), False), (row.setting, False),
+             (str(len(row.seeds)), False), *table_cells(row, columns)] for row in rows]
+    titles = ["strategy", "setting", "seeds", *headers(rows, columns, short=True)]
+    for index, header in enumerate(titles):
+        table.add_column(header, justify="left" if index < 2 else "right",
+                         min_width=max(len(line[index][0]) for line in body))
     previous = None
-    for row in rows:
+    for row, line in zip(rows, body):
         if previous is not None and row.setting != previous:
             table.add_section()
         previous = row.setting
-        cells = []
-        for column in COLUMNS:
-            cell = row.cells[column.key]
-            text = cell.text(column.digits) + (f" {TIE}" if cell.tie else "")
-            cells.append(f"[bold green]{text}[/]" if cell.best else text)
-        table.add_row(row.strategy, row.setting, str(len(row.seeds)), *cells)
+        shown = [f"[bold green]{text}[/]" if best else text for text, best in line]
+        if row.optimizer_differs:
+            shown[0] = f"[yellow]{shown[0]}[/]"
+        table.add_row(*shown)
     return table
 
 
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare | would end the Markdown cell (|SPD|)
+
+
 def markdown_table(rows: Sequence[Row], target: float) -> str:
-    lines = ["| " + " | ".join(_headers()) + " |", "|" + "---|" * 2 + "---:|" * (1 + len(COLUMNS))]
+    columns = visible_columns(rows)
+    titles = ["strategy", "setting", "seeds", *headers(rows, columns), "client optimiser"]
+    lines = ["| " + " | ".join(_md(t) for t in titles) + " |", "|" + "---|" * 2 + "---:|" * (len(titles) - 3) + "---|"]
     for row in rows:
         cells = []
-        for column in COLUMNS:
-            cell = row.cells[column.key]
-            text = cell.text(column.digits)
-            text = f"**{text}**" if cell.best else text
-            cells.append(text + (f" {TIE}" if cell.tie else ""))
-        lines.append("| " + " | ".join([row.strategy, row.setting, str(len(row.seeds)), *cells]) + " |")
+        for text, best in table_cells(row, columns):
+            if best:  # bold the number, keep ≈ outside the bold so it stands out
+                number, tie = (text[: -len(TIE) - 1], f" {TIE}") if text.endswith(TIE) else (text, "")
+                text = f"**{number}**{tie}"
+            cells.append(text)
+        cells = [row.strategy, row.setting, str(len(row.seeds)), *cells, _optimizer_text(row)]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± std (population) over seeds. Rounds to target: first round whose global test accuracy is ≥ "
-                 f"{target:g}; the mean is over the seeds that reached it, {MISSING_NOTE}. **Bold**: best of its setting. "
-                 f"{TIE_NOTE}.")
+    lines += [f"- {note}" for note in legend(rows, target)]
     return "\n".join(lines) + "\n"
 
 
 def csv_table(rows: Sequence[Row]) -> str:
+    """Every column, always (a stable header): mean, sample std, 95% interval half-width, n, best, tie."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    header = ["strategy", "setting", "seeds"]
+    header = ["strategy", "setting", "seeds", "client_optimizer", "optimizer_differs"]
     for column in COLUMNS:
-        header += [f"{column.key}_mean", f"{column.key}_std", f"{column.key}_best", f"{column.key}_tie"]
-    header.append("rounds_to_target_not_reached")
+        header += [f"{column.key}_{part}" for part in ("mean", "std", "ci95", "n", "best", "tie")]
+    header += ["rounds_to_target_not_reached", "last_k", "delta_baseline", "delta_final_accuracy_mean",
+               "delta_final_accuracy_ci95", "delta_n"]
     writer.writerow(header)
+
+    def number(value: float | None) -> object:
+        return "" if value is None else value
+
     for row in rows:
-        line: list[object] = [row.strategy, row.setting, " ".join(str(s) for s in row.seeds)]
+        line: list[object] = [row.strategy, row.setting, " ".join(str(s) for s in row.seeds), row.optimizer,
+                              int(row.optimizer_differs)]
         for column in COLUMNS:
             cell = row.cells[column.key]
-            line += ["" if cell.mean is None else cell.mean, "" if cell.std is None else cell.std, int(cell.best), int(cell.tie)]
-        line.append(row.cells["rounds_to_target"].missing)
+            interval = cell.interval
+            line += [number(cell.mean), number(cell.std), number(interval.half_width if interval else None),
+                     len(cell.values), int(cell.best), int(cell.tie)]
+        delta = row.delta
+        line += [row.cells["rounds_to_target"].missing, row.last_k, row.baseline,
+                 number(delta.mean if delta else (0.0 if row.baseline == row.strategy else None)),
+                 number(delta.half_width if delta else None), delta.n if delta else ""]
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -230,4 +440,3 @@ def write_tables(rows: Sequence[Row], out: Path, target: float) -> dict[str, Pat
     write_atomic(paths["md"], markdown_table(rows, target).encode())
     write_atomic(paths["csv"], csv_table(rows).encode())
     return paths
-

@@ -15,6 +15,7 @@ from ..errors import DataError
 from .base import LABEL, LoadedData
 from .fair_synthetic import SENSITIVE
 from .hub import host_reachable
+from .tabular import encode_features
 from .tensors import ArrayDataset
 
 OPENML_HOST = "www.openml.org"
@@ -32,23 +33,15 @@ def _cached() -> bool:
 
 
 def adult_from_frame(frame: pd.DataFrame, test_fraction: float, seed: int) -> LoadedData:
-    """Features: numeric columns standardised with the training split's mean and std, categorical ones one-hot
-    (a missing value is its own category); `sex` stays a feature, as in the FairFed paper. A = 1 for Male, Y = 1
-    for income >50K. The test split is stratified on (A, Y) and seeded."""
+    """Features as `fedsim.data.tabular.encode_features` makes them (numeric columns standardised with the training
+    split's mean and std, categorical ones one-hot, a missing value its own category); `sex` stays a feature, as in
+    the FairFed paper. A = 1 for Male, Y = 1 for income >50K. The test split is stratified on (A, Y) and seeded."""
     target = frame["class"].astype(str).str.strip().str.rstrip(".")
     y = (target == ">50K").to_numpy(np.int64)
     a = (frame["sex"].astype(str).str.strip() == "Male").to_numpy(np.int64)
-    features = frame.drop(columns=["class"])
-    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
-    categorical = [c for c in features.columns if c not in numeric]
-    labels = features[categorical].apply(lambda column: column.astype(object).where(column.notna(), "missing").astype(str))
-    onehot = pd.get_dummies(labels, dtype=np.float32)
-    values = np.concatenate([features[numeric].to_numpy(np.float64), onehot.to_numpy(np.float64)], axis=1)
     rows = np.arange(len(frame))
     train_rows, test_rows = train_test_split(rows, test_size=test_fraction, stratify=2 * a + y, random_state=seed)
-    mean, std = values[train_rows, : len(numeric)].mean(0), values[train_rows, : len(numeric)].std(0)
-    values[:, : len(numeric)] = (values[:, : len(numeric)] - mean) / np.where(std > 0, std, 1.0)
-    x = np.nan_to_num(values).astype(np.float32)
+    x = encode_features(frame.drop(columns=["class"]), train_rows)
 
     def arrays(part: np.ndarray) -> ArrayDataset:
         return ArrayDataset(torch.from_numpy(x[part]), torch.from_numpy(y[part]), torch.from_numpy(a[part]))

@@ -42,21 +42,24 @@ def generate_synthetic(
     Follows `litian96/FedProx` data/synthetic_*/generate_synthetic.py: sizes lognormal(4, 2) + 50; the per-user
     model prior u_k ~ N(0, alpha) and feature-mean prior B_k ~ N(0, beta), with alpha and beta used as standard
     deviations as the reference code does (the paper writes variances); v_k ~ N(B_k, 1); Sigma = diag(j^-1.2);
-    W_k ~ N(u_k, 1), b_k ~ N(u_k, 1); x ~ N(v_k, Sigma); y = argmax(x W_k + b_k). Synthetic-IID (generate_iid.py)
-    shares one W, b ~ N(0, 1) and uses v_k = 0. The reference draws from numpy's unseeded global state; here a
-    `RandomState(seed)` makes the same sequence of draws reproducible.
+    W_k ~ N(u_k, 1), b_k ~ N(u_k, 1); x ~ N(v_k, Sigma); y = argmax(x W_k + b_k). Synthetic-IID follows
+    data/synthetic_iid/generate_iid.py as it stands in the repository (commit 3eed82e): sizes, then one shared
+    W, b ~ N(0, 1), then each user's x ~ N(0, Sigma); alpha and beta are unused, as there. (Its first version,
+    b00d206, also drew the priors and per-user W_k, b_k and discarded them: a different sequence of draws.) The
+    reference draws from numpy's unseeded global state; here a `RandomState(seed)` gives the same sequence of draws
+    as the reference after `np.random.seed(seed)`.
     """
     rng = np.random.RandomState(seed)
     sizes = rng.lognormal(4, 2, num_users).astype(int) + 50
-    mean_w = rng.normal(0, alpha, num_users)
-    mean_b = mean_w
-    feature_prior = rng.normal(0, beta, num_users)
     covariance = np.diag(np.power(np.arange(1, SYNTHETIC_DIMENSION + 1, dtype=np.float64), -1.2))
     if iid:
-        feature_means = np.zeros((num_users, SYNTHETIC_DIMENSION))
         shared_w = rng.normal(0, 1, (SYNTHETIC_DIMENSION, SYNTHETIC_CLASSES))
         shared_b = rng.normal(0, 1, SYNTHETIC_CLASSES)
+        feature_means = np.zeros((num_users, SYNTHETIC_DIMENSION))
     else:
+        mean_w = rng.normal(0, alpha, num_users)
+        mean_b = mean_w
+        feature_prior = rng.normal(0, beta, num_users)
         feature_means = np.stack([rng.normal(feature_prior[k], 1, SYNTHETIC_DIMENSION) for k in range(num_users)])
     features, labels = [], []
     for k in range(num_users):

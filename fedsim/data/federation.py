@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -29,6 +30,10 @@ from .hub import load_hub_data
 from .local import load_local_data
 from .random_images import load_random_data
 from .tensors import ArrayDataset
+
+# fedsim shows its own progress; the "Flattening the indices" bars that flwr-datasets' partitioners make `datasets`
+# draw would break it and clutter logs, in every process that partitions (CLI, Ray actors, deployed nodes).
+datasets.disable_progress_bars()
 
 INDEX_COLUMN = "__fedsim_index__"
 BUILTIN = ("digits", "synthetic", "fair_synthetic", "adult", "random")
@@ -88,6 +93,20 @@ def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
     raise ConfigError("dataset.source", source, "one of builtin, hub, local")
 
 
+@contextmanager
+def _without_natural_id_bar() -> Iterator[None]:
+    """flwr-datasets' NaturalIdPartitioner draws a tqdm bar of its own ("Generating partition_id_to_indices") that
+    `datasets.disable_progress_bars` does not reach; fedsim reports progress itself."""
+    from flwr_datasets.partitioner import natural_id_partitioner
+
+    drawn = natural_id_partitioner.tqdm
+    natural_id_partitioner.tqdm = lambda iterable, **_: iterable
+    try:
+        yield
+    finally:
+        natural_id_partitioner.tqdm = drawn
+
+
 def partition_indices(train: datasets.Dataset, partitioner: Partitioner) -> list[np.ndarray]:
     """Run any flwr-datasets Partitioner and return, per partition, the row indices it chose.
 
@@ -102,7 +121,8 @@ def partition_indices(train: datasets.Dataset, partitioner: Partitioner) -> list
         partitioner.dataset = train
         return [np.asarray(rows, dtype=np.int64) for rows in partitioner.all_partition_indices()]
     partitioner.dataset = train.add_column(INDEX_COLUMN, np.arange(len(train))).with_format("arrow")
-    first = np.asarray(partitioner.load_partition(0)[INDEX_COLUMN], dtype=np.int64)
+    with _without_natural_id_bar():
+        first = np.asarray(partitioner.load_partition(0)[INDEX_COLUMN], dtype=np.int64)
     known = getattr(partitioner, "_partition_id_to_indices", None)
     if isinstance(known, dict) and len(known) == partitioner.num_partitions and np.array_equal(np.asarray(known[0]), first):
         return [first] + [np.asarray(known[pid], dtype=np.int64) for pid in range(1, partitioner.num_partitions)]

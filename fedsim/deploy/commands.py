@@ -57,9 +57,11 @@ def certs_command(args: Sequence[str]) -> None:
         if value is not None and value < (1 if name != "nodes" else 0):
             raise DeployError(f"--{name.replace('_', '-')} {value}: must be {'at least 1' if name != 'nodes' else '0 or more'}")
     credentials = Credentials(options.folder)
-    if options.show:
+    if options.show:  # a report: stdout
+        from ..progress import output
+
         for line in expiry_lines(credentials):
-            _say(line)
+            output.print(line, highlight=False, soft_wrap=True, markup=False)
         return
     if options.revoke:
         node = revoke_node(options.folder, options.revoke)
@@ -88,12 +90,26 @@ def certs_command(args: Sequence[str]) -> None:
 USAGE = ("usage: fedsim deploy local --nodes N [--insecure] [--out DIR] <overrides> | fedsim deploy server --certs DIR "
          "[--state DIR] [--listen HOST:PORT] | fedsim deploy node --superlink HOST:PORT --credentials DIR "
          "--node-config '...' [--check] | fedsim deploy app DIR")
+HELP = """usage: fedsim deploy <command> [...]    (fedsim deploy <command> --help for its options)
+
+Runs fedsim under Flower's Deployment Runtime (README: Deploying on separate machines).
+
+commands:
+  server   the server machine: the SuperLink on loopback behind a TLS proxy that wants node certificates
+  node     one client machine: checks the link, then runs its SuperNode
+  local    a whole federation on this machine (SuperLink, proxy, N SuperNodes) running one experiment
+  app      write a Flower App folder that runs the installed fedsim, for `flwr run`"""
 
 
 def deploy_command(args: Sequence[str]) -> None:
+    from ..progress import output
+
     args = list(args)
     commands: dict[str, Callable[[list[str]], None]] = {"local": local_command, "server": server_command,
                                                        "node": node_command, "app": app_command}
+    if args[:1] in (["-h"], ["--help"]):
+        output.print(HELP, highlight=False, markup=False, soft_wrap=True)
+        return
     if not args or args[0] not in commands:
         raise DeployError(USAGE)
     commands[args[0]](args[1:])
@@ -102,6 +118,12 @@ def deploy_command(args: Sequence[str]) -> None:
 def app_command(args: list[str]) -> None:
     from .local_federation import write_installed_app
 
+    if args[:1] in (["-h"], ["--help"]):
+        from ..progress import output
+
+        output.print("usage: fedsim deploy app DIR\n\nWrites a Flower App in DIR (pyproject.toml, no code) whose "
+                     "ServerApp and ClientApp are the installed fedsim's.", highlight=False, markup=False)
+        return
     if len(args) != 1:
         raise DeployError("usage: fedsim deploy app DIR")
     _say(f"Flower App (runs the installed fedsim): {write_installed_app(Path(args[0]))}")
@@ -228,10 +250,10 @@ def local_command(args: list[str]) -> None:
     except KeyboardInterrupt:
         _say("interrupted: every SuperLink, proxy and SuperNode process was stopped")
         sys.exit(130)
-    from ..progress import console, summary_table
+    from ..progress import output, summary_table
 
-    console.print(summary_table(summary))
-    _say(f"run folder: {options.out / 'run'}")
+    output.print(summary_table(summary))
+    output.print(f"run folder: {options.out / 'run'}", highlight=False, soft_wrap=True, markup=False)
 
 
 NODE_MEMORY_GIB = 0.6  # a SuperNode and its warm worker with the default job (docs/performance.md)

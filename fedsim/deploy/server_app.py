@@ -90,7 +90,7 @@ def existing_run(run_dir: Path, experiment: Mapping[str, Any]) -> bool:
     FedsimError when `run_dir` holds something that must not be overwritten."""
     import yaml
 
-    from ..checkpoint import CHECKPOINT_FILE
+    from ..checkpoint import CHECKPOINT_FILE, load_checkpoint
     from ..config import resolve_auto_values
 
     config_file = run_dir / CONFIG_FILE
@@ -107,6 +107,7 @@ def existing_run(run_dir: Path, experiment: Mapping[str, Any]) -> bool:
         raise FedsimError(f"run-dir {run_dir} holds a run of another experiment (it differs in {shown}): "
                           "choose another run-dir, or submit that run's own overrides to continue it")
     if (run_dir / CHECKPOINT_FILE).exists():
+        load_checkpoint(run_dir)  # a broken one: CheckpointError, one line in the run's log before any round
         return True
     rounds = _finished_rounds(run_dir / METRICS_FILE)
     if rounds:

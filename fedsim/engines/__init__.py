@@ -24,7 +24,7 @@ def make_engine(engine: Mapping[str, Any], device: str = "auto", model: Callable
     if name == "vectorized":
         return VectorizedEngine(engine.get("max_cohort", "auto"))
     if name == "flower":
-        return FlowerEngine(engine.get("client_resources", {}), engine.get("ray_init_args"))
+        return FlowerEngine(engine.get("client_resources", {}), engine.get("ray_init_args"), engine.get("address"))
     raise ValueError(f"engine.name={name!r}: one of {', '.join(ENGINES)}")
 
 
