@@ -1,0 +1,112 @@
+"""Golden runs: fedsim's behaviour pinned before the redesign (issue "every extension point lives in what it extends").
+
+Each run's `metrics.csv`, every column but the timing ones, is compared with the copy under `tests/golden/`:
+every configured strategy on the in-process engine, FedAvg and FedProx with stragglers on the vectorized engine, a
+run with injected faults, and a run stopped after round 2 and resumed from its checkpoint. Moving code must leave
+every value as it is.
+
+Floats are compared to 1e-6 relative by default, because another CPU's kernels may round differently in the last
+bits while any change of behaviour moves them by far more; `FEDSIM_GOLDEN_EXACT=1` compares the text exactly (the
+check to run on one machine before and after a refactoring). `FEDSIM_GOLDEN_WRITE=1` writes the files; do that
+only for a deliberate change of behaviour, and say why in the commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from fedsim.config import compose_experiment, group_options
+from fedsim.run import run_experiment
+
+GOLDEN = Path(__file__).parent / "golden"
+SHORT = ["num_clients=4", "num_rounds=3", "fraction_train=0.75", "client.local_epochs=1", "progress=false"]
+# What a strategy needs beyond the short run: FairFed a sensitive attribute, FedLAW fewer server epochs.
+STRATEGY_EXTRAS = {
+    "fairfed": ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"],
+    "fedlaw": ["strategy.server_epochs=2"],
+    "fedprox": ["strategy.proximal_mu=0.1"],
+}
+RUNS = {
+    **{f"inprocess_{strategy}": [f"strategy={strategy}", *STRATEGY_EXTRAS.get(strategy, [])]
+       for strategy in group_options("strategy")},
+    "vectorized_fedavg_stragglers": ["engine=vectorized", "strategy=fedavg", "stragglers.fraction=0.5",
+                                     "client.local_epochs=2"],
+    "vectorized_fedprox_stragglers": ["engine=vectorized", "strategy=fedprox", "strategy.proximal_mu=0.1",
+                                      "stragglers.fraction=0.5", "client.local_epochs=2"],
+    "inprocess_faults": ["strategy=fedavg", "faults.crash_rate=0.4", "faults.nan_rate=0.25"],
+}
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return [{k: v for k, v in row.items() if not k.endswith("_seconds")} for row in rows]  # round_, wall_seconds
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _same(value: str, expected: str) -> bool:
+    if value == expected or os.environ.get("FEDSIM_GOLDEN_EXACT") == "1":
+        return value == expected
+    try:
+        a, b = float(value), float(expected)
+    except ValueError:
+        return False
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def _check(name: str, run_dir: Path) -> None:
+    rows, path = _rows(run_dir), GOLDEN / f"{name}.csv"
+    if os.environ.get("FEDSIM_GOLDEN_WRITE") == "1":
+        _write(path, rows)
+    assert path.exists(), f"no golden file {path}: write it with FEDSIM_GOLDEN_WRITE=1"
+    with open(path, newline="") as stream:
+        expected = list(csv.DictReader(stream))
+    assert len(rows) == len(expected) and list(rows[0]) == list(expected[0]), name
+    for number, (row, golden) in enumerate(zip(rows, expected)):
+        differing = {key: (row[key], golden[key]) for key in golden if not _same(row[key], golden[key])}
+        assert not differing, f"{name}, row {number}: (now, golden) {differing}"
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_golden_run(tmp_path, name):
+    run_experiment(compose_experiment([*SHORT, *RUNS[name]]), tmp_path / name, show_progress=False)
+    _check(name, tmp_path / name)
+
+
+class _Stopped(Exception):
+    """Stands in for a kill right after the round-2 checkpoint."""
+
+
+def test_golden_resumed_run(tmp_path, monkeypatch):
+    """FedCE (client state kept between rounds) stopped after round 2 and resumed from its checkpoint file."""
+    import fedsim.server as server_module
+
+    overrides = [*SHORT, "strategy=fedce"]
+    save = server_module.save_checkpoint
+
+    def save_then_stop(run_dir, checkpoint):  # type: ignore[no-untyped-def]
+        save(run_dir, checkpoint)
+        if checkpoint.server_round == 2:
+            raise _Stopped
+
+    monkeypatch.setattr(server_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(_Stopped):
+        run_experiment(compose_experiment(overrides), tmp_path / "run", show_progress=False)
+    monkeypatch.setattr(server_module, "save_checkpoint", save)
+    run_experiment(compose_experiment(overrides), tmp_path / "run", show_progress=False, resume=True)
+    _check("inprocess_fedce_resumed", tmp_path / "run")
+
+
+def test_every_configured_strategy_has_a_golden_run():
+    assert {f"inprocess_{strategy}" for strategy in group_options("strategy")} <= set(RUNS)
