@@ -82,7 +82,6 @@ class VectorizedGrid(InProcessGrid):
         super().__init__(client_app, num_nodes, run_id)
         self.max_cohort = max_cohort
         self._model_reasons: dict[str, str | None] = {}  # model config -> why it cannot batch (None: it can)
-        self.batched_messages = 0  # how many TRAIN messages were answered by cohort training (for tests and benches)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -182,7 +181,6 @@ class VectorizedGrid(InProcessGrid):
                 reply = Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics}), reply_to=message)
                 reply.metadata.__dict__["_message_id"] = uuid4().hex
                 replies.append(reply)
-        self.batched_messages += len(messages)
         return replies
 
 
@@ -193,11 +191,9 @@ class VectorizedEngine(Engine):
 
     def __init__(self, max_cohort: int | str = AUTO) -> None:
         self.max_cohort = max_cohort
-        self.last_grid: VectorizedGrid | None = None
 
     def run(self, server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
         grid = VectorizedGrid(client_app, num_nodes, self.max_cohort)
-        self.last_grid = grid
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID
         context = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config={})
         server_app(grid, context)
