@@ -11,18 +11,17 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterable
-from uuid import uuid4
 
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
-from flwr.serverapp import Grid
+from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.engines.inprocess import InProcessGrid
 from fedsim.results import NODES_FILE, Recorder
 from fedsim.server_grid import LATE, QUERY_TIMEOUT, FedsimGrid
 
@@ -31,30 +30,20 @@ TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # mes
 EARLY, LATER = "2026-01-05T10:00:00+00:00", "2026-01-05T10:00:09+00:00"
 
 
-class FakeGrid(Grid):
+class FakeGrid(InProcessGrid):
     """Nodes from a table node id -> answers to the identity query, in order (the last one repeats): a partition
     id, an error reason (str), or None (a reply without a partition id). `joining` adds nodes at the n-th
-    `get_node_ids` call. Every message a node receives is kept in `received`."""
+    `get_node_ids` call. Every message a node receives is kept in `received`. Messages travel as on the in-process
+    engine; only the nodes and their answers are the table's."""
 
     def __init__(self, answers: dict[int, list], info: dict[int, tuple[str, str]] | None = None,
                  joining: dict[int, dict[int, list]] | None = None) -> None:
+        super().__init__(ClientApp(), num_nodes=0, run_id=1)
         self.answers = {node: list(replies) for node, replies in answers.items()}
         self.info = info or {}
         self.joining = joining or {}
         self.listings = 0
         self.received: list[tuple[int, str]] = []
-        self._run = Run.create_empty(1)
-        self._pending: dict[str, Message] = {}
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pylint: disable=too-many-arguments
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         self.listings += 1
@@ -65,21 +54,7 @@ class FakeGrid(Grid):
         return [NodeInfo(node_id=node, name=self.info.get(node, ("", ""))[0], registered_at=self.info.get(node, ("", ""))[1])
                 for node in self.answers]
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid4().hex
-            self._pending[message.metadata.message_id] = message
-            ids.append(message.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._answer(self._pending.pop(mid)) for mid in list(message_ids) if mid in self._pending]
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return list(self.pull_messages(self.push_messages(messages)))
-
-    def _answer(self, message: Message) -> Message:
+    def _deliver(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
         self.received.append((node, message.metadata.message_type))
         if message.metadata.message_type != MessageType.QUERY:

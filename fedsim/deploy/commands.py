@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ..errors import DeployError, FedsimError
+from ..errors import DeployError
 
 
 class _Parser(argparse.ArgumentParser):
