@@ -83,14 +83,14 @@ SuperLink connection in the Flower App's pyproject.toml, if not the one it was s
 def _hydra_task(cfg) -> float:  # type: ignore[no-untyped-def]
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import GROUPS, to_experiment
+    from .config import to_experiment
     from .progress import summary_table
     from .run import run_experiment
 
     runtime = HydraConfig.get().runtime
     try:
         experiment = to_experiment(cfg)
-        summary = run_experiment(experiment, runtime.output_dir, {g: str(runtime.choices[g]) for g in GROUPS})
+        summary = run_experiment(experiment, runtime.output_dir)  # its `choices` are the runtime's (to_experiment)
     except FedsimError as error:
         _fail(error)
     output.print(summary_table(summary))
@@ -143,7 +143,7 @@ def contribution_command(args: list[str]) -> None:
     left-out client."""
     from .config import compose_experiment
     from .contribution import (CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table,
-                               run_contribution, validate_contribution)
+                               run_contribution)  # it validates every leave-one-out run before the first one
 
     if _wants_help(args, CONTRIBUTION_USAGE):
         return
@@ -157,7 +157,6 @@ def contribution_command(args: list[str]) -> None:
 
     try:
         experiment = compose_experiment(contribution_overrides(args))
-        validate_contribution(experiment, reference)
         report = run_contribution(experiment, out, progress_line, reference)
     except FedsimError as error:
         _fail(error)

@@ -248,7 +248,7 @@ def test_checkpoint_values_round_trip_exactly_and_other_objects_are_refused_by_n
     import torch
     from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-    from fedsim.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from fedsim.checkpoint import load_checkpoint, save_checkpoint
 
     class Holder:
         pass

@@ -118,8 +118,11 @@ def cluster_nodes(address: str) -> list[dict[str, float]]:
     """The resources of each live node of the Ray cluster at `address`, read through a connection closed again."""
     import ray
 
-    if ray.is_initialized():  # this process already talks to a Ray; Flower will run on that one
+    def live_nodes() -> list[dict[str, float]]:
         return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive") and node.get("Resources")]
+
+    if ray.is_initialized():  # this process already talks to a Ray; Flower will run on that one
+        return live_nodes()
     _reachable(address)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator environment variables
@@ -129,7 +132,7 @@ def cluster_nodes(address: str) -> list[dict[str, float]]:
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise FedsimError(f"engine.address={address}: cannot join a Ray cluster there ({first_line})") from None
     try:
-        return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive") and node.get("Resources")]
+        return live_nodes()
     finally:
         ray.shutdown()
 
