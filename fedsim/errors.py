@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none): what a one-line report quotes
+    of a library's error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class FedsimError(Exception):
     """A problem with the user's input, reported as a single line before any training starts."""
 

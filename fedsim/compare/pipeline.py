@@ -13,11 +13,12 @@ import yaml
 
 from ..config import DEFAULT_PROXY_SIZE, compose_experiment, needs_server_data, resolve_auto_values, validate
 from ..errors import FedsimError
+from ..experiment import client_optimizer
 from ..partitions.report import HEATMAP_FILE
 from . import plots as compare_plots
 from .grid import Grid, GridPoint, expand, share_proxy_set, slug
 from .report import write_report
-from .setup import client_optimizer, optimizer_label, setup_table, strategy_table
+from .setup import optimizer_label, setup_table, strategy_table
 from .sweep import RunFunction, PointCallback, SweepResult, run_folder, run_sweep
 from .table import RunMetrics, Row, build_rows, load_run, write_tables
 

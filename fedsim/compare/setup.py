@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..experiment import client_optimizer
+
 # Strategy config keys that are the grid's shared settings (interpolated from the top level), not hyper-parameters.
 SHARED_STRATEGY_KEYS = frozenset({
     "_target_", "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes",
@@ -33,9 +35,9 @@ def _short(value: Any) -> str:
 
 
 def _group_name(experiment: Mapping[str, Any], group: str) -> str:
-    entry = experiment.get(group) or {}
-    return str((experiment.get("choices") or {}).get(group) or entry.get("name")
-               or str(entry.get("_target_", "?")).rsplit(".", 1)[-1])
+    from ..run import describe_choices  # imports the ClientApp and torch: only once a report is being written
+
+    return describe_choices(experiment)[group]
 
 
 def _group(experiments: Sequence[Mapping[str, Any]], group: str, skip: frozenset[str] = frozenset({"_target_"})) -> str:
@@ -103,19 +105,6 @@ def hyperparameters(experiment: Mapping[str, Any]) -> str:
     if float(experiment["client"].get("proximal_mu", 0.0)):
         params["client.proximal_mu"] = experiment["client"]["proximal_mu"]
     return _short(params) or "—"
-
-
-def client_optimizer(experiment: Mapping[str, Any]) -> dict[str, Any]:
-    """The optimiser a strategy's clients run: fedsim.experiment.client_optimizer where fedsim has it, else the
-    config's `client` block."""
-    from .. import experiment as experiment_module
-
-    official = getattr(experiment_module, "client_optimizer", None)
-    if official is not None:
-        return dict(official(experiment))
-    client = experiment["client"]
-    return {"name": "SGD", "lr": client["lr"], "momentum": client["momentum"], "weight_decay": client["weight_decay"],
-            "source": "config client.*"}
 
 
 def optimizer_label(optimizer: Mapping[str, Any]) -> str:

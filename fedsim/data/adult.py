@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .base import LABEL, LoadedData
 from .fair_synthetic import SENSITIVE
 from .hub import host_reachable
@@ -59,6 +59,5 @@ def load_adult_data(test_fraction: float, seed: int) -> LoadedData:
     try:
         frame = fetch_openml("adult", version=2, as_frame=True).frame
     except (OSError, ValueError) as error:  # URLError is an OSError
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"dataset=adult could not be loaded ({first_line}); {OFFLINE_HINT}") from None
+        raise DataError(f"dataset=adult could not be loaded ({first_line(error)}); {OFFLINE_HINT}") from None
     return adult_from_frame(frame, test_fraction, seed)

@@ -20,7 +20,7 @@ import hydra.utils
 import numpy as np
 from flwr_datasets.partitioner import NaturalIdPartitioner, Partitioner
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 from ..partitions.cluster_mixture import PartitionImpossible
 from .base import LoadedData
 from .adult import load_adult_data
@@ -222,9 +222,8 @@ def build_federation(experiment: Mapping[str, Any]) -> Federation:
     except (PartitionImpossible, RuntimeError) as error:  # fedsim's own advice, or an encoder that cannot load
         raise DataError(f"partition ({_partition_name(partition)}): {error}") from None
     except (ValueError, ZeroDivisionError, IndexError) as error:  # what flwr-datasets raises on impossible splits
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise DataError(
-            f"partition ({_partition_name(partition)}) with num_clients={num_clients} failed ({reason}); "
+            f"partition ({_partition_name(partition)}) with num_clients={num_clients} failed ({first_line(error)}); "
             "use fewer clients, a larger partition.alpha or a smaller partition.min_partition_size"
         ) from None
     indices = [client_pool[rows] for rows in positions]

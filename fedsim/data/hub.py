@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import datasets
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .base import LABEL, LoadedData
 from .tensors import hf_to_arrays
 
@@ -67,8 +67,7 @@ def load_hub_data(
         train = federated.load_split(train_split)
         test = federated.load_split(test_split)
     except (ConnectionError, OSError, ValueError, FileNotFoundError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"dataset={name} ({hub_id}) could not be loaded ({first_line}); {LOCAL_FILES_HINT}") from None
+        raise DataError(f"dataset={name} ({hub_id}) could not be loaded ({first_line(error)}); {LOCAL_FILES_HINT}") from None
     train = normalise_columns(train, image_column, label_column, "dataset")
     test = normalise_columns(test, image_column, label_column, "dataset")
     return LoadedData(

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .base import LABEL, LoadedData
 from .hub import normalise_columns, num_classes_of
 from .tabular import encode_features, split_columns
@@ -55,11 +55,6 @@ def resolve_format(file_format: str, path: str) -> str:
     return found
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _has_image_column(path: str, image_column: str) -> bool:
     import pyarrow.parquet as pq
 
@@ -68,7 +63,7 @@ def _has_image_column(path: str, image_column: str) -> bool:
     try:
         return image_column in pq.read_schema(path).names
     except Exception as error:  # pylint: disable=broad-exception-caught  # any failure: the file is not parquet
-        raise DataError(f"dataset.path={path}: cannot be read as parquet ({_first_line(error)})") from None
+        raise DataError(f"dataset.path={path}: cannot be read as parquet ({first_line(error)})") from None
 
 
 def _read_table(where: str, path: str, file_format: str) -> pd.DataFrame:
@@ -84,7 +79,7 @@ def _read_table(where: str, path: str, file_format: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: the file is empty (no header, no rows)") from None
     except Exception as error:  # pylint: disable=broad-exception-caught  # any reader failure is the file's
-        raise DataError(f"{where}: cannot be read as {file_format} ({_first_line(error)})") from None
+        raise DataError(f"{where}: cannot be read as {file_format} ({first_line(error)})") from None
 
 
 def _read_json(path: str) -> pd.DataFrame:
@@ -256,7 +251,7 @@ def _read_images(where: str, path: str, file_format: str) -> datasets.Dataset:
             return datasets.load_dataset("imagefolder", data_dir=path, split="train")
         return datasets.load_dataset(file_format, data_files=str(path), split="train")
     except Exception as error:  # pylint: disable=broad-exception-caught  # any reader failure is the file's
-        raise DataError(f"{where}: cannot be read as {file_format} ({_first_line(error)})") from None
+        raise DataError(f"{where}: cannot be read as {file_format} ({first_line(error)})") from None
 
 
 def _image_data(path: str, test_path: str | None, file_format: str, test_fraction: float, image_column: str,

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigError, FedsimError
+from ..errors import ConfigError, FedsimError, first_line
 
 RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU"}  # client_resources key -> Ray's resource name
 DEFAULT_CLIENT_RESOURCES = {"num_cpus": 1.0, "num_gpus": 0.0}
@@ -129,8 +129,7 @@ def cluster_nodes(address: str) -> list[dict[str, float]]:
         try:
             ray.init(address=address, logging_level="error", log_to_driver=False)
         except Exception as error:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or ValueError here
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise FedsimError(f"engine.address={address}: cannot join a Ray cluster there ({first_line})") from None
+            raise FedsimError(f"engine.address={address}: cannot join a Ray cluster there ({first_line(error)})") from None
     try:
         return live_nodes()
     finally:
