@@ -72,8 +72,10 @@ class MemorySampler:
         """The process ids of each node (SuperNode and worker) and of the server side, from one scan of /proc."""
         processes = self.federation.processes.processes
         tree = process_children()
-        nodes = [{p.pid, *descendants([p.pid], tree)} for name, p in processes.items() if name.startswith("supernode") and p.poll() is None]
-        server = set().union(*({p.pid, *descendants([p.pid], tree)} for name, p in processes.items() if not name.startswith("supernode")))
+        nodes = [{p.pid, *descendants([p.pid], tree)} for name, p in processes.items()
+                 if name.startswith("supernode") and p.poll() is None]
+        server = set().union(*({p.pid, *descendants([p.pid], tree)} for name, p in processes.items()
+                               if not name.startswith("supernode")))
         return nodes, server
 
     def _run(self) -> None:
@@ -117,10 +119,12 @@ def measure(nodes: int, rounds: int, repeats: int, work: Path) -> dict[str, floa
                 seconds = round_seconds(run_dir)
                 deployed_first.append(seconds[0])
                 deployed_steady.append(statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0])
-                print(f"  deployed, {nodes} nodes, repeat {repeat}: rounds {[round(s, 2) for s in seconds]}", flush=True)
+                print(f"  deployed, {nodes} nodes, repeat {repeat}: rounds {[round(s, 2) for s in seconds]}",
+                      flush=True)
     for repeat in range(repeats):
         run_dir = work / f"simulated-{nodes}-{repeat}"
-        run_experiment(compose_experiment([*job(nodes, rounds, repeat), "engine=inprocess"]), run_dir, show_progress=False)
+        run_experiment(compose_experiment([*job(nodes, rounds, repeat), "engine=inprocess"]), run_dir,
+                       show_progress=False)
         seconds = round_seconds(run_dir)
         simulated_steady.append(statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0])
     return {"deployed": statistics.median(deployed_steady), "first": statistics.median(deployed_first),
@@ -148,8 +152,8 @@ def main() -> None:
         raise
     shutil.rmtree(work)
     print(f"\nmain job, {args.rounds} rounds, median of {args.repeats} (s / round; RSS in MiB)\n")
-    print("| nodes | deployed, steady | deployed, round 1 | in-process | goal (2 x in-process + 2) | met | SuperLink CPU "
-          "per round | one node idle | one node busy (peak) | server side (peak) |")
+    print("| nodes | deployed, steady | deployed, round 1 | in-process | goal (2 x in-process + 2) | met "
+          "| SuperLink CPU per round | one node idle | one node busy (peak) | server side (peak) |")
     print("|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|")
     for nodes, r, goal in rows:
         print(f"| {nodes} | {r['deployed']:.2f} | {r['first']:.2f} | {r['simulated']:.2f} | {goal:.2f} | "

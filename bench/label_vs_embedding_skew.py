@@ -50,7 +50,8 @@ def main() -> None:
         "embedding skew, pixels (encoder=pca)": ["partition.encoder=pca"],
         "embedding skew, task model (encoder=model:…)": [f"partition.encoder=model:{task_model}"],
     }
-    lines = ["| alpha | partition | final test accuracy | final test loss | clients' loss (final model) | label JS div. |",
+    lines = ["| alpha | partition | final test accuracy | final test loss | clients' loss (final model) "
+             "| label JS div. |",
              "|---|---|---|---|---|---|"]
     for alpha in args.alphas:
         for name, extra in variants.items():
@@ -63,7 +64,8 @@ def main() -> None:
             def fmt(key: str, results: list[dict[str, float]] = results) -> str:
                 return mean_std([r[key] for r in results])
 
-            lines.append(f"| {alpha} | {name} | {fmt('accuracy')} | {fmt('test_loss')} | {fmt('client_loss')} | {fmt('label_js')} |")
+            lines.append(f"| {alpha} | {name} | {fmt('accuracy')} | {fmt('test_loss')} | {fmt('client_loss')} "
+                         f"| {fmt('label_js')} |")
     table = "\n".join(lines)
     print(f"\ndigits, 10 clients, FedAvg, seeds {args.seeds}\n\n{table}")
     if args.markdown:

@@ -81,26 +81,32 @@ def main() -> None:
         console.print(f"done: Dirichlet min size {minimum}: {median:.2f} s")
     if args.flower_reference:
         start = time.perf_counter()
-        parts = partition_indices(labels, FlowerDirichletPartitioner(10_000, "label", alpha=0.5, min_partition_size=10, seed=0))
+        flower = FlowerDirichletPartitioner(10_000, "label", alpha=0.5, min_partition_size=10, seed=0)
+        parts = partition_indices(labels, flower)
         assert sum(len(rows) for rows in parts) == len(labels)
         table.add_row("  same, flwr-datasets' DirichletPartitioner", "", f"{time.perf_counter() - start:.2f}", "1 run")
         start = time.perf_counter()
         plain = FlowerDirichletPartitioner(10_000, "label", alpha=0.5, min_partition_size=10, seed=0)
         plain.dataset = labels
         assert sum(len(plain.load_partition(pid)) for pid in range(10_000)) == len(labels)
-        table.add_row("  same, plain flwr-datasets load_partition loop", "", f"{time.perf_counter() - start:.2f}", "1 run")
+        table.add_row("  same, plain flwr-datasets load_partition loop", "", f"{time.perf_counter() - start:.2f}",
+                      "1 run")
 
     embeddings = embedding_data(60_000, 512, 10)
     median, runs = timed(
-        lambda: partition_indices(embeddings, EmbeddingPartitioner(100, alpha=0.5, num_clusters=10, cache_dir=cache, seed=0)),
+        lambda: partition_indices(embeddings,
+                                  EmbeddingPartitioner(100, alpha=0.5, num_clusters=10, cache_dir=cache, seed=0)),
         args.repeats, len(embeddings),
     )
-    table.add_row("EmbeddingPartitioner, 60k x 512 -> 100 clients", "< 30", f"{median:.2f}", ", ".join(f"{t:.2f}" for t in runs))
+    table.add_row("EmbeddingPartitioner, 60k x 512 -> 100 clients", "< 30", f"{median:.2f}",
+                  ", ".join(f"{t:.2f}" for t in runs))
     console.print(f"done: embedding {median:.2f} s")
     median, runs = timed(
-        lambda: partition_indices(embeddings, SemanticPartitioner(10, cache_dir=cache, seed=0)), args.repeats, len(embeddings)
+        lambda: partition_indices(embeddings, SemanticPartitioner(10, cache_dir=cache, seed=0)), args.repeats,
+        len(embeddings)
     )
-    table.add_row("SemanticPartitioner, 60k x 512 -> 10 clients", "", f"{median:.2f}", ", ".join(f"{t:.2f}" for t in runs))
+    table.add_row("SemanticPartitioner, 60k x 512 -> 10 clients", "", f"{median:.2f}",
+                  ", ".join(f"{t:.2f}" for t in runs))
     console.print(table)
     console.print("The embedding runs after the first read their embeddings from the on-disk cache, as a sweep does; "
                   "the first run's time includes writing it.")

@@ -37,9 +37,12 @@ VARIANTS = {
     "FairFed (β_p=1, SPD)": ["strategy=fairfed", f"{PAPER_BETA}1", "strategy.metric=spd"],
     # The paper's FairFed runs on top of local debiasing; reweighing is its main choice (FairBatch the other).
     "FedAvg + local reweighing": ["strategy=fedavg", "client.local_debiasing=reweighing"],
-    "FairFed (β=1, EOD) + local reweighing": ["strategy=fairfed", "strategy.beta=1.0", "client.local_debiasing=reweighing"],
-    "FairFed (β_p=1, EOD) + local reweighing": ["strategy=fairfed", f"{PAPER_BETA}1", "client.local_debiasing=reweighing"],
-    "FairFed (β_p=5, EOD) + local reweighing": ["strategy=fairfed", f"{PAPER_BETA}5", "client.local_debiasing=reweighing"],
+    "FairFed (β=1, EOD) + local reweighing": ["strategy=fairfed", "strategy.beta=1.0",
+                                              "client.local_debiasing=reweighing"],
+    "FairFed (β_p=1, EOD) + local reweighing": ["strategy=fairfed", f"{PAPER_BETA}1",
+                                                "client.local_debiasing=reweighing"],
+    "FairFed (β_p=5, EOD) + local reweighing": ["strategy=fairfed", f"{PAPER_BETA}5",
+                                                "client.local_debiasing=reweighing"],
 }
 
 

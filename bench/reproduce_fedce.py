@@ -4,7 +4,8 @@ client; by default the mean over every client's held-out split, as the paper ave
 seeds, in settings with one "special" client (client 0):
 
 - noisy features: an IID partition where every input of client 0 (training and validation) carries Gaussian noise
-  of std 1.0 (`--noise-std`; pixels are in [0, 1]): a site with a noisier scanner, like the paper's domain-shifted sites;
+  of std 1.0 (`--noise-std`; pixels are in [0, 1]): a site with a noisier scanner, like the paper's domain-shifted
+  sites;
 - noisy labels: an IID partition where 80% of client 0's training labels are redrawn at random (validation clean);
 - unique classes: client 0 holds every sample of classes 8 and 9 (nobody else has them) plus an IID share of the
   rest;
@@ -57,7 +58,8 @@ SETTINGS = ("noisy features", "noisy labels", "unique classes", "dirichlet")
 def experiment_for(setting: str, seed: int, noise_std: float = 1.0, extra: list[str] | None = None) -> dict[str, Any]:
     base = [*BASE, *(extra or []), f"seed={seed}"]
     if setting == "noisy features":
-        return compose_experiment([*base, "partition=iid", "feature_noise.clients=[0]", f"feature_noise.std={noise_std}"])
+        return compose_experiment([*base, "partition=iid", "feature_noise.clients=[0]",
+                                   f"feature_noise.std={noise_std}"])
     if setting == "noisy labels":
         return compose_experiment([*base, "partition=iid", "label_noise.clients=[0]", "label_noise.rate=0.8"])
     experiment = compose_experiment([*base, "partition=iid" if setting == "unique classes" else "partition=dirichlet"])
@@ -72,20 +74,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--reference", default="clients", choices=("clients", "test"),
-                        help="accuracy the LOO difference is taken on: mean over clients' held-out splits, or the test split")
+                        help="accuracy the LOO difference is taken on: mean over clients' held-out splits, "
+                             "or the test split")
     parser.add_argument("--noise-std", type=float, default=1.0, help="std of client 0's input noise (noisy features)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedce_"))
     measure = "mean client acc" if args.reference == "clients" else "test acc"
-    lines = [f"| setting | seed | full run: {measure} | Pearson r (final weight) | r (mean weight) | client 0: FedCE weight (rank of 6) | client 0: LOO |",
+    lines = [f"| setting | seed | full run: {measure} | Pearson r (final weight) | r (mean weight) "
+             "| client 0: FedCE weight (rank of 6) | client 0: LOO |",
              "|---|---|---|---|---|---|---|"]
     summary: dict[str, list[float]] = {}
     for setting in args.settings:
         for seed in args.seeds:
             started = time.perf_counter()
-            report = run_contribution(experiment_for(setting, seed, args.noise_std, args.override), root / f"{setting.replace(' ', '_')}_{seed}",
+            experiment = experiment_for(setting, seed, args.noise_std, args.override)
+            report = run_contribution(experiment, root / f"{setting.replace(' ', '_')}_{seed}",
                                       reference=args.reference)
             weights = [c["fedce_weight"] for c in report["clients"]]
             rank = 1 + sorted(weights, reverse=True).index(weights[0])

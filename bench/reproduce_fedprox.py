@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import statistics
 import tempfile
 import time
@@ -37,7 +38,7 @@ VARIANTS = {
 def loss_jumps(losses: list[float]) -> float:
     """Std of the round-to-round changes of the test loss over the second half of training."""
     half = losses[len(losses) // 2 :]
-    return statistics.pstdev([b - a for a, b in zip(half, half[1:])]) if len(half) > 2 else 0.0
+    return statistics.pstdev([b - a for a, b in itertools.pairwise(half)]) if len(half) > 2 else 0.0
 
 
 def run(rounds: int, seed: int, variant: list[str], out: Path) -> dict[str, float]:
@@ -104,7 +105,8 @@ def main() -> None:
         values = [r[key] for r in results[name]]
         return mean_std(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
 
-    header = "| variant | final test acc | mean acc, last 10 rounds | max test loss, 2nd half | test-loss jumps (std of Δ), 2nd half | s / run |"
+    header = ("| variant | final test acc | mean acc, last 10 rounds | max test loss, 2nd half "
+              "| test-loss jumps (std of Δ), 2nd half | s / run |")
     lines = [header, "|---|---|---|---|---|---|"]
     for name in VARIANTS:
         lines.append(f"| {name} | {cell(name, 'final')} | {cell(name, 'last10')} | {cell(name, 'max_loss')} | "

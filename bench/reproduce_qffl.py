@@ -59,7 +59,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="qffl_"))
     jobs = [(seed, name) for seed in args.seeds for name in VARIANTS]
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        futures = {job: pool.submit(run, job[0], VARIANTS[job[1]], root / f"{job[0]}_{job[1].replace(' ', '_')}", args.override)
+        futures = {job: pool.submit(run, job[0], VARIANTS[job[1]], root / f"{job[0]}_{job[1].replace(' ', '_')}",
+                                    args.override)
                    for job in jobs}
         for (seed, name), future in futures.items():
             print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in future.result().items()), flush=True)

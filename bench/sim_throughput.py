@@ -50,20 +50,23 @@ def engine_overrides(engine: str, max_cohort: str) -> list[str]:
 
 def w1_overrides(clients: int, per_client: int, rounds: int, engine: str, max_cohort: str) -> list[str]:
     return [
-        f"num_clients={clients}", f"num_rounds={rounds}", "dataset=random", f"dataset.num_samples={clients * per_client}",
-        "dataset.shape=[1,28,28]", "dataset.test_samples=100", "partition=iid",
-        "model=cnn", "model.channels=[16,32]", "model.hidden=128", "model.padding=0",
-        "client.local_epochs=1", "client.batch_size=32", "client.lr=0.01", "client.momentum=0.0", "client.val_fraction=0.0",
+        f"num_clients={clients}", f"num_rounds={rounds}", "dataset=random",
+        f"dataset.num_samples={clients * per_client}", "dataset.shape=[1,28,28]", "dataset.test_samples=100",
+        "partition=iid", "model=cnn", "model.channels=[16,32]", "model.hidden=128", "model.padding=0",
+        "client.local_epochs=1", "client.batch_size=32", "client.lr=0.01", "client.momentum=0.0",
+        "client.val_fraction=0.0",
         "fraction_train=1.0", "fraction_evaluate=0.0", "server.checkpoint_every=0", "progress=false",
         *engine_overrides(engine, max_cohort),
     ]
 
 
-def scale_overrides(population: int, cohort: int, per_client: int, rounds: int, engine: str, max_cohort: str) -> list[str]:
+def scale_overrides(population: int, cohort: int, per_client: int, rounds: int, engine: str,
+                    max_cohort: str) -> list[str]:
     return [
-        f"num_clients={population}", f"num_rounds={rounds}", "dataset=random", f"dataset.num_samples={population * per_client}",
-        "dataset.shape=[60]", "dataset.test_samples=100", "partition=iid", "model=logreg",
-        "client.local_epochs=1", "client.batch_size=32", "client.lr=0.01", "client.momentum=0.0", "client.val_fraction=0.0",
+        f"num_clients={population}", f"num_rounds={rounds}", "dataset=random",
+        f"dataset.num_samples={population * per_client}", "dataset.shape=[60]", "dataset.test_samples=100",
+        "partition=iid", "model=logreg", "client.local_epochs=1", "client.batch_size=32", "client.lr=0.01",
+        "client.momentum=0.0", "client.val_fraction=0.0",
         f"fraction_train={cohort / population}", "fraction_evaluate=0.0", "server.checkpoint_every=0", "progress=false",
         *engine_overrides(engine, max_cohort),
     ]
@@ -74,12 +77,12 @@ def worker(overrides: list[str], profile: bool = False) -> None:
     the setup time and peak RSS as one JSON line. With `profile`, print torch.profiler's table of the operators that
         took the most time over rounds 2 onward (round 1 pays one-time costs: imports, kernel selection), with the
     ClientApp calls in the main thread one after another (the profiler records only the thread it started in)."""
-    import fedsim.results
+    import fedsim.recorder
     from fedsim.config import compose_experiment
     from fedsim.run import run_experiment
 
     stamps: dict[int, float] = {}
-    original = fedsim.results.Recorder.record_round
+    original = fedsim.recorder.Recorder.record_round
 
     profiler = None
     if profile:  # torch.profiler sees this thread only: run the ClientApp calls here, one at a time
@@ -94,13 +97,13 @@ def worker(overrides: list[str], profile: bool = False) -> None:
         InProcessGrid.send_and_receive = in_this_thread
         profiler = _profiler()
 
-    def record_round(self, server_round, *args, **kwargs):
-        stamps[int(server_round)] = time.perf_counter()
-        if profiler is not None and int(server_round) == 1:
+    def record_round(self, record):
+        stamps[record.server_round] = time.perf_counter()
+        if profiler is not None and record.server_round == 1:
             profiler.start()
-        return original(self, server_round, *args, **kwargs)
+        return original(self, record)
 
-    fedsim.results.Recorder.record_round = record_round
+    fedsim.recorder.Recorder.record_round = record_round
     start = time.perf_counter()
     experiment = compose_experiment(overrides)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -128,7 +131,7 @@ def _profiler():
 
 def engine_spec(text: str) -> str:
     name, _, workers = text.partition(":")
-    if name not in ("inprocess", "vectorized") or (workers and not workers.isdigit()) or (workers and name != "inprocess"):
+    if name not in ("inprocess", "vectorized") or (workers and (not workers.isdigit() or name != "inprocess")):
         raise argparse.ArgumentTypeError(f"{text!r}: inprocess, inprocess:<workers> or vectorized")
     return text
 
@@ -170,7 +173,8 @@ def main() -> None:
     parser.add_argument("--max-cohort", default="auto", help="engine.max_cohort of the vectorized engine")
     parser.add_argument("--profile", type=engine_spec, metavar="ENGINE",
                         help="also run ENGINE once per client count under torch.profiler and print where the time goes")
-    parser.add_argument("--scale", action="store_true", help="peak memory with --population clients, --cohort per round")
+    parser.add_argument("--scale", action="store_true",
+                        help="peak memory with --population clients, --cohort per round")
     parser.add_argument("--population", type=int, nargs="+", default=[10000])
     parser.add_argument("--cohort", type=int, default=100)
     args = parser.parse_args()

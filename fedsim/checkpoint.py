@@ -12,7 +12,7 @@ It holds:
   ω̄, ...), except functions and the attributes its class names in `rebuilt_from_config` (FedLAW's architecture and
   proxy set), which the run's config builds again. They must be plain data (numbers, strings, None, lists, tuples,
   sets and dicts of them, numpy arrays and scalars, tensors, Flower records): anything else fails the save with a
-  TypeError naming the attribute, and fedsim then runs on without checkpoints and says so once;
+  TypeError naming the attribute, and fedsim then runs on without checkpoints and says so once (`Checkpointer`);
 - the random states the server draws from (`random`, torch, numpy: client sampling uses `random`);
 - the rows recorded so far;
 - the in-process engine's node states (FedCE's clients keep their last local model there).
@@ -28,6 +28,7 @@ import base64
 import functools
 import io
 import json
+import logging
 import random
 import types
 import warnings
@@ -40,7 +41,10 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .errors import FedsimError
-from .results import write_atomic
+from .protocol.capabilities import KeepsNodeState, strategy_traits
+from .recorder import Recorder, write_atomic
+
+logger = logging.getLogger("fedsim")
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # 2: torch.save of {FORMAT_KEY: 2, "state": JSON text, "tensors": {name: tensor}}. 1 (fedsim before it) was a raw
@@ -84,7 +88,7 @@ def _is_code(value: Any) -> bool:
 
 def strategy_state(strategy: Any) -> dict[str, Any]:
     """The strategy's instance attributes but code and `rebuilt_from_config` (values by reference: encode now)."""
-    rebuilt = set(getattr(strategy, "rebuilt_from_config", ()))
+    rebuilt = set(strategy_traits(type(strategy)).rebuilt_from_config)
     attributes = {name: value for name, value in vars(strategy).items() if name not in rebuilt and not _is_code(value)}
     return {"class": _class_name(strategy), "attributes": attributes}
 
@@ -153,7 +157,8 @@ class _Encoder:
         if kind in (MetricRecord, ConfigRecord):
             return {TAG: kind.__name__, "items": self.encode(dict(value), where)}
         if kind is RecordDict:
-            return {TAG: "RecordDict", "items": [[key, self.encode(record, f"{where}[{key!r}]")] for key, record in value.items()]}
+            return {TAG: "RecordDict",
+                    "items": [[key, self.encode(record, f"{where}[{key!r}]")] for key, record in value.items()]}
         raise TypeError(f"{where} is a {kind.__module__}.{kind.__qualname__}, which cannot be saved in a checkpoint "
                         "(plain data, numpy arrays, tensors and Flower records can; a strategy lists attributes its "
                         "config rebuilds in `rebuilt_from_config`)")
@@ -228,7 +233,7 @@ def _error(path: Path | None, problem: str) -> CheckpointError:
     """'PATH PROBLEM: how to start over', one line. A deployed run refuses to restart over finished rounds without
     a checkpoint (`fedsim.deploy.server_app.existing_run`), so there its metrics.csv goes too."""
     from .deploy.server_app import DEPLOYMENT_FILE
-    from .results import METRICS_FILE
+    from .recorder import METRICS_FILE
 
     where = Path(path) if path is not None else Path(CHECKPOINT_FILE)
     folder = where.parent
@@ -301,3 +306,43 @@ def restore_random_states(checkpoint: Checkpoint) -> None:
     random.setstate(checkpoint.python_random)
     torch.set_rng_state(checkpoint.torch_random)
     np.random.set_state(checkpoint.numpy_random)
+
+
+# --- during a run --------------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """A run's checkpoints: it saves the strategy, the recorder's rows, the engine's node states and the random
+    states after every `every` rounds (0: never) and after the last round, and puts them back on resume. When the
+    strategy's state cannot be saved it says so once and turns itself off: the run matters more than its
+    checkpoints."""
+
+    def __init__(self, recorder: Recorder, strategy: Any, engine_grid: object, every: int, num_rounds: int) -> None:
+        self._recorder, self._strategy, self._engine_grid = recorder, strategy, engine_grid
+        self._every, self._last_round = every, num_rounds
+        self.enabled = every > 0
+
+    def after_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Save the run as it is at the end of `server_round` when that round is due."""
+        if not self.enabled or (server_round % self._every and server_round != self._last_round):
+            return
+        states = self._engine_grid.node_states() if isinstance(self._engine_grid, KeepsNodeState) else None
+        try:
+            save_checkpoint(self._recorder.run_dir,
+                            capture(server_round, arrays, self._strategy, self._recorder.state(), states))
+        except TypeError as error:  # a strategy holding state that is not plain data
+            self.enabled = False
+            logger.warning("checkpoints turned off: the strategy's state cannot be saved (%s)", error)
+
+    def resume(self) -> Checkpoint | None:
+        """The run folder's checkpoint, with its state put back into the strategy (built afresh from the run's
+        config), the recorder, the engine's nodes and the random generators; None when there is none."""
+        checkpoint = load_checkpoint(self._recorder.run_dir)
+        if checkpoint is None:
+            return None
+        restore_strategy(self._strategy, checkpoint)
+        self._recorder.restore(checkpoint.recorder_state)
+        if checkpoint.node_states is not None and isinstance(self._engine_grid, KeepsNodeState):
+            self._engine_grid.restore_node_states(checkpoint.node_states)
+        restore_random_states(checkpoint)
+        return checkpoint

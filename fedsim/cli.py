@@ -4,7 +4,8 @@
 `fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report;
 `fedsim resume <run folder>` continues a run that stopped, from its last checkpoint;
 `fedsim certs DIR` makes a federation's keys; `fedsim deploy server|node` runs the server machine or a client machine
-of a deployment, `fedsim deploy local --nodes N [override ...]` all of it on this machine (fedsim/deploy/commands.py)."""
+of a deployment, `fedsim deploy local --nodes N [override ...]` all of it on this machine
+(fedsim/deploy/commands.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def main_help() -> str:
     lines += [f"  {name:<13} {summary}" for name, summary in COMMANDS.items()]
     lines += ["", "overrides (Hydra): key=value (num_rounds=50, client.lr=0.05) and group=option; the groups:"]
     lines += [f"  {group + '=':<13} {', '.join(group_options(group))}" for group in (*GROUPS, "tracking")]
-    lines += ["", "fedsim --cfg job             print the composed config: every key, documented in configs/config.yaml",
+    lines += ["",
+              "fedsim --cfg job             print the composed config: every key, documented in configs/config.yaml",
               "fedsim --hydra-help          Hydra's own options (--multirun, --cfg, --info, ...)",
               "Results go to stdout, progress and diagnostics to stderr. Bad input: one line and exit code 2."]
     return "\n".join(lines)
@@ -120,7 +122,7 @@ def partition_command(args: list[str]) -> None:
     """`fedsim partition <overrides> [--out DIR]`: build the partition (no training) and report its heterogeneity."""
     from .config import compose_experiment, validate
     from .data.federation import build_federation
-    from .partitions.report import CLUSTER_HEATMAP_FILE, HEATMAP_FILE, REPORT_FILE, write_report
+    from .partition_report import CLUSTER_HEATMAP_FILE, HEATMAP_FILE, REPORT_FILE, write_report
     from .progress import partition_table
 
     if _wants_help(args, PARTITION_USAGE):
@@ -132,18 +134,26 @@ def partition_command(args: list[str]) -> None:
         federation = build_federation(experiment)
     except FedsimError as error:
         _fail(error)
-    report = write_report(out, federation.label_counts(), " ".join(args) or "default partition", federation.cluster_counts)
+    report = write_report(out, federation.label_counts(), " ".join(args) or "default partition",
+                          federation.cluster_counts)
     output.print(partition_table(report))
     heatmaps = [HEATMAP_FILE] + ([CLUSTER_HEATMAP_FILE] if federation.cluster_counts is not None else [])
-    output.print(f"report: {out / REPORT_FILE}\nheatmap: " + ", ".join(str(out / name) for name in heatmaps), highlight=False, soft_wrap=True)
+    output.print(f"report: {out / REPORT_FILE}\nheatmap: " + ", ".join(str(out / name) for name in heatmaps),
+                 highlight=False, soft_wrap=True)
 
 
 def contribution_command(args: list[str]) -> None:
     """`fedsim contribution <overrides> [--out DIR] [--reference clients|test]`: one FedCE run plus one run per
     left-out client."""
+    # run_contribution validates every leave-one-out run before the first one
     from .config import compose_experiment
-    from .contribution import (CONTRIBUTION_FILE, CONTRIBUTION_PLOT, contribution_overrides, contribution_table,
-                               run_contribution)  # it validates every leave-one-out run before the first one
+    from .contribution import (
+        CONTRIBUTION_FILE,
+        CONTRIBUTION_PLOT,
+        contribution_overrides,
+        contribution_table,
+        run_contribution,
+    )
 
     if _wants_help(args, CONTRIBUTION_USAGE):
         return
@@ -175,7 +185,8 @@ def certs_command(args: list[str]) -> None:
 
 
 def deploy_command(args: list[str]) -> None:
-    """`fedsim deploy local|server|node|app ...`: run fedsim under Flower's Deployment Runtime (fedsim/deploy/commands.py)."""
+    """`fedsim deploy local|server|node|app ...`: run fedsim under Flower's Deployment Runtime
+    (fedsim/deploy/commands.py)."""
     from .deploy.commands import deploy_command as deploy
 
     try:
@@ -227,7 +238,8 @@ def compare_command(args: list[str]) -> None:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     from .compare.sweep import is_complete, run_folder
 
-    pending = sum(not is_complete(run_folder(out, p), e) for p, e in zip(grid.points, the_plan.experiments))
+    pending = sum(not is_complete(run_folder(out, p), e)
+                  for p, e in zip(grid.points, the_plan.experiments, strict=True))
     if pending < len(grid.points):
         console.print(f"{len(grid.points) - pending} runs already finished in {out}: skipped", highlight=False)
     with SweepProgress(pending, "runs", enabled=show_progress and pending > 0) as progress:
@@ -261,14 +273,15 @@ def resume_command(args: list[str]) -> None:
 
     from .checkpoint import CHECKPOINT_FILE, load_checkpoint
     from .progress import summary_table
-    from .results import CONFIG_FILE, SUMMARY_FILE
+    from .recorder import CONFIG_FILE, SUMMARY_FILE
     from .run import run_experiment
 
     if _wants_help(args, RESUME_USAGE):
         return
     federation, args = _option(args, "--federation")
     if len(args) != 1:
-        _fail(FedsimError("usage: fedsim resume <run folder> [--federation NAME (a deployed run's SuperLink connection)]"))
+        _fail(FedsimError("usage: fedsim resume <run folder> "
+                          "[--federation NAME (a deployed run's SuperLink connection)]"))
     folder = Path(args[0])
     if not (folder / CONFIG_FILE).exists():
         _fail(FedsimError(f"{folder} is not a fedsim run folder (no {CONFIG_FILE})"))
@@ -286,9 +299,11 @@ def resume_command(args: list[str]) -> None:
 
     try:
         if is_deployed_run(folder):  # a deployed run continues on its federation, never as a simulation
-            summary = resume_deployed(folder, federation, say=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+            summary = resume_deployed(folder, federation, say=lambda line: console.print(
+                line, highlight=False, soft_wrap=True, markup=False))
         elif federation is not None:
-            raise FedsimError(f"--federation: {folder} is a simulated run (no deployment.json); it resumes on its own engine")
+            raise FedsimError(f"--federation: {folder} is a simulated run (no deployment.json); "
+                              "it resumes on its own engine")
         else:
             summary = run_experiment(yaml.safe_load((folder / CONFIG_FILE).read_text()), folder, resume=True)
     except FedsimError as error:

@@ -1,28 +1,53 @@
 """fedsim's ClientApp: answer who it is, train on its partition, evaluate the global model on its validation split.
 
 The node learns its partition from Flower's node config (`partition-id`), as SuperNodes do in deployment; there it
-may also name its own data (`data-path`) and device (`device`): see `fedsim.deploy.node`.
+may also name its own data (`data-path`) and device (`device`): see `fedsim.node_config`. What a strategy asks of
+a client beyond training (`fedsim.protocol.requests`) is declared by the strategy class the experiment names; the
+ClientApp answers those requests and no others.
+
+A train round starts from its plan (`fedsim.client_plan`): plain local training is trained as planned and answered
+with the plan's `reply`, which is all an engine that batches clients does for it too; a round the plan says needs
+the full ClientApp (client requests, injected faults, a node told to misbehave) runs here alone. Behaviour added to
+a train round belongs in the full round, behind a reason in the plan, so that no engine can skip it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .client_requests import AFTER_TRAINING, BEFORE_TRAINING, LocalRound, asked
-from .data.noise import client_data
+from .build import build_model
+from .client_plan import LocalTraining, NeedsClientApp, asked_requests, local_training, plan, reply
+from .data.client_data import client_data
 from .data.tensors import ArrayDataset
-from .experiment import ROUND_KEY, build_model, experiment_from_record, train_settings
-from .fairness import model_group_counts, reweighing_weights
-from .deploy.node import NUM_PARTITIONS, PARTITION_ID, load_global_model, misbehavior, node_device, node_federation, one_line_errors
-from .deploy.node import partition_id as _partition_id
+from .fairness import model_group_counts
 from .faults import before_training, draw_faults, misbehaved, poisoned
-from .training import client_seed, evaluate, train_local
+from .node_config import load_global_model, misbehavior, node_device, node_federation, one_line_errors
+from .node_config import partition_id as _partition_id
+from .protocol.experiment import experiment_from_record
+from .protocol.keys import (
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    IDENTITY_RECORD,
+    METRICS_RECORD,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    ROUND_KEY,
+)
+from .training import TrainResult, evaluate, train_local
 
-__all__ = ["IDENTITY_RECORD", "NUM_PARTITIONS", "PARTITION_ID", "app"]
+if TYPE_CHECKING:
+    from torch import nn
 
-IDENTITY_RECORD = "identity"
+    from .data.federation import Federation
+
+__all__ = ["app"]
 
 app = ClientApp()
 
@@ -35,50 +60,105 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(RecordDict({IDENTITY_RECORD: identity}), reply_to=msg)
 
 
+@dataclass
+class ClientRound:
+    """One train round on one client: what the strategy's request functions see (`fedsim.protocol.LocalRound`)."""
+
+    config: ConfigRecord
+    state: RecordDict
+    received: ArrayRecord
+    experiment: dict[str, Any]
+    federation: Federation
+    model: nn.Module  # holds the received model until training starts
+    train_data: ArrayDataset
+    val_data: ArrayDataset
+    device: torch.device
+
+    def evaluate(self, arrays: ArrayRecord | None = None, split: str = "train", group_counts: bool = False
+                 ) -> dict[str, float]:
+        model = self.model
+        if arrays is not None:
+            model = build_model(self.experiment, self.federation.data)
+            model.load_state_dict(arrays.to_torch_state_dict())
+        data = self.train_data if split == "train" or not len(self.val_data) else self.val_data
+        result = evaluate(model, data, self.device)
+        metrics = {"loss": result.loss, "accuracy": result.accuracy}
+        if group_counts and data.sensitive is not None:
+            metrics.update(model_group_counts(model, data, self.device).to_metrics())
+        return metrics
+
+    def label_counts(self) -> list[int]:
+        return torch.bincount(self.train_data.y, minlength=self.federation.data.num_classes).tolist()
+
+
 @app.train()
 @one_line_errors
 def train(msg: Message, context: Context) -> Message:
     """Local SGD from the received global model; replies with the new weights, `num-examples`, the training loss and
-    accuracy, and whatever the strategy asked for in the config (see `fedsim.client_requests`)."""
-    config = msg.content["config"]
+    accuracy, and the answers to what the strategy asked for in the config (its `client_requests`)."""
+    planned = plan(msg, context)
+    if isinstance(planned, NeedsClientApp):
+        return _full_round(msg, context)
+    experiment = experiment_from_record(msg.content[CONFIG_RECORD])
+    model = _received_model(msg, experiment, node_federation(experiment, context))
+    result = _train(model, planned, node_device(context, experiment))
+    return reply(msg, result, _arrays(model))
+
+
+def _full_round(msg: Message, context: Context) -> Message:
+    """A train round beyond plain local training: the strategy's client requests around it, an injected fault, a
+    node's misbehaviour."""
+    config = msg.content[CONFIG_RECORD]
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
     told = misbehavior(context)  # read before training, so that a bad value costs no training
-    federation = node_federation(experiment, context)
-    train_data, val_data = client_data(federation, experiment, partition_id)
-    model = build_model(experiment, federation.data)
-    load_global_model(model, msg.content["arrays"].to_torch_state_dict(), federation)
-    device = node_device(context, experiment)
-    local = LocalRound(config, context, experiment, federation, msg.content["arrays"], model, train_data, val_data, device)
+    local = _client_round(msg, context, experiment, partition_id)
+    requests = asked_requests(experiment, config)
     answers: dict[str, float] = {}
-    for key, answer in BEFORE_TRAINING.items():
-        if asked(config, key):
-            answers.update(answer(local))
+    for request in requests:
+        if request.before is not None:
+            answers.update(request.before(local))
     faults = draw_faults(experiment, int(config[ROUND_KEY]), partition_id)
     before_training(faults)
-    generator = torch.Generator().manual_seed(client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id))
-    weights = _sample_weights(experiment, train_data)
-    result = train_local(model, train_data, train_settings(experiment, config), generator, device, weights)
-    metrics = MetricRecord(
-        {"num-examples": result.num_examples, "train_loss": result.loss, "train_accuracy": result.accuracy, **answers}
-    )
-    arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+    result = _train(local.model, local_training(msg, experiment, partition_id, local.train_data), local.device)
+    arrays = _arrays(local.model)
     if faults.nan:
         arrays = poisoned(arrays)
     if told is not None:  # a node told to misbehave in its own node config (experiments with a malicious node)
-        arrays = misbehaved(arrays, msg.content["arrays"], *told)
-    content = RecordDict({"arrays": arrays, "metrics": metrics})
-    for key, answer_after in AFTER_TRAINING.items():
-        if asked(config, key):
-            answer_after(local, arrays, content)
-    return Message(content, reply_to=msg)
+        arrays = misbehaved(arrays, msg.content[ARRAYS_RECORD], *told)
+    response = reply(msg, result, arrays)
+    response.content[METRICS_RECORD].update(answers)
+    for request in requests:
+        if request.after is not None:
+            request.after(local, arrays, response.content)
+    return response
 
 
-def _sample_weights(experiment: dict, data: ArrayDataset) -> torch.Tensor | None:
-    """Per-row loss weights of the configured local debiasing (`client.local_debiasing`), or None."""
-    if experiment["client"].get("local_debiasing", "none") != "reweighing" or data.sensitive is None:
-        return None
-    return reweighing_weights(data.y, data.sensitive)
+def _client_round(msg: Message, context: Context, experiment: dict[str, Any], partition_id: int) -> ClientRound:
+    """The round as the strategy's request functions see it, holding the received model."""
+    federation = node_federation(experiment, context)
+    train_data, val_data = client_data(federation, experiment, partition_id)
+    model = _received_model(msg, experiment, federation)
+    return ClientRound(msg.content[CONFIG_RECORD], context.state, msg.content[ARRAYS_RECORD], experiment, federation,
+                       model, train_data, val_data, node_device(context, experiment))
+
+
+def _received_model(msg: Message, experiment: dict[str, Any], federation: Federation) -> nn.Module:
+    """The experiment's model holding the global weights the message carries."""
+    model = build_model(experiment, federation.data)
+    load_global_model(model, msg.content[ARRAYS_RECORD].to_torch_state_dict(), federation)
+    return model
+
+
+def _train(model: nn.Module, training: LocalTraining, device: torch.device) -> TrainResult:
+    """`train_local` as the plan describes it, from the model's current weights."""
+    generator = torch.Generator().manual_seed(training.seed)
+    return train_local(model, training.data, training.settings, generator, device, training.sample_weights,
+                       training.objectives)
+
+
+def _arrays(model: nn.Module) -> ArrayRecord:
+    return ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
 
 
 @app.evaluate()
@@ -89,16 +169,15 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     A client too small to hold out a validation row (one sample) evaluates on its training data instead. Data with
     a sensitive attribute adds the model's group counts (`fedsim.fairness`).
     """
-    experiment = experiment_from_record(msg.content["config"])
+    experiment = experiment_from_record(msg.content[CONFIG_RECORD])
     federation = node_federation(experiment, context)
     train_data, val_data = client_data(federation, experiment, _partition_id(context))
     if len(val_data) == 0:
         val_data = train_data
-    model = build_model(experiment, federation.data)
-    load_global_model(model, msg.content["arrays"].to_torch_state_dict(), federation)
+    model = _received_model(msg, experiment, federation)
     device = node_device(context, experiment)
     result = evaluate(model, val_data, device)
-    metrics = MetricRecord({"num-examples": result.num_examples, "eval_loss": result.loss, "eval_acc": result.accuracy})
+    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, EVAL_LOSS: result.loss, EVAL_ACCURACY: result.accuracy})
     if val_data.sensitive is not None:
         metrics.update(model_group_counts(model, val_data, device).to_metrics())
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({METRICS_RECORD: metrics}), reply_to=msg)

@@ -7,7 +7,7 @@ exits with code 2.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,15 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import config_dir
 from .errors import ConfigError, FedsimError
+from .protocol.capabilities import StrategyTraits, strategy_traits
+from .protocol.constraints import InvalidParameter, check_parameters, parameter_constraints
+from .protocol.keys import CLIENT_OPTIMIZER_FIELDS, CLIENT_OPTIMIZER_KEY
 
 GROUPS = ("dataset", "partition", "model", "strategy", "engine")
 DEFAULT_PROXY_SIZE = 200
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
 LOCAL_DEBIASING = ("none", "reweighing")
-SENSITIVE_DATASETS = ("fair_synthetic", "adult")  # data sets with a binary sensitive attribute (FairFed, SPD/EOD)
 
 
 def group_options(group: str, root: Path | None = None) -> list[str]:
@@ -84,20 +86,15 @@ def to_experiment(cfg: DictConfig) -> dict[str, Any]:
     return resolve_auto_values(container)
 
 
-def strategy_class(experiment: Mapping[str, Any]) -> type:
-    """The class `strategy._target_` names; a ConfigError if it cannot be imported."""
-    import hydra.utils
+def _strategy_traits(experiment: Mapping[str, Any]) -> StrategyTraits:
+    """The declarations of the class `strategy._target_` names; a ConfigError if it cannot be imported."""
+    from .build import traits_of  # imports torch: not before a config is resolved
 
-    target = experiment["strategy"].get("_target_")
     try:
-        return hydra.utils.get_class(str(target))
+        return traits_of(experiment)
     except Exception:  # pylint: disable=broad-exception-caught
+        target = experiment["strategy"].get("_target_")
         raise ConfigError("strategy._target_", target, "an importable Flower Strategy class") from None
-
-
-def needs_server_data(experiment: Mapping[str, Any]) -> bool:
-    """Whether the strategy learns on a server-side proxy set (FedLAW)."""
-    return bool(getattr(strategy_class(experiment), "requires_server_data", False))
 
 
 def resolve_auto_values(experiment: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +102,7 @@ def resolve_auto_values(experiment: Mapping[str, Any]) -> dict[str, Any]:
     receive the resolved experiment."""
     server = dict(experiment.get("server", {}))
     if server.get("proxy_size", 0) == "auto":
-        server["proxy_size"] = DEFAULT_PROXY_SIZE if needs_server_data(experiment) else 0
+        server["proxy_size"] = DEFAULT_PROXY_SIZE if _strategy_traits(experiment).requires_server_data else 0
     return {**experiment, "server": server}
 
 
@@ -178,11 +175,6 @@ def _integer(key: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _auto_or_count(key: str, value: Any) -> None:
-    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(key, value, "auto or an integer >= 1")
-
-
 def _in_range(key: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
     number = _number(key, value)
     too_low = number <= low if low_open else number < low
@@ -212,90 +204,25 @@ def _choice(key: str, value: Any, allowed: Sequence[str]) -> None:
         raise ConfigError(key, value, f"one of {', '.join(allowed)}")
 
 
-def _validate_partition(partition: Mapping[str, Any], num_clients: int) -> None:
-    if "alpha" in partition:
-        alphas = partition["alpha"] if isinstance(partition["alpha"], list) else [partition["alpha"]]
-        for alpha in alphas:
-            _positive("partition.alpha", alpha)
-        if isinstance(partition["alpha"], list) and len(alphas) != num_clients:
-            raise ConfigError("partition.alpha", partition["alpha"], f"a number, or a list of num_clients={num_clients} numbers")
-    if "num_partitions" in partition and partition["num_partitions"] != num_clients:
-        raise ConfigError("partition.num_partitions", partition["num_partitions"], f"must equal num_clients={num_clients}")
-    if "min_partition_size" in partition:
-        _integer("partition.min_partition_size", partition["min_partition_size"], 0)
-    if partition.get("num_shards_per_partition") is not None:
-        _integer("partition.num_shards_per_partition", partition["num_shards_per_partition"], 1)
-    if partition.get("shard_size") is not None:
-        _integer("partition.shard_size", partition["shard_size"], 1)
-    if "sigma" in partition:
-        _positive("partition.sigma", partition["sigma"])
-    if "distribution" in partition:
-        from fedsim.partitions.quantity import DISTRIBUTIONS
-
-        _choice("partition.distribution", partition["distribution"], DISTRIBUTIONS)
-    if "num_classes_per_partition" in partition:
-        _integer("partition.num_classes_per_partition", partition["num_classes_per_partition"], 1)
-    _validate_feature_partition(partition)
+def _check_declared(key: str, cls: type, constraints: Mapping[str, Any], arguments: Mapping[str, Any]) -> None:
+    """The constraints class `cls` declares on its arguments, then its rules across arguments (a `check_arguments`
+    classmethod, where it declares one); the first `InvalidParameter` is the one-line ConfigError of `key.<name>`."""
+    try:
+        check_parameters(constraints, arguments)
+        across = getattr(cls, "check_arguments", None)
+        if callable(across):
+            across(arguments)
+    except InvalidParameter as error:
+        raise ConfigError(f"{key}.{error.name}", error.value, error.allowed) from None
 
 
-def _validate_feature_partition(partition: Mapping[str, Any]) -> None:
-    """Keys of the embedding and semantic partitions."""
-    from fedsim.partitions.cluster_mixture import SIZE_RULES
-    from fedsim.partitions.embedding import BY_MODES
-
-    if "num_clusters" in partition:
-        _integer("partition.num_clusters", partition["num_clusters"], 1)
-    if partition.get("pca_components") is not None:
-        _integer("partition.pca_components", partition["pca_components"], 1)
-    if "by" in partition:
-        _choice("partition.by", partition["by"], BY_MODES)
-    if "size_rule" in partition:
-        _choice("partition.size_rule", partition["size_rule"], SIZE_RULES)
-    if "max_retries" in partition:
-        _integer("partition.max_retries", partition["max_retries"], 1)
-    if "covariance_type" in partition:
-        _choice("partition.covariance_type", partition["covariance_type"], ("full", "tied", "diag", "spherical"))
-    if "reg_covar" in partition:
-        _positive("partition.reg_covar", partition["reg_covar"])
-    if "encoder" in partition:
-        from fedsim.partitions.encoders import resolve_encoder
-
-        try:
-            resolve_encoder(partition["encoder"])
-        except ValueError:
-            allowed = "pca, torchvision:<model>, timm:<model>, sentence-transformers:<model> or model:<run folder>"
-            raise ConfigError("partition.encoder", partition["encoder"], allowed) from None
-
-
-def _validate_strategy(strategy: Mapping[str, Any]) -> None:
-    """Each strategy key that is present, checked by the rule for that key (keys are shared across strategies)."""
-    from fedsim.fairness import METRICS
-    from fedsim.strategies.fedce import MODES
-    from fedsim.strategies.feddisco import MEASURES, TARGETS
-    from fedsim.strategies.stragglers import STRAGGLER_MODES
-
-    def one_of(allowed: Sequence[str]) -> Callable[[str, Any], None]:
-        return lambda key, value: _choice(key, value, allowed)
-
-    def integer_from(minimum: int) -> Callable[[str, Any], int]:
-        return lambda key, value: _integer(key, value, minimum)
-
-    checks: dict[str, Callable[[str, Any], Any]] = {
-        "proximal_mu": _non_negative, "a": _non_negative, "b": _number, "q": _non_negative, "beta": _non_negative,
-        "server_lr": lambda key, value: value == "auto" or _positive(key, value), "server_epochs": integer_from(0),
-        "batch_size": integer_from(1), "lr_step_epochs": integer_from(1),
-        "lr_step_factor": lambda key, value: _in_range(key, value, 0, 1, low_open=True),
-        "straggler_mode": one_of(STRAGGLER_MODES), "measure": one_of(MEASURES), "target": one_of(TARGETS),
-        "mode": one_of(MODES), "metric": one_of(METRICS),
-    }
-    for name, check in checks.items():
-        if name in strategy:
-            check(f"strategy.{name}", strategy[name])
-    optimizer = strategy.get("client_optimizer") or {}  # the paper's client optimiser (fedsim.experiment.client_optimizer)
+def _validate_client_optimizer(strategy: Mapping[str, Any]) -> None:
+    """The block naming the client optimiser of the strategy's paper (`fedsim.build.client_optimizer`)."""
+    optimizer = strategy.get(CLIENT_OPTIMIZER_KEY) or {}
     if not isinstance(optimizer, Mapping):
         raise ConfigError("strategy.client_optimizer", optimizer, "a mapping with momentum and weight_decay, or null")
     for name in optimizer:
-        if name not in ("momentum", "weight_decay"):
+        if name not in CLIENT_OPTIMIZER_FIELDS:
             raise ConfigError(f"strategy.client_optimizer.{name}", optimizer[name], "only momentum and weight_decay")
     if "momentum" in optimizer:
         _in_range("strategy.client_optimizer.momentum", optimizer["momentum"], 0, 1, high_open=True)
@@ -309,36 +236,48 @@ def _validate_cohort(strategy: Mapping[str, Any], num_clients: int) -> None:
         if name in strategy:
             value = _integer(f"strategy.{name}", strategy[name], 0)
             if value > num_clients:
-                raise ConfigError(f"strategy.{name}", value, f"at most num_clients ({num_clients}): a larger cohort never forms")
+                raise ConfigError(f"strategy.{name}", value,
+                                  f"at most num_clients ({num_clients}): a larger cohort never forms")
 
 
-def _validate_dataset(dataset: Mapping[str, Any]) -> None:
-    for key in ("test_fraction", "train_fraction"):
-        if key in dataset:
-            _in_range(f"dataset.{key}", dataset[key], 0, 1, low_open=True, high_open=True)
-    if dataset.get("name") == "synthetic":
-        _non_negative("dataset.alpha", dataset["alpha"])
-        _non_negative("dataset.beta", dataset["beta"])
-        _integer("dataset.num_users", dataset["num_users"], 1)
-    if dataset.get("name") == "random" and dataset.get("source") == "builtin":
-        _integer("dataset.num_samples", dataset["num_samples"], 1)
-        _integer("dataset.num_classes", dataset["num_classes"], 2)
-        _integer("dataset.test_samples", dataset["test_samples"], 1)
-        shape = dataset["shape"]
-        if not isinstance(shape, list) or not shape or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
-            raise ConfigError("dataset.shape", shape, "a list of positive integers, e.g. [1, 28, 28]")
-    if dataset.get("name") == "fair_synthetic":
-        _integer("dataset.num_samples", dataset["num_samples"], 2)
-        _integer("dataset.dim", dataset["dim"], 2)
-        _in_range("dataset.correlation", dataset["correlation"], 0, 1, high_open=True)
-        _in_range("dataset.sensitive_share", dataset["sensitive_share"], 0, 1, low_open=True, high_open=True)
-        _non_negative("dataset.signal", dataset["signal"])
-        _non_negative("dataset.leak", dataset["leak"])
+def _strategy_name(experiment: Mapping[str, Any]) -> str:
+    return str(experiment["strategy"]["_target_"]).rsplit(".", 1)[-1]
+
+
+def _validate_stragglers(experiment: Mapping[str, Any], traits: StrategyTraits) -> None:
+    fraction = _in_range("stragglers.fraction", experiment.get("stragglers", {}).get("fraction", 0.0), 0, 1,
+                         high_open=True)
+    if fraction > 0 and not traits.supports_stragglers:
+        raise ConfigError("stragglers.fraction", fraction,
+                          f"0 with strategy {_strategy_name(experiment)}, which does not declare supports_stragglers")
+
+
+def _sensitive_datasets() -> list[str]:
+    """The `dataset` options whose loader declares rows with a sensitive attribute."""
+    from .build import locate
+
+    folder = config_dir() / "dataset"
+    targets = {option: OmegaConf.load(folder / f"{option}.yaml").get("_target_") for option in group_options("dataset")}
+    return [option for option, target in targets.items()
+            if getattr(locate(str(target)), "has_sensitive_attribute", False)]
+
+
+def _validate_sensitive_attribute(experiment: Mapping[str, Any], traits: StrategyTraits, loader: type) -> None:
+    """A strategy or local debiasing that needs each row's sensitive attribute, on a data set whose loader declares
+    one (`has_sensitive_attribute`)."""
+    debiasing = experiment["client"].get("local_debiasing", "none")
+    _choice("client.local_debiasing", debiasing, LOCAL_DEBIASING)
+    needs = [f"strategy {_strategy_name(experiment)}"] if traits.requires_sensitive_attribute else []
+    needs += [f"client.local_debiasing={debiasing}"] if debiasing != "none" else []
+    if needs and not getattr(loader, "has_sensitive_attribute", False):
+        allowed = f"{needs[0]} needs a sensitive attribute: one of {', '.join(_sensitive_datasets())}"
+        raise ConfigError("dataset", experiment["dataset"].get("name"), allowed)
 
 
 def _partition_ids(key: str, value: Any, num_clients: int, leave_one: bool) -> None:
     """A list of distinct partition ids; with `leave_one`, it may not name every client."""
-    allowed = f"a list of distinct partition ids in 0..{num_clients - 1}" + (", leaving at least one client" if leave_one else "")
+    allowed = (f"a list of distinct partition ids in 0..{num_clients - 1}"
+               + (", leaving at least one client" if leave_one else ""))
     if not isinstance(value, list) or len(set(map(str, value))) != len(value) or len(value) > num_clients - leave_one:
         raise ConfigError(key, value, allowed)
     for pid in value:
@@ -350,44 +289,38 @@ TARGET_BASES = {  # group: (module, class) that its `_target_` must subclass
     "strategy": ("flwr.serverapp.strategy", "Strategy"),
     "partition": ("flwr_datasets.partitioner", "Partitioner"),
     "model": ("torch.nn", "Module"),
+    "dataset": ("fedsim.data.base", "DatasetLoader"),
+    "engine": ("fedsim.engines.base", "Engine"),
 }
 
 
-def _validate_targets(experiment: Mapping[str, Any]) -> None:
-    """Only three keys name code to build, and each must name a class of its kind: `strategy._target_` a Flower
-    Strategy, `partition._target_` a flwr-datasets Partitioner, `model._target_` a torch Module. A config is data
-    (a run folder's `config.yaml` may come from someone else, for `fedsim resume`): it cannot make fedsim call
-    anything else (`subprocess.Popen`, `os.system`), at the top or nested."""
+def _nested_targets(value: Any, path: str) -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        found = [(path, value["_target_"])] if "_target_" in value else []
+        return found + [key for k, v in value.items() for key in _nested_targets(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [key for i, v in enumerate(value) for key in _nested_targets(v, f"{path}[{i}]")]
+    return []
+
+
+def _validate_targets(experiment: Mapping[str, Any]) -> dict[str, type]:
+    """The class each group's `_target_` names, which must be a class of its kind (`TARGET_BASES`: a Flower
+    Strategy, a flwr-datasets Partitioner, a torch Module, a fedsim DatasetLoader or Engine); no other key names
+    code to build. A config is data (a run folder's `config.yaml` may come from someone else, for `fedsim resume`):
+    it cannot make fedsim call anything else (`subprocess.Popen`, `os.system`), at the top or nested."""
     import importlib
 
-    def locate(dotted: str) -> Any:
-        parts = dotted.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                found = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            for part in parts[cut:]:
-                found = getattr(found, part)
-            return found
-        raise ImportError(dotted)
-
-    def nested_targets(value: Any, path: str) -> list[tuple[str, Any]]:
-        if isinstance(value, Mapping):
-            found = [(path, value["_target_"])] if "_target_" in value else []
-            return found + [key for k, v in value.items() for key in nested_targets(v, f"{path}.{k}")]
-        if isinstance(value, list):
-            return [key for i, v in enumerate(value) for key in nested_targets(v, f"{path}[{i}]")]
-        return []
+    from .build import locate
 
     for group, entry in experiment.items():
         if group in TARGET_BASES:
-            inner = [key for k, v in entry.items() if k != "_target_" for key in nested_targets(v, f"{group}.{k}")]
+            inner = [key for k, v in entry.items() if k != "_target_" for key in _nested_targets(v, f"{group}.{k}")]
         else:
-            inner = nested_targets(entry, str(group))
+            inner = _nested_targets(entry, str(group))
         if inner:
-            raise ConfigError(f"{inner[0][0]}._target_", inner[0][1],
-                              "nothing: only strategy._target_, partition._target_ and model._target_ name a class")
+            named = ", ".join(f"{kind}._target_" for kind in TARGET_BASES)
+            raise ConfigError(f"{inner[0][0]}._target_", inner[0][1], f"nothing: only {named} name a class")
+    classes = {}
     for group, (module, name) in TARGET_BASES.items():
         target = experiment[group].get("_target_")
         base = getattr(importlib.import_module(module), name)
@@ -398,13 +331,37 @@ def _validate_targets(experiment: Mapping[str, Any]) -> None:
             raise ConfigError(f"{group}._target_", target, allowed) from None
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise ConfigError(f"{group}._target_", target, allowed)
+        classes[group] = cls
+    return classes
+
+
+def _validate_declared(experiment: Mapping[str, Any], classes: Mapping[str, type], traits: StrategyTraits) -> None:
+    """Each built group's arguments, by what its class declares; `num_partitions` is every partitioner's."""
+    from .engines import engine_arguments
+    from .partitions.flower_constraints import partitioner_constraints
+
+    def arguments(group: str, aside: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {key: value for key, value in experiment[group].items() if key not in ("_target_", *aside)}
+
+    num_clients, partition = experiment["num_clients"], experiment["partition"]
+    if "num_partitions" in partition and partition["num_partitions"] != num_clients:
+        raise ConfigError("partition.num_partitions", partition["num_partitions"],
+                          f"must equal num_clients={num_clients}")
+    _check_declared("strategy", classes["strategy"], traits.parameter_constraints,
+                    arguments("strategy", (CLIENT_OPTIMIZER_KEY,)))
+    _check_declared("partition", classes["partition"], partitioner_constraints(classes["partition"]),
+                    arguments("partition"))
+    _check_declared("dataset", classes["dataset"], parameter_constraints(classes["dataset"]), arguments("dataset"))
+    _check_declared("engine", classes["engine"], parameter_constraints(classes["engine"]),
+                    engine_arguments(experiment["engine"]))
 
 
 def validate(experiment: Mapping[str, Any]) -> None:
     """Check every value the run will use; raise a ConfigError on the first bad one."""
     import torch
 
-    _validate_targets(experiment)
+    classes = _validate_targets(experiment)
+    traits = strategy_traits(classes["strategy"])
     _integer("seed", experiment["seed"], 0)
     num_clients = _integer("num_clients", experiment["num_clients"], 1)
     _integer("num_rounds", experiment["num_rounds"], 1)
@@ -436,46 +393,32 @@ def validate(experiment: Mapping[str, Any]) -> None:
     feature_noise = experiment.get("feature_noise") or {}
     _partition_ids("feature_noise.clients", feature_noise.get("clients") or [], num_clients, leave_one=False)
     _non_negative("feature_noise.std", feature_noise.get("std", 0.0))
-    _in_range("stragglers.fraction", experiment.get("stragglers", {}).get("fraction", 0.0), 0, 1, high_open=True)
+    _validate_stragglers(experiment, traits)
     server = experiment["server"]
     proxy_size = _integer("server.proxy_size", server.get("proxy_size", 0), 0)
-    if proxy_size == 0 and needs_server_data(experiment):
-        raise ConfigError("server.proxy_size", 0, f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} learns on a server proxy set: use e.g. {DEFAULT_PROXY_SIZE}")
+    if proxy_size == 0 and traits.requires_server_data:
+        raise ConfigError("server.proxy_size", 0,
+                          f"strategy {_strategy_name(experiment)} learns on a server proxy set: "
+                          f"use e.g. {DEFAULT_PROXY_SIZE}")
     _integer("server.eval_batch_size", server["eval_batch_size"], 1)
     _positive("server.round_timeout", server["round_timeout"])
     bound = server.get("max_update_norm", "auto")
-    if bound is not None and bound != "auto" and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound <= 0):
+    if (bound is not None and bound != "auto"
+            and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound <= 0)):
         raise ConfigError("server.max_update_norm", bound, "auto, null or a number > 0")
     if _number("server.update_norm_factor", server.get("update_norm_factor", 100.0)) <= 1:
-        raise ConfigError("server.update_norm_factor", server["update_norm_factor"], "must be > 1 (a multiple of the round's median update norm)")
+        raise ConfigError("server.update_norm_factor", server["update_norm_factor"],
+                          "must be > 1 (a multiple of the round's median update norm)")
     if _integer("server.min_valid_replies", server.get("min_valid_replies", 1), 1) > num_clients:
-        raise ConfigError("server.min_valid_replies", server["min_valid_replies"], f"at most num_clients ({num_clients})")
+        raise ConfigError("server.min_valid_replies", server["min_valid_replies"],
+                          f"at most num_clients ({num_clients})")
     _integer("server.checkpoint_every", server.get("checkpoint_every", 1), 0)
     faults = experiment.get("faults") or {}
     for key in ("crash_rate", "nan_rate", "slow_rate"):
         _in_range(f"faults.{key}", faults.get(key, 0.0), 0, 1)
     _non_negative("faults.slow_seconds", faults.get("slow_seconds", 0.0))
 
-    _validate_strategy(experiment["strategy"])
+    _validate_client_optimizer(experiment["strategy"])
     _validate_cohort(experiment["strategy"], num_clients)
-    dataset_name = experiment["dataset"].get("name")
-    if str(experiment["strategy"].get("_target_", "")).endswith(".FairFed") and dataset_name not in SENSITIVE_DATASETS:
-        allowed = f"strategy=fairfed needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"
-        raise ConfigError("dataset", dataset_name, allowed)
-    debiasing = client.get("local_debiasing", "none")
-    _choice("client.local_debiasing", debiasing, LOCAL_DEBIASING)
-    if debiasing != "none" and dataset_name not in SENSITIVE_DATASETS:
-        allowed = f"client.local_debiasing={debiasing} needs a sensitive attribute: one of {', '.join(SENSITIVE_DATASETS)}"
-        raise ConfigError("dataset", dataset_name, allowed)
-    _validate_partition(experiment["partition"], num_clients)
-    _validate_dataset(experiment["dataset"])
-
-    engine = experiment["engine"]
-    if engine.get("name") == "flower":
-        from .engines.ray_resources import validate_flower_engine
-
-        validate_flower_engine(engine)
-    if engine.get("name") == "inprocess":
-        _auto_or_count("engine.workers", engine.get("workers", 1))
-    if engine.get("name") == "vectorized":
-        _auto_or_count("engine.max_cohort", engine.get("max_cohort", "auto"))
+    _validate_sensitive_attribute(experiment, traits, classes["dataset"])
+    _validate_declared(experiment, classes, traits)

@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .results import METRICS_FILE, write_atomic
+from .recorder import METRICS_FILE, write_atomic
 
 CONTRIBUTION_FILE = "contribution.json"
 CONTRIBUTION_PLOT = "contribution.png"
@@ -132,7 +132,8 @@ def run_contribution(experiment: Mapping[str, Any], out: Path, on_run: RunCallba
     return report
 
 
-def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float | None, reference: str = "clients") -> None:
+def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float | None,
+                      reference: str = "clients") -> None:
     """Two bars per client: FedCE's final weight and the leave-one-out accuracy drop (own axis each)."""
     import numpy as np
 
@@ -141,8 +142,10 @@ def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float
     ids = np.arange(len(clients))
     figure, axis = plt.subplots(figsize=(max(6.4, 0.6 * len(clients)), 4.0), dpi=120)
     twin = axis.twinx()
-    axis.bar(ids - 0.2, [c["fedce_weight"] for c in clients], width=0.4, color="tab:blue", label="FedCE weight (final round)")
-    twin.bar(ids + 0.2, [c["loo_contribution"] for c in clients], width=0.4, color="tab:orange", label="leave-one-out accuracy drop")
+    axis.bar(ids - 0.2, [c["fedce_weight"] for c in clients], width=0.4, color="tab:blue",
+             label="FedCE weight (final round)")
+    twin.bar(ids + 0.2, [c["loo_contribution"] for c in clients], width=0.4, color="tab:orange",
+             label="leave-one-out accuracy drop")
     twin.axhline(0, color="grey", linewidth=0.6)
     axis.set_xticks(ids)
     axis.set_xlabel("client (partition id)")
@@ -150,7 +153,8 @@ def plot_contribution(clients: Sequence[Mapping[str, Any]], path: Path, r: float
     twin.set_ylabel(f"LOO contribution ({_REFERENCE_NAMES[reference]})", color="tab:orange")
     _align_zeros(axis, twin, [c["fedce_weight"] for c in clients], [c["loo_contribution"] for c in clients])
     handles = axis.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    twin.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8)
+    twin.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+                fontsize=8)
     save_figure(figure, path, f"FedCE weight vs leave-one-out contribution · Pearson r = {_fmt(r)}")
 
 
@@ -175,7 +179,8 @@ def contribution_table(report: Mapping[str, Any]) -> Table:
         table.add_row(str(c["client"]), f"{c['fedce_weight']:.4f}", f"{c['fedce_weight_mean']:.4f}",
                       f"{c['accuracy_without']:.4f}", f"{c['loo_contribution']:+.4f}")
     pearson_ = report["pearson"]
-    table.caption = (f"Pearson r (final weight, LOO) = {_fmt(pearson_['final_weight'])} (p = {_fmt(pearson_['final_weight_p'])}); "
+    table.caption = (f"Pearson r (final weight, LOO) = {_fmt(pearson_['final_weight'])} "
+                     f"(p = {_fmt(pearson_['final_weight_p'])}); "
                      f"mean weight: r = {_fmt(pearson_['mean_weight'])}")
     return table
 

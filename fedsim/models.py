@@ -66,7 +66,8 @@ class CNN(nn.Module):
             raise ValueError(f"input {tuple(input_shape)} is too small for {len(channels)} pooling stages")
         self.features = nn.Sequential(*convs)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_channels * height * width, int(hidden)), nn.ReLU(), nn.Linear(int(hidden), num_classes)
+            nn.Flatten(), nn.Linear(in_channels * height * width, int(hidden)), nn.ReLU(),
+            nn.Linear(int(hidden), num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def save_figure(figure: matplotlib.figure.Figure, path: Path, title: str = "") -> None:
     """Title, tighten, render to PNG and write atomically (run folders are never left with a torn file)."""
-    from .results import write_atomic
+    from .recorder import write_atomic
 
     if title:
         figure.axes[0].set_title(title, fontsize=9)
@@ -32,7 +32,8 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
     """Global test accuracy per round, with the clients' mean and worst-10% validation accuracy where recorded."""
     rounds = [row["round"] for row in rows]
     figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    axis.plot(rounds, [row["test_accuracy"] for row in rows], marker="o", markersize=3, label="global model, test split")
+    axis.plot(rounds, [row["test_accuracy"] for row in rows], marker="o", markersize=3,
+              label="global model, test split")
     client_rows = [row for row in rows if row.get("client_acc_mean") is not None]
     if client_rows:
         axis.plot([r["round"] for r in client_rows], [r["client_acc_mean"] for r in client_rows],

@@ -108,7 +108,8 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         table.add_row(group, str(name))
     table.add_row("final test accuracy", _fmt(summary["final_accuracy"]))
     table.add_row("best test accuracy", f"{_fmt(summary['best_accuracy'])} (round {summary['best_round']})")
-    table.add_row(f"client accuracy mean ± std (n={clients['clients']})", f"{_fmt(clients['mean'])} ± {_fmt(clients['std'])}")
+    table.add_row(f"client accuracy mean ± std (n={clients['clients']})",
+                  f"{_fmt(clients['mean'])} ± {_fmt(clients['std'])}")
     table.add_row("client accuracy worst 10% / best 10%", f"{_fmt(clients['worst10'])} / {_fmt(clients['best10'])}")
     if clients.get("jain") is not None:
         table.add_row("client accuracy Jain's index", _fmt(clients["jain"]))
@@ -128,8 +129,9 @@ def partition_table(report: Mapping[str, Any], max_rows: int = 30) -> Table:
     caption = ("labels, clusters: how many the client holds · H: entropy (nats) · JS: Jensen-Shannon divergence "
                "(base 2) to the global mix · EMD: sum |p - global|" + (" · left over labels, right over embedding "
                                                                         "clusters" if len(parts) > 1 else ""))
-    table = Table(title=f"partition heterogeneity ({report['num_clients']} clients)", header_style="bold", caption=caption,
-                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    table = Table(title=f"partition heterogeneity ({report['num_clients']} clients)", header_style="bold",
+                  caption=caption, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False,
+                  collapse_padding=True)
     table.add_column("client", justify="right", no_wrap=True, min_width=6)
     table.add_column("size", justify="right", no_wrap=True, min_width=4)
     for name, _ in parts:

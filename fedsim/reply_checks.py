@@ -3,8 +3,9 @@
 A client can send garbage: NaN weights after a diverged step, arrays of the wrong shape from another model, a
 missing or absurd `num-examples`, an update far larger than any honest one. Flower's strategies would crash on
 some of these (inconsistent replies) and silently average the rest into the global model. `FedsimGrid` runs every
-train and evaluate reply through `reply_problem`; a reply with a problem is replaced by an error reply that names
-it, which every Flower strategy already skips. So one seam covers every strategy, fedsim's and Flower's.
+train and evaluate reply through `check_reply` (`fedsim.grid.filtering`); a reply with a problem is replaced by an
+error reply that names it, which every Flower strategy already skips. So one seam covers every strategy, fedsim's
+and Flower's.
 
 The update-norm bound is relative by default (`server.max_update_norm: auto`): an honest update's size depends on
 the model, the data, the learning rate and the round, so no absolute number fits every run, but within one round
@@ -15,19 +16,16 @@ with two replies an attacker cannot set its own reference.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Error, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
+from .protocol.keys import NUM_EXAMPLES
 
-NUM_EXAMPLES_KEY = "num-examples"
-REJECTED_PREFIX = "rejected by fedsim: "
-SKIPPED_PREFIX = "round skipped by fedsim: "
 # Far above any real partition; the cap when the server does not know a client's data size (deployment).
 UNKNOWN_SIZE_CAP = 10**9
 AUTO = "auto"
@@ -51,7 +49,8 @@ class ReplyLimits:
     update_norm_factor: float | None = None
 
     @classmethod
-    def from_experiment(cls, experiment: Mapping[str, Any], client_sizes: Mapping[int, int] | None = None) -> ReplyLimits:
+    def from_experiment(cls, experiment: Mapping[str, Any],
+                        client_sizes: Mapping[int, int] | None = None) -> ReplyLimits:
         """The config's limits: `server.max_update_norm` = auto (the default: relative bound), a number (absolute
         bound) or null (none)."""
         server = experiment.get("server", {})
@@ -65,10 +64,9 @@ class ReplyLimits:
         return self.max_update_norm is not None or self.update_norm_factor is not None
 
 
-def as_error(reply: Message, reason: str) -> Message:
-    """An error reply with `reply`'s metadata (same sender, same message it answers): what the strategy sees in
-    place of a rejected reply, or of a valid one in a round with too few valid replies."""
-    return Message(error=Error(code=0, reason=reason), metadata=copy.deepcopy(reply.metadata))
+def reply_kind(reply: Message) -> str:
+    """A message's type without its action suffix: `MessageType.TRAIN`, `EVALUATE` or `QUERY`."""
+    return reply.metadata.message_type.split(".")[0]
 
 
 def reply_problem(reply: Message, sent: Message | None, limits: ReplyLimits, partition: int) -> str | None:
@@ -91,7 +89,7 @@ def _problem(reply: Message, sent: Message | None, limits: ReplyLimits, partitio
              references: dict[int, np.ndarray]) -> tuple[str | None, float | None]:
     if reply.has_error() or not reply.has_content():
         return (None if reply.has_error() else "no content"), None
-    kind = reply.metadata.message_type.split(".")[0]
+    kind = reply_kind(reply)
     if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
         return None, None
     content = reply.content
@@ -108,14 +106,14 @@ def _metrics_problem(content: RecordDict, size_cap: int) -> str | None:
     records = list(content.metric_records.values())
     if not records:
         return "no MetricRecord"
-    counts = [record[NUM_EXAMPLES_KEY] for record in records if NUM_EXAMPLES_KEY in record]
+    counts = [record[NUM_EXAMPLES] for record in records if NUM_EXAMPLES in record]
     if not counts:
-        return f"no '{NUM_EXAMPLES_KEY}' in its metrics"
+        return f"no '{NUM_EXAMPLES}' in its metrics"
     for count in counts:
         if isinstance(count, bool) or not isinstance(count, (int, float)) or not math.isfinite(count):
-            return f"'{NUM_EXAMPLES_KEY}' is {count!r}, not a number"
+            return f"'{NUM_EXAMPLES}' is {count!r}, not a number"
         if count < 1 or count != int(count) or count > size_cap:
-            return f"'{NUM_EXAMPLES_KEY}' = {count!r}: outside 1..{size_cap}"
+            return f"'{NUM_EXAMPLES}' = {count!r}: outside 1..{size_cap}"
     for record in records:
         for key, value in record.items():
             values = value if isinstance(value, list) else [value]
@@ -135,11 +133,13 @@ def _arrays_problem(content: RecordDict, sent: RecordDict, measure: bool,
         reference: ArrayRecord = expected[name]
         if list(record.keys()) != list(reference.keys()):
             missing, extra = set(reference) - set(record), set(record) - set(reference)
-            return f"array keys differ from the model's (missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]})", None
+            return (f"array keys differ from the model's (missing {sorted(missing)[:3]}, "
+                    f"extra {sorted(extra)[:3]})"), None
         for key, array in record.items():
             model_array = reference[key]
             if tuple(array.shape) != tuple(model_array.shape) or array.dtype != model_array.dtype:
-                return f"'{key}' is {array.dtype}{list(array.shape)}, the model's is {model_array.dtype}{list(model_array.shape)}", None
+                return (f"'{key}' is {array.dtype}{list(array.shape)}, "
+                        f"the model's is {model_array.dtype}{list(model_array.shape)}"), None
             values = array.numpy()
             if values.shape != tuple(model_array.shape):
                 return f"'{key}' holds {values.size} values, its shape says {list(array.shape)}", None

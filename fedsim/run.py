@@ -9,14 +9,13 @@ from typing import Any
 
 import torch
 
+from .build import build_model
 from .client import app as client_app
 from .config import GROUPS, resolve_auto_values, validate
 from .data.federation import federation_for
-from .engines import make_engine
-from .engines.ray_resources import check_client_resources
-from .experiment import build_model
-from .results import Recorder
-from .partitions.report import write_report
+from .engines import check_engine_resources, make_engine
+from .partition_report import write_report
+from .recorder import Recorder
 from .server import make_server_app
 
 
@@ -51,8 +50,8 @@ def prepare_run(
     flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
     choices = choices or describe_choices(experiment)
     recorder = recorder_class(Path(run_dir), experiment, federation.num_clients, choices)
-    write_report(Path(run_dir), federation.label_counts(), f"partition={choices['partition']} · dataset={choices['dataset']}",
-                 federation.cluster_counts)
+    title = f"partition={choices['partition']} · dataset={choices['dataset']}"
+    write_report(Path(run_dir), federation.label_counts(), title, federation.cluster_counts)
     return experiment, recorder
 
 
@@ -77,7 +76,9 @@ def run_experiment(
     With `resume`, a run folder holding a checkpoint continues from it (`fedsim resume <run folder>`).
     Returns the summary also written to `run_dir/summary.json`.
     """
-    check_client_resources(experiment["engine"])  # engine=flower: a Ray request no node holds fails here, before data
+    experiment = resolve_auto_values(experiment)
+    validate(experiment)
+    check_engine_resources(experiment["engine"])  # engine=flower: a Ray request no node holds fails here, before data
     experiment, recorder = prepare_run(experiment, run_dir, choices)
     progress = bool(experiment.get("progress", True)) if show_progress is None else show_progress
     server_app, outcome = make_server_app(experiment, recorder, progress, resume)

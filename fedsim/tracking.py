@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import secrets
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,7 +180,7 @@ class LibraryTracker(Tracker):
         return stored if isinstance(stored, dict) and stored.get("tracker") == self.name else None
 
     def _save_state(self) -> None:
-        from .results import write_atomic
+        from .recorder import write_atomic
 
         write_atomic(self.run_dir / STATE_FILE, json.dumps(self.state, indent=2).encode())
 
@@ -306,12 +306,13 @@ class MlflowTracker(LibraryTracker):
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(key, value, stamp, step) for key, value in numbers.items()]  # MLflow stores inf as the largest float
+        # MLflow stores inf as the largest float
+        metrics = [Metric(key, value, stamp, step) for key, value in numbers.items()]
         for start in range(0, len(metrics), MLFLOW_BATCH["metrics"]):
             self._client.log_batch(self.state["run_id"], metrics=metrics[start:start + MLFLOW_BATCH["metrics"]])
 
     def _finish(self) -> None:
-        from .results import METRICS_FILE, SUMMARY_FILE
+        from .recorder import METRICS_FILE, SUMMARY_FILE
 
         for name in (METRICS_FILE, SUMMARY_FILE):
             if (self.run_dir / name).exists():

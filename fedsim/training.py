@@ -1,8 +1,15 @@
-"""Client training and evaluation: one function each, shared by the ClientApp and by engines that batch clients."""
+"""Client training and evaluation: one function each, shared by the ClientApp and by engines that batch clients.
+
+A term a client adds to its training loss (FedProx's proximal term) is a `LocalObjective`: `train_local` calls it
+on the model's parameters, and the cohort kernel (`fedsim.engines.cohort`) on each client's stacked parameters under
+vmap, so the term is written once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,9 +30,30 @@ class TrainSettings:
     proximal_mu: float = 0.0
 
 
+class LocalObjective(Protocol):
+    """A term added to a client's cross-entropy, from its parameters and their values as received (the anchor)."""
+
+    def __call__(self, params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ProximalTerm:
+    """FedProx's (mu/2)||w - w_global||^2: keeps a client's update near the global model it received."""
+
+    mu: float | torch.Tensor  # a number; under vmap, each client's own
+
+    def __call__(self, params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -> torch.Tensor:
+        return 0.5 * self.mu * sum(torch.sum((p - a) ** 2) for p, a in zip(params, anchor, strict=True))
+
+
+def local_objectives(settings: TrainSettings) -> tuple[LocalObjective, ...]:
+    """The terms `settings` add to cross-entropy: the proximal term when `proximal_mu` > 0."""
+    return (ProximalTerm(settings.proximal_mu),) if settings.proximal_mu > 0 else ()
+
+
 @dataclass(frozen=True)
 class TrainResult:
-    loss: float  # mean training loss over the round's minibatches (cross-entropy, without the proximal term)
+    loss: float  # mean training loss over the round's minibatches (cross-entropy, without objective terms)
     accuracy: float  # training accuracy over the round's minibatches
     num_examples: int  # local training-set size n_k (the FedAvg weight)
     steps: int
@@ -40,11 +68,12 @@ class EvalResult:
 
 def train_local(
     model: nn.Module, data: ArrayDataset, settings: TrainSettings, generator: torch.Generator, device: torch.device,
-    sample_weights: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None, objectives: Sequence[LocalObjective] | None = None,
 ) -> TrainResult:
-    """Minimise cross-entropy + (mu/2)||w - w_global||^2 with SGD, starting from the model's current weights.
+    """Minimise cross-entropy plus the `objectives` terms (default: `local_objectives(settings)`) with SGD, starting
+    from the model's current weights.
 
-    The proximal anchor w_global is the model as received (FedProx). Each epoch visits every sample once in an
+    The terms' anchor is the model as received (FedProx's w_global). Each epoch visits every sample once in an
     order drawn from `generator`; the last minibatch may be smaller. Weight decay and momentum are PyTorch SGD's.
     `sample_weights` (one per row, e.g. fairness reweighing) turn a minibatch's loss into mean(w_i · CE_i); the
     reported loss stays the unweighted cross-entropy. Image models train in channels-last memory format (faster
@@ -53,7 +82,8 @@ def train_local(
     images = data.x.dim() == 4
     model.to(device, memory_format=torch.channels_last if images else torch.preserve_format).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    anchor = [p.detach().clone() for p in trainable] if settings.proximal_mu > 0 else []
+    terms = local_objectives(settings) if objectives is None else tuple(objectives)
+    anchor = [p.detach().clone() for p in trainable] if terms else []
     optimizer = torch.optim.SGD(
         trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -74,9 +104,8 @@ def train_local(
             else:
                 losses = nn.functional.cross_entropy(logits, y, reduction="none")
                 loss, objective = losses.mean(), (weights_all[batch] * losses).mean()
-            if anchor:
-                proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(trainable, anchor, strict=True))
-                objective = objective + 0.5 * settings.proximal_mu * proximal
+            for term in terms:
+                objective = objective + term(trainable, anchor)
             objective.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * len(batch)

@@ -2,7 +2,10 @@
 
 Each is a `flwr_datasets.partitioner.Partitioner`. flwr-datasets' own IID, shard, pathological and natural-id
 partitioners are re-exported rather than rewritten; its Dirichlet partitioner is subclassed only to make its
-bookkeeping scale (same partitions). fedsim's own live one per module.
+bookkeeping scale (same partitions). fedsim's own live one per module. What configuration validation checks of a
+partitioner's arguments is declared beside it: `_parameter_constraints` (and `check_arguments` for rules across
+arguments) on fedsim's classes, a table in `flower_constraints.py` for flwr-datasets' own. Like strategies, this
+package imports nothing from fedsim but `fedsim.protocol`.
 
 The partitioners are imported on first use (PEP 562): `import fedsim` maps this package, and flwr-datasets,
 scikit-learn and scipy would otherwise load with every ClientApp start.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedsim.lazy import lazy_attributes
+from fedsim.protocol.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import (
@@ -23,7 +26,8 @@ if TYPE_CHECKING:
         ShardPartitioner,
     )
 
-    from .cluster_mixture import PartitionImpossible
+    from fedsim.protocol.errors import PartitionImpossible
+
     from .dirichlet import DirichletPartitioner
     from .embedding import EmbeddingPartitioner
     from .label_shards_with_iid import LabelShardsWithIidPartitioner
@@ -51,7 +55,7 @@ _LAZY = {
     "Partitioner": "flwr_datasets.partitioner",
     "PathologicalPartitioner": "flwr_datasets.partitioner",
     "ShardPartitioner": "flwr_datasets.partitioner",
-    "PartitionImpossible": ".cluster_mixture",
+    "PartitionImpossible": "fedsim.protocol.errors",
     "DirichletPartitioner": ".dirichlet",
     "EmbeddingPartitioner": ".embedding",
     "LabelShardsWithIidPartitioner": ".label_shards_with_iid",

@@ -26,17 +26,25 @@ Two size rules:
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from scipy.optimize import minimize
+
+from fedsim.protocol.constraints import Interval, Options
+from fedsim.protocol.errors import PartitionImpossible
 
 from .base import largest_remainder
 
 SIZE_RULES = ("fit", "reference")
 COVERAGE_SLACK = 0.01  # the share of the data the fit may leave unused to make client sizes more even
-
-
-class PartitionImpossible(ValueError):
-    """No draw met the size rules within the allowed retries."""
+# The parameters of `draw_mixtures_and_sizes` as a partitioner built on it takes them (`_parameter_constraints`).
+MIXTURE_CONSTRAINTS = {
+    "alpha": [Interval(Real, 0, None, closed="neither")],
+    "min_partition_size": [Interval(Integral, 0, None, closed="left")],
+    "size_rule": [Options(SIZE_RULES)],
+    "max_retries": [Interval(Integral, 1, None, closed="left")],
+}
 
 
 def reference_sizes(mixtures: np.ndarray, cluster_sizes: np.ndarray, min_size: int) -> np.ndarray | None:
@@ -72,8 +80,8 @@ def fitted_sizes(mixtures: np.ndarray, cluster_sizes: np.ndarray, min_size: int)
                     options=options)
     used = float(best.x.sum())
     enough = {"type": "ineq", "fun": lambda x: x.sum() - (used - COVERAGE_SLACK), "jac": lambda x: np.ones_like(x)}
-    even = minimize(lambda x: float(((x - x.mean()) ** 2).sum()), best.x, jac=lambda x: 2 * (x - x.mean()), method="SLSQP",
-                    bounds=bounds, constraints=[capacity, enough], options=options)
+    even = minimize(lambda x: float(((x - x.mean()) ** 2).sum()), best.x, jac=lambda x: 2 * (x - x.mean()),
+                    method="SLSQP", bounds=bounds, constraints=[capacity, enough], options=options)
     chosen = even.x if even.success else best.x
     sizes = np.maximum(np.floor(chosen * total + 1e-6).astype(np.int64), min_size)
     if np.any(sizes @ mixtures > cluster_sizes + 1e-6):  # the solver stopped outside the constraints

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner as FlowerDirichletPartitioner
 
+from fedsim.protocol.constraints import Interval, InvalidParameter, Items
+
 MAX_ATTEMPTS = 10  # flwr-datasets' limit on redraws for the minimum partition size
+POSITIVE = Interval(Real, 0, None, closed="neither")
 
 
 class DirichletPartitioner(FlowerDirichletPartitioner):
@@ -18,6 +24,21 @@ class DirichletPartitioner(FlowerDirichletPartitioner):
     draw (a client under `min_partition_size`) costs O(clients) instead of O(clients^2): flwr-datasets 0.6 recomputes
     the minimum size once per client while composing its warning, which takes 2 s per redraw at 10,000 clients.
     """
+
+    _parameter_constraints = {
+        # one concentration for every client, or one each
+        "alpha": [POSITIVE, Items(POSITIVE, text="a list of numbers > 0, one per client")],
+        "min_partition_size": [Interval(Integral, 0, None, closed="left")],
+        "self_balancing": [bool],
+        "shuffle": [bool],
+    }
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any]) -> None:
+        """A list `alpha` holds one number per partition."""
+        alpha, clients = arguments.get("alpha"), arguments.get("num_partitions")
+        if isinstance(alpha, list) and len(alpha) != clients:
+            raise InvalidParameter("alpha", alpha, f"a number > 0, or a list of num_partitions={clients} numbers > 0")
 
     def _determine_partition_id_to_indices_if_needed(self) -> None:
         if self._partition_id_to_indices_determined:

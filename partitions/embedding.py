@@ -5,17 +5,21 @@ Reference: `somerandomusernamelab/task-perspective-het` (k-means on embeddings, 
 
 from __future__ import annotations
 
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 
+from fedsim.protocol.constraints import Interval, Options
+
 from .base import PrecomputedPartitioner
-from .cluster_mixture import SIZE_RULES, assign_from_clusters, draw_mixtures_and_sizes
-from .encoders import EncoderSpec, embed
+from .cluster_mixture import MIXTURE_CONSTRAINTS, SIZE_RULES, assign_from_clusters, draw_mixtures_and_sizes
+from .encoders import EncoderSpec, EncoderSpecs, embed
 
 BY_MODES = ("embedding", "label")
+PCA_COMPONENTS = [Interval(Integral, 1, None, closed="left"), None]  # None keeps every dimension
 
 
 class EmbeddingPartitioner(PrecomputedPartitioner):
@@ -34,6 +38,14 @@ class EmbeddingPartitioner(PrecomputedPartitioner):
     The reference's minimum client size is 128; here `min_partition_size` defaults to 10 for small data sets.
     After partitioning, `cluster_of` holds each row's cluster (labels under `by="label"`).
     """
+
+    _parameter_constraints = {
+        **MIXTURE_CONSTRAINTS,
+        "num_clusters": [Interval(Integral, 1, None, closed="left")],
+        "encoder": [EncoderSpecs()],
+        "pca_components": PCA_COMPONENTS,
+        "by": [Options(BY_MODES)],
+    }
 
     def __init__(
         self,
@@ -91,7 +103,8 @@ class EmbeddingPartitioner(PrecomputedPartitioner):
         return cluster_embeddings(vectors, self.num_clusters, self.pca_components, self.seed, self.minibatch_threshold)
 
 
-def reduce_dimensions(vectors: np.ndarray, components: int | None, seed: int | None, max_fit_rows: int = 100_000) -> np.ndarray:
+def reduce_dimensions(vectors: np.ndarray, components: int | None, seed: int | None,
+                      max_fit_rows: int = 100_000) -> np.ndarray:
     """Centre and project onto the first `components` principal axes (fitted on at most `max_fit_rows` rows)."""
     data = vectors.reshape(len(vectors), -1).astype(np.float32)
     if not components or components >= min(data.shape):

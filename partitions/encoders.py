@@ -16,13 +16,14 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import datasets
 import numpy as np
 
-EncoderSpec = Union[str, Callable[[Any], np.ndarray]]
+EncoderSpec = str | Callable[[Any], np.ndarray]
 FEATURE_COLUMNS = ("x", "image", "img", "text", "sentence")
+ENCODER_KINDS = "pca, torchvision:<model>, timm:<model>, sentence-transformers:<model> or model:<run folder>"
 
 
 def default_cache_dir() -> Path:
@@ -43,15 +44,22 @@ def feature_column_of(dataset: datasets.Dataset, requested: str | None = None) -
 def raw_features(dataset: datasets.Dataset, column: str) -> np.ndarray:
     """The column as a float array, N x ... (images as N x C x H x W in [0, 1])."""
     if isinstance(dataset.features[column], datasets.Image):
-        from fedsim.data.tensors import images_to_tensor
-
-        return images_to_tensor(dataset[column]).numpy()
+        return _image_batch(dataset[column])
     return np.asarray(dataset.with_format("numpy")[column], dtype=np.float32)
+
+
+def _image_batch(images: list) -> np.ndarray:
+    """Images (PIL or arrays, HxW or HxWxC) as one N x C x H x W float array; 8-bit pixels scaled to [0, 1]."""
+    batch = np.stack([np.asarray(image) for image in images])
+    if batch.ndim not in (3, 4):
+        raise ValueError(f"cannot read images of shape {batch.shape[1:]}")
+    scale = 255.0 if batch.dtype == np.uint8 else 1.0
+    batch = batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32) / scale
 
 
 def _torch_penultimate(model: Any, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     import torch
-
     from rich.console import Console
     from rich.progress import track
 
@@ -96,7 +104,8 @@ def _pretrained(kind: str, name: str) -> Callable[[np.ndarray], np.ndarray]:
 
                 model = timm.create_model(name, pretrained=True, num_classes=0)
         except Exception as error:  # pylint: disable=broad-exception-caught
-            raise RuntimeError(f"encoder {kind}:{name} could not be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            raise RuntimeError(f"encoder {kind}:{name} could not be loaded "
+                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
                                "install it and make its weights available, or use encoder=pca") from None
         return _torch_penultimate(model, _imagenet_ready(images), batch_size=64)
 
@@ -131,11 +140,13 @@ def _fedsim_model(run_dir: str) -> Callable[[np.ndarray], np.ndarray]:
         experiment = yaml.safe_load((folder / "config.yaml").read_text())
         state = torch.load(folder / "model.pt", map_location="cpu")
         meta = state.pop("__fedsim__")
-        model = hydra.utils.instantiate(experiment["model"], input_shape=meta["input_shape"], num_classes=meta["num_classes"])
+        model = hydra.utils.instantiate(experiment["model"], input_shape=meta["input_shape"],
+                                        num_classes=meta["num_classes"])
         model.load_state_dict(state)
         last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         captured: list[np.ndarray] = []
-        hook = last_linear.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().flatten(1).numpy()))
+        hook = last_linear.register_forward_hook(
+            lambda _m, args, _out: captured.append(args[0].detach().flatten(1).numpy()))
         try:
             _torch_penultimate(model, inputs)
         finally:
@@ -158,8 +169,22 @@ def resolve_encoder(spec: EncoderSpec) -> tuple[str, Callable[[Any], np.ndarray]
         return spec, _sentence_transformer(name)
     if kind == "model" and name:
         return spec, _fedsim_model(name)
-    raise ValueError(f"encoder={spec!r}: one of pca, torchvision:<model>, timm:<model>, sentence-transformers:<model>, "
-                     "model:<run folder>, or a callable")
+    raise ValueError(f"encoder={spec!r}: {ENCODER_KINDS}, or a callable")
+
+
+class EncoderSpecs:
+    """A parameter constraint (`fedsim.protocol.constraints`): an encoder spec `resolve_encoder` accepts. Nothing is
+    loaded to check it."""
+
+    def allows(self, value: Any) -> bool:
+        try:
+            resolve_encoder(value)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return ENCODER_KINDS
 
 
 def embed(dataset: datasets.Dataset, encoder: EncoderSpec = "pca", feature_column: str | None = None,

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from numbers import Integral
+from typing import Any
 
 import numpy as np
+
+from fedsim.protocol.constraints import Interval, InvalidParameter
 
 from .base import PrecomputedPartitioner
 
@@ -34,6 +39,18 @@ class LabelShardsWithIidPartitioner(PrecomputedPartitioner):
     start after the last skewed shard.
     """
 
+    _parameter_constraints = {
+        "num_iid_partitions": [Interval(Integral, 0, None, closed="left")],
+        "shards_per_partition": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any]) -> None:
+        """At least one client is skewed: `num_iid_partitions` < `num_partitions`."""
+        uniform, clients = arguments.get("num_iid_partitions", 1), arguments.get("num_partitions")
+        if clients is not None and uniform >= clients:
+            raise InvalidParameter("num_iid_partitions", uniform, f"an integer in [0, num_partitions={clients})")
+
     def __init__(
         self,
         num_partitions: int,
@@ -59,8 +76,8 @@ class LabelShardsWithIidPartitioner(PrecomputedPartitioner):
             raise ValueError(f"shards_per_partition={per_client}: at most the {num_classes} classes")
         shard = len(labels) // num_classes // self._num_partitions
         if shard == 0:
-            raise ValueError(f"{len(labels)} rows over {num_classes} classes and {self._num_partitions} clients leave no "
-                             "row per shard: use fewer clients")
+            raise ValueError(f"{len(labels)} rows over {num_classes} classes and {self._num_partitions} clients "
+                             "leave no row per shard: use fewer clients")
         group = num_classes // per_client
         rng = np.random.default_rng(self._seed)
         classes = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]

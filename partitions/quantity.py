@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
+
+from fedsim.protocol.constraints import Interval, Options
 
 from .base import PrecomputedPartitioner, largest_remainder
 
@@ -17,6 +21,14 @@ class QuantitySkewPartitioner(PrecomputedPartitioner):
     error. `lognormal`: shares proportional to lognormal(0, sigma) draws (a power-law-like spread, as FedProx's data
     sizes), with the same minimum-size rule. Sizes are rounded by largest remainder, so every row is used once.
     """
+
+    _parameter_constraints = {
+        "distribution": [Options(DISTRIBUTIONS)],
+        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "min_partition_size": [Interval(Integral, 0, None, closed="left")],
+        "max_retries": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def __init__(
         self,

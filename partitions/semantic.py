@@ -6,16 +6,21 @@ as `data/utils/schemes/semantic.py`).
 
 from __future__ import annotations
 
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
+from fedsim.protocol.constraints import Interval, Options
+from fedsim.protocol.errors import PartitionImpossible
+
 from .base import PrecomputedPartitioner
-from .cluster_mixture import PartitionImpossible
-from .embedding import reduce_dimensions
-from .encoders import EncoderSpec, embed
+from .embedding import PCA_COMPONENTS, reduce_dimensions
+from .encoders import EncoderSpec, EncoderSpecs, embed
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")  # scikit-learn's GaussianMixture
 
 
 def full_covariances(mixture: GaussianMixture) -> np.ndarray:
@@ -81,6 +86,13 @@ class SemanticPartitioner(PrecomputedPartitioner):
     Deviation: a component that no row prefers takes its most likely row from a larger component, so every client
     holds every label (the reference leaves such a client without the label).
     """
+
+    _parameter_constraints = {
+        "encoder": [EncoderSpecs()],
+        "pca_components": PCA_COMPONENTS,
+        "covariance_type": [Options(COVARIANCE_TYPES)],
+        "reg_covar": [Interval(Real, 0, None, closed="neither")],
+    }
 
     def __init__(
         self,

@@ -1,21 +1,24 @@
 """fedsim's aggregation strategies, importable as `fedsim.strategies`.
 
 Every strategy is a Flower message-based strategy (`flwr.serverapp.strategy.Strategy`), so it drops into any
-Flower `ServerApp`. One module per strategy; `common` and `stragglers` hold what they share.
+Flower `ServerApp`. One module per strategy, each holding its server half, its client requests and its declarations
+(`fedsim.protocol`); `base` is the aggregation sequence they share, `common`, `stragglers` and `client_requests`
+the helpers.
 
 The strategies are imported on first use (PEP 562): `import fedsim` maps this package, and the ClientApp, started
-once per message in deployment, needs only the client halves of FedCE and FedDisco.
+once per message in deployment, imports only the configured strategy's module.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedsim.lazy import lazy_attributes
-
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.protocol.lazy import lazy_attributes
+
 if TYPE_CHECKING:
+    from .base import WeightedAggregation
     from .fairfed import FairFed
     from .fedavg import FedAvg
     from .fedce import FedCE
@@ -24,7 +27,8 @@ if TYPE_CHECKING:
     from .fedprox import FedProx
     from .qffl import QFFL
 
-__all__ = ["FairFed", "FedAvg", "FedCE", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "discrepancy", "disco_weights"]
+__all__ = ["FairFed", "FedAvg", "FedCE", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "WeightedAggregation",
+           "discrepancy", "disco_weights"]
 
 # public name -> the module that defines it
 _LAZY = {
@@ -37,5 +41,6 @@ _LAZY = {
     "FedLAW": ".fedlaw",
     "FedProx": ".fedprox",
     "QFFL": ".qffl",
+    "WeightedAggregation": ".base",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

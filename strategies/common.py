@@ -1,4 +1,4 @@
-"""Helpers shared by fedsim's strategies: weighted averaging, per-node message configs, the round report."""
+"""Helpers shared by fedsim's strategies: reading replies, weighted averaging, per-node message configs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-
-NUM_EXAMPLES = "num-examples"
 
 
 def single_array_record(content: RecordDict) -> ArrayRecord:
@@ -18,7 +16,8 @@ def single_metric(content: RecordDict, key: str) -> float:
     return float(next(iter(content.metric_records.values()))[key])
 
 
-def weighted_average(contents: Sequence[RecordDict], weights: Sequence[float], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def weighted_average(contents: Sequence[RecordDict], weights: Sequence[float],
+                     keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Sum_k weights[k] * arrays_k, accumulated in float64 and cast back to each array's dtype.
 
     The weights are used as given (no normalisation), so FedLAW's shrinking factor can enter through them.
@@ -32,7 +31,8 @@ def weighted_average(contents: Sequence[RecordDict], weights: Sequence[float], k
         total = np.zeros(first.shape, dtype=np.float64)
         for record, weight in zip(records, weights, strict=True):
             total += float(weight) * record[name].numpy().astype(np.float64)
-        averaged[name] = total.astype(first.dtype) if np.issubdtype(first.dtype, np.floating) else np.rint(total).astype(first.dtype)
+        averaged[name] = (total.astype(first.dtype) if np.issubdtype(first.dtype, np.floating)
+                          else np.rint(total).astype(first.dtype))
     return averaged
 
 
@@ -54,18 +54,3 @@ def with_config(message: Message, **updates: object) -> Message:
         dst_node_id=message.metadata.dst_node_id,
         message_type=message.metadata.message_type,
     )
-
-
-class RoundReport:
-    """What a strategy tells the recorder about its last aggregation, beyond the aggregate itself.
-
-    `client_weights` maps node id -> aggregation weight; `round_scalars` holds named numbers (e.g. FedLAW's gamma,
-    the number of stragglers). fedsim's ServerApp reads both after every round; a plain Flower ServerApp ignores them.
-    """
-
-    client_weights: dict[int, float]
-    round_scalars: dict[str, float]
-
-    def reset_report(self) -> None:
-        self.client_weights = {}
-        self.round_scalars = {}

@@ -6,20 +6,22 @@ default beta = 1 and of the weights' scale); no official code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from logging import INFO
+from numbers import Real
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.app import ConfigRecord, Message
 from flwr.supercore import log
 
-from fedsim.experiment import PRETRAIN_EVAL_KEY
-from fedsim.fairness import METRICS, GroupCounts, pooled
+from fedsim.protocol.constraints import Interval, Options
+from fedsim.protocol.group_counts import METRICS, GroupCounts, pooled
+from fedsim.protocol.keys import NUM_EXAMPLES
 
-from .common import NUM_EXAMPLES, RoundReport, single_metric, to_array_record, weighted_average
+from .base import WeightedAggregation
+from .client_requests import PRETRAIN_EVAL_KEY, PRETRAIN_EVALUATION
+from .common import single_metric
 
 
 def fairness_gaps(counts: Sequence[GroupCounts], metric: str) -> np.ndarray:
@@ -40,13 +42,13 @@ def update_weights(previous: np.ndarray, gaps: np.ndarray, beta: float) -> np.nd
     return np.maximum(previous - beta * (gaps - gaps.mean()), 0.0)
 
 
-class FairFed(RoundReport, FlowerFedAvg):
+class FairFed(WeightedAggregation):
     """FedAvg whose aggregation weights move away from clients whose local fairness deviates from the global one.
 
     Each round, the train instruction carries `pretrain-eval`: a client evaluates the received global model w^t on
-    its training data before training and adds its group counts (`fedsim.fairness.GroupCounts`: examples and
-    predicted positives per (A, Y) cell, correct predictions) to its reply. The server sums them to the global
-    metric F_g (EOD or SPD) and accuracy Acc_g, computes each client's F_k and Acc_k, and
+    its training data before training and adds its group counts (`fedsim.protocol.group_counts.GroupCounts`:
+    examples and predicted positives per (A, Y) cell, correct predictions) to its reply. The server sums them to
+    the global metric F_g (EOD or SPD) and accuracy Acc_g, computes each client's F_k and Acc_k, and
 
         Delta_k = |F_k - F_g|   (or |Acc_k - Acc_g| when the client lacks a group; for EOD a group with Y=1)
         omega_bar_k^0 = n_k,   omega_bar_k^t = omega_bar_k^{t-1} - beta (Delta_k - mean_j Delta_j)
@@ -70,12 +72,16 @@ class FairFed(RoundReport, FlowerFedAvg):
     The report's `client_weights` are omega_k; `round_scalars` hold `fairfed_global_metric` (F_g on the clients'
     training data, before local training) and `fairfed_mean_gap` (mean Delta).
 
-    Parameters (beyond Flower's FedAvg)
+    Parameters (beyond `WeightedAggregation`'s)
     ----------
     beta : float >= 0, default 1.0 (declearn's default, on declearn's scale: weights start at n_k)
         Fairness budget: how many samples' worth of weight a unit of fairness gap moves per round.
     metric : "eod" (default) | "spd"
     """
+
+    client_requests = (PRETRAIN_EVALUATION,)
+    requires_sensitive_attribute = True
+    _parameter_constraints = {"beta": [Interval(Real, 0, None, closed="left")], "metric": [Options(METRICS)]}
 
     def __init__(self, *, beta: float = 1.0, metric: str = "eod", **kwargs: Any) -> None:
         if beta < 0:
@@ -85,17 +91,29 @@ class FairFed(RoundReport, FlowerFedAvg):
         super().__init__(**kwargs)
         self.beta, self.metric = float(beta), metric
         self.omega_bar: dict[int, float] = {}
-        self.reset_report()
 
     def summary(self) -> None:
         log(INFO, "\t├──> FairFed: beta=%s, metric=%s", self.beta, self.metric)
         super().summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        config = ConfigRecord({**dict(config), PRETRAIN_EVAL_KEY: True})
-        return super().configure_train(server_round, arrays, config, grid)
+    def train_config(self, config: ConfigRecord) -> ConfigRecord:
+        return ConfigRecord({**dict(super().train_config(config)), PRETRAIN_EVAL_KEY: True})
 
-    def aggregation_weights(self, nodes: Sequence[int], num_examples: Sequence[float], counts: Sequence[GroupCounts]) -> np.ndarray:
+    def aggregation_weights(self, server_round: int, replies: Sequence[Message]) -> np.ndarray:
+        """omega_k of this round's clients, from the group counts their replies carry."""
+        nodes = [reply.metadata.src_node_id for reply in replies]
+        counts = [GroupCounts.from_metrics(next(iter(reply.content.metric_records.values()))) for reply in replies]
+        missing = [node for node, c in zip(nodes, counts, strict=True) if c is None]
+        if missing:
+            raise ValueError(f"FairFed has no group counts from node(s) {missing}: "
+                             "their data needs a sensitive attribute (dataset=fair_synthetic or dataset=adult)")
+        weights = self.fairness_weights(nodes, [single_metric(reply.content, NUM_EXAMPLES) for reply in replies],
+                                        counts)
+        self.round_scalars["fairfed_global_metric"] = pooled(counts).metric(self.metric)
+        return weights
+
+    def fairness_weights(self, nodes: Sequence[int], num_examples: Sequence[float],
+                         counts: Sequence[GroupCounts]) -> np.ndarray:
         """Update the cumulative omega_bar of this round's clients and return their normalised weights omega."""
         sizes = np.asarray(num_examples, dtype=np.float64)
         for node, size in zip(nodes, sizes, strict=True):
@@ -104,26 +122,7 @@ class FairFed(RoundReport, FlowerFedAvg):
         previous = np.array([self.omega_bar[node] for node in nodes])
         current = update_weights(previous, gaps, self.beta)
         self.omega_bar.update({node: float(value) for node, value in zip(nodes, current, strict=True)})
-        self.round_scalars = {"fairfed_mean_gap": float(gaps.mean())}
+        self.round_scalars["fairfed_mean_gap"] = float(gaps.mean())
         if current.sum() <= 0:
             return sizes / sizes.sum()
         return current / current.sum()
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.reset_report()
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        nodes = [m.metadata.src_node_id for m in valid]
-        counts = [GroupCounts.from_metrics(next(iter(c.metric_records.values()))) for c in contents]
-        missing = [node for node, c in zip(nodes, counts, strict=True) if c is None]
-        if missing:
-            raise ValueError(f"FairFed has no group counts from node(s) {missing}: their data needs a sensitive attribute "
-                             "(dataset=fair_synthetic or dataset=adult)")
-        weights = self.aggregation_weights(nodes, [single_metric(c, NUM_EXAMPLES) for c in contents], counts)
-        self.round_scalars = {"fairfed_global_metric": pooled(counts).metric(self.metric), **self.round_scalars}
-        self.client_weights = {node: float(w) for node, w in zip(nodes, weights, strict=True)}
-        order = list(next(iter(contents[0].array_records.values())).keys())
-        arrays = to_array_record(weighted_average(contents, weights), order)
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

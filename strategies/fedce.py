@@ -2,22 +2,25 @@
 Estimation"): aggregation weights from each client's contribution in gradient space and in data space.
 
 Reference: `NVIDIA/NVFlare` `research/fed-ce` (original) and `nvflare/app_opt/pt/fedce.py` (newer library code).
-The server half is `FedCE`; the client half is the pure helpers at the bottom, which fedsim's ClientApp calls.
+The server half is `FedCE`; the client half is the request at the bottom (`FedCE.client_requests`), which fedsim's
+ClientApp answers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
-from .common import RoundReport, single_array_record, single_metric, with_config
+from fedsim.protocol.constraints import Options
+from fedsim.protocol.requests import ClientRequest, LocalRound
+
+from .base import WeightedAggregation
+from .common import single_array_record, single_metric
 
 # Train ConfigRecord key: the node's contribution weight of the previous round (0.0 when it has none). Its presence
 # is what makes a fedsim client compute the data-space score.
@@ -64,7 +67,7 @@ def combine(gradient_scores: Sequence[float], data_scores: Sequence[float], mode
     raise ValueError(f"mode={mode!r}: one of {', '.join(MODES)}")
 
 
-class FedCE(RoundReport, FlowerFedAvg):
+class FedCE(WeightedAggregation):
     """FedAvg whose weights p_i estimate each client's contribution, recomputed every round.
 
     Round t, over the round's participants with prior weights p^prev:
@@ -85,10 +88,12 @@ class FedCE(RoundReport, FlowerFedAvg):
     (`fedce-coef`) only if it took part in the previous round, since only then is its local model inside theta^t;
     otherwise it gets 0.0 and its minus model is theta^t itself.
 
-    Parameters (beyond Flower's FedAvg)
+    Parameters (beyond `WeightedAggregation`'s)
     ----------
     mode : "plus" (default) | "times"
     """
+
+    _parameter_constraints = {"mode": [Options(MODES)]}
 
     def __init__(self, *, mode: str = "plus", **kwargs: Any) -> None:
         if mode not in MODES:
@@ -98,17 +103,13 @@ class FedCE(RoundReport, FlowerFedAvg):
         self.weights: dict[int, float] = {}  # p of each node's last round
         self.last_participants: set[int] = set()
         self.cos_history: dict[int, list[float]] = {}
-        self.current_arrays: ArrayRecord | None = None
-        self.reset_report()
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedCE: mode=%s", self.mode)
         super().summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self.current_arrays = arrays
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        return [with_config(m, **{COEF_KEY: self.previous_coef(m.metadata.dst_node_id)}) for m in messages]
+    def node_config(self, node_id: int) -> dict[str, Any]:
+        return {COEF_KEY: self.previous_coef(node_id)}
 
     def previous_coef(self, node: int) -> float:
         return float(self.weights.get(node, 0.0)) if node in self.last_participants else 0.0
@@ -117,39 +118,41 @@ class FedCE(RoundReport, FlowerFedAvg):
         """p^prev restricted to `nodes` and renormalised; 1/N for nodes without a weight yet."""
         return normalised([self.weights.get(node, 1.0 / len(nodes)) for node in nodes])
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.reset_report()
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
+    def _deltas(self, replies: Sequence[Message]) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+        """theta^t and each reply's Delta_i = theta_i - theta^t (float64)."""
         if self.current_arrays is None:
             raise RuntimeError("FedCE aggregate_train before configure_train: the round's global model is unknown")
-        contents = [m.content for m in valid]
-        nodes = [m.metadata.src_node_id for m in valid]
-        missing = [node for node, content in zip(nodes, contents, strict=True) if MINUS_SCORE not in _metrics(content)]
-        if missing:
-            raise ValueError(f"FedCE has no '{MINUS_SCORE}' from node(s) {missing}: clients must answer '{COEF_KEY}'")
-
         base = {name: array.numpy() for name, array in self.current_arrays.items()}
         deltas = [
             {name: record[name].numpy().astype(np.float64) - base[name].astype(np.float64) for name in base}
-            for record in (single_array_record(content) for content in contents)
+            for record in (single_array_record(reply.content) for reply in replies)
         ]
+        return base, deltas
+
+    def aggregation_weights(self, server_round: int, replies: Sequence[Message]) -> np.ndarray:
+        nodes = [reply.metadata.src_node_id for reply in replies]
+        missing = [reply.metadata.src_node_id for reply in replies if MINUS_SCORE not in _metrics(reply.content)]
+        if missing:
+            raise ValueError(f"FedCE has no '{MINUS_SCORE}' from node(s) {missing}: clients must answer '{COEF_KEY}'")
+        base, deltas = self._deltas(replies)
         cosines = gradient_cosines(deltas, self.prior(nodes), [n for n, a in base.items() if is_parameter(n, a)])
         for node, value in zip(nodes, cosines, strict=True):
             self.cos_history.setdefault(node, []).append(value)
         gradient_scores = [max(0.0, 1.0 - float(np.mean(self.cos_history[node]))) for node in nodes]
-        data_scores = [single_metric(content, MINUS_SCORE) for content in contents]
+        data_scores = [single_metric(reply.content, MINUS_SCORE) for reply in replies]
         weights = combine(gradient_scores, data_scores, self.mode)
-
         self.weights.update({node: float(w) for node, w in zip(nodes, weights, strict=True)})
         self.last_participants = set(nodes)
-        self.client_weights = {node: float(w) for node, w in zip(nodes, weights, strict=True)}
-        arrays = ArrayRecord({name: Array(step(base[name], [d[name] for d in deltas], weights)) for name in base})
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return weights
+
+    def average(self, server_round: int, replies: Sequence[Message], weights: Sequence[float]) -> ArrayRecord:
+        """theta^{t+1} = theta^t + sum_i p_i Delta_i, every array (buffers included)."""
+        base, deltas = self._deltas(replies)
+        return ArrayRecord({name: Array(step(base[name], [d[name] for d in deltas], weights)) for name in base})
 
 
-def gradient_cosines(deltas: Sequence[Mapping[str, np.ndarray]], prior: Sequence[float], names: Sequence[str]) -> list[float]:
+def gradient_cosines(deltas: Sequence[Mapping[str, np.ndarray]], prior: Sequence[float],
+                     names: Sequence[str]) -> list[float]:
     """cos(Delta_i, g - p_i Delta_i) with g = sum_j p_j Delta_j, over the named arrays flattened together."""
     flat = [np.concatenate([delta[name].ravel() for name in names]) if names else np.zeros(0) for delta in deltas]
     consensus = sum(p * d for p, d in zip(prior, flat, strict=True))
@@ -205,3 +208,22 @@ def client_minus_score(state: RecordDict, global_arrays: ArrayRecord, coef: floa
 
 def remember_local_model(state: RecordDict, arrays: ArrayRecord) -> None:
     state[LOCAL_MODEL_RECORD] = arrays
+
+
+def minus_score_before_training(local: LocalRound) -> dict[str, float]:
+    """s_i, with theta_-i scored on the client's validation split (its training rows if it holds none)."""
+    def accuracy_of(arrays: ArrayRecord) -> float:
+        return local.evaluate(arrays, split="validation")["accuracy"]
+
+    return {MINUS_SCORE: client_minus_score(local.state, local.received, float(local.config[COEF_KEY]), accuracy_of)}
+
+
+def keep_local_model_after_training(local: LocalRound, trained: ArrayRecord, reply: RecordDict) -> None:
+    remember_local_model(local.state, trained)
+
+
+# Declared after the client half it names. The coefficient may be 0.0, so the key's presence is the request.
+FedCE.client_requests = (
+    ClientRequest(COEF_KEY, before=minus_score_before_training, after=keep_local_model_after_training,
+                  by_presence=True),
+)

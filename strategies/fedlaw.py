@@ -5,19 +5,23 @@ Reference: `ZexiLee/ICML-2023-FedLAW` (`server_funct.py`: fedlaw_optimization, f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from logging import INFO
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 from torch import nn
 from torch.func import functional_call
 
-from .common import NUM_EXAMPLES, single_array_record, single_metric, to_array_record, weighted_average
+from fedsim.protocol.constraints import Interval, Items, Options
+from fedsim.protocol.keys import NUM_EXAMPLES
+
+from .base import flower_average
+from .common import single_array_record, single_metric, to_array_record, weighted_average
 from .fedavg import FedAvg
 
 
@@ -70,6 +74,18 @@ class FedLAW(FedAvg):
     """
 
     requires_server_data = True
+    # Not checkpointed (`fedsim.checkpoint`): the run's config builds them again on resume. The model's weights play
+    # no part (candidate parameters go through `functional_call`), so only the architecture matters.
+    rebuilt_from_config = ("model", "proxy_x", "proxy_y", "device")
+    _parameter_constraints = {
+        "server_lr": [Interval(Real, 0, None, closed="neither"), Options({"auto"})],
+        "server_epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr_step_epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr_step_factor": [Interval(Real, 0, 1, closed="right")],
+        "betas": [Items(Interval(Real, 0, 1, closed="left"), length=2)],
+        "dataset": [str, None],
+    }
 
     def __init__(
         self,
@@ -99,8 +115,10 @@ class FedLAW(FedAvg):
         self.proxy_x, self.proxy_y = (t.to(self.device) for t in proxy_data)
         if len(self.proxy_y) == 0:
             raise ValueError("FedLAW needs a non-empty proxy set")
-        self.server_lr, self.server_epochs, self.batch_size, self.betas = server_lr, server_epochs, batch_size, tuple(betas)
+        self.server_lr, self.server_epochs, self.batch_size, self.betas = (server_lr, server_epochs, batch_size,
+                                                                           tuple(betas))
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
+        self.gamma = 1.0  # the last round's learned shrinking factor
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedLAW: proxy %d samples, Adam lr %s (x%s every %d epochs) betas %s, %d epochs, batch %d",
@@ -108,9 +126,11 @@ class FedLAW(FedAvg):
             self.batch_size)
         super().summary()
 
-    def learn_weights(self, stacked: dict[str, torch.Tensor], sizes: np.ndarray, buffers: dict[str, torch.Tensor], server_round: int) -> tuple[float, np.ndarray]:
+    def learn_weights(self, stacked: dict[str, torch.Tensor], sizes: np.ndarray, buffers: dict[str, torch.Tensor],
+                      server_round: int) -> tuple[float, np.ndarray]:
         """Optimise (g, l) on the proxy set; returns gamma and lambda."""
-        logits_l = torch.tensor(np.log(sizes / sizes.sum()), dtype=torch.float32, device=self.device, requires_grad=True)
+        logits_l = torch.tensor(np.log(sizes / sizes.sum()), dtype=torch.float32, device=self.device,
+                                requires_grad=True)
         g = torch.zeros((), device=self.device, requires_grad=True)
         optimizer = torch.optim.Adam([logits_l, g], lr=self.server_lr, betas=self.betas)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_step_factor)
@@ -123,7 +143,8 @@ class FedLAW(FedAvg):
                 lam, gamma = torch.softmax(logits_l, 0), torch.exp(g)
                 params = {name: gamma * torch.tensordot(lam, stacked[name], dims=1) for name in self.parameter_names}
                 state = {**params, **{k: v.clone() for k, v in buffers.items()}}
-                loss = nn.functional.cross_entropy(functional_call(self.model, state, (self.proxy_x[batch],)), self.proxy_y[batch])
+                loss = nn.functional.cross_entropy(functional_call(self.model, state, (self.proxy_x[batch],)),
+                                                   self.proxy_y[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -131,37 +152,43 @@ class FedLAW(FedAvg):
         with torch.no_grad():
             return float(torch.exp(g)), torch.softmax(logits_l, 0).double().cpu().numpy()
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        nodes = [m.metadata.src_node_id for m in valid]
+    def aggregation_weights(self, server_round: int, replies: Sequence[Message]) -> Sequence[float]:
+        """lambda, learned on the proxy set together with gamma (kept for `average`); FedAvg's n_k / n with
+        `server_epochs = 0`."""
+        fedavg_weights = super().aggregation_weights(server_round, replies)
+        self.gamma = 1.0
+        if self.server_epochs > 0:
+            contents = [reply.content for reply in replies]
+            names = list(single_array_record(contents[0]).keys())
+            missing = set(self.parameter_names) - set(names)
+            if missing:
+                raise ValueError(f"FedLAW: replies lack the model's parameters {sorted(missing)}")
+            stacked = {
+                name: torch.stack([torch.from_numpy(single_array_record(c)[name].numpy()).float()
+                                   for c in contents]).to(self.device)
+                for name in self.parameter_names
+            }
+            buffers = {name: torch.from_numpy(array).to(self.device)
+                       for name, array in self._averaged_buffers(replies).items()}
+            sizes = np.array([single_metric(c, NUM_EXAMPLES) for c in contents], dtype=np.float64)
+            self.gamma, fedavg_weights = self.learn_weights(stacked, sizes, buffers, server_round)
+        self.round_scalars["gamma"] = self.gamma
+        return fedavg_weights
+
+    def _averaged_buffers(self, replies: Sequence[Message]) -> dict[str, np.ndarray]:
+        """The arrays that are not parameters (normalisation statistics), averaged with FedAvg's n_k / n."""
+        contents = [reply.content for reply in replies]
         sizes = np.array([single_metric(c, NUM_EXAMPLES) for c in contents], dtype=np.float64)
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        fedavg_weights = sizes / sizes.sum()
-        if self.server_epochs == 0:  # the initial point is exactly FedAvg
-            self.client_weights = {node: float(w) for node, w in zip(nodes, fedavg_weights, strict=True)}
-            self.round_scalars["gamma"] = 1.0
-            return aggregate_arrayrecords(contents, self.weighted_by_key), metrics
+        buffer_names = [name for name in single_array_record(contents[0]).keys() if name not in self.parameter_names]
+        return weighted_average(contents, sizes / sizes.sum(), buffer_names)
 
+    def average(self, server_round: int, replies: Sequence[Message], weights: Sequence[float]) -> ArrayRecord:
+        """gamma * sum_i lambda_i w_i for the parameters, FedAvg's average for buffers; FedAvg's aggregate itself
+        (Flower's arithmetic) with `server_epochs = 0`."""
+        if self.server_epochs == 0:
+            return flower_average(replies, weights)
+        contents = [reply.content for reply in replies]
         names = list(single_array_record(contents[0]).keys())
-        missing = set(self.parameter_names) - set(names)
-        if missing:
-            raise ValueError(f"FedLAW: replies lack the model's parameters {sorted(missing)}")
-        buffer_names = [name for name in names if name not in self.parameter_names]
-        averaged_buffers = weighted_average(contents, fedavg_weights, buffer_names)
-        stacked = {
-            name: torch.stack([torch.from_numpy(single_array_record(c)[name].numpy()).float() for c in contents]).to(self.device)
-            for name in self.parameter_names
-        }
-        buffers = {name: torch.from_numpy(averaged_buffers[name]).to(self.device) for name in buffer_names}
-        gamma, lam = self.learn_weights(stacked, sizes, buffers, server_round)
-        arrays = {**weighted_average(contents, gamma * lam, self.parameter_names), **averaged_buffers}
-        self.client_weights = {node: float(w) for node, w in zip(nodes, lam, strict=True)}
-        self.round_scalars["gamma"] = gamma
-        return to_array_record(arrays, names), metrics
-
-    # Not checkpointed (`fedsim.checkpoint`): the run's config builds them again on resume. The model's weights play
-    # no part (candidate parameters go through `functional_call`), so only the architecture matters.
-    rebuilt_from_config = ("model", "proxy_x", "proxy_y", "device")
+        scaled = self.gamma * np.asarray(weights, dtype=np.float64)
+        arrays = {**weighted_average(contents, scaled, self.parameter_names), **self._averaged_buffers(replies)}
+        return to_array_record(arrays, names)

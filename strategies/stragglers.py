@@ -8,18 +8,16 @@ FedProx they train a random 1..E-1 epochs (numpy's `randint(1, E)`) and are aggr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.serverapp import Grid
-from flwr.supercore import log
+from flwr.app import Message
+
+from fedsim.protocol.keys import LOCAL_EPOCHS_KEY
 
 from .common import with_config
 
-LOCAL_EPOCHS_KEY = "local-epochs"
 STRAGGLER_MODES = ("drop", "partial")
 
 
@@ -30,7 +28,8 @@ class StragglerPlan:
     epochs: dict[int, int]  # position -> epochs, for stragglers under partial work
 
 
-def plan_stragglers(cohort_size: int, fraction: float, local_epochs: int, seed: int, server_round: int) -> StragglerPlan:
+def plan_stragglers(cohort_size: int, fraction: float, local_epochs: int, seed: int,
+                    server_round: int) -> StragglerPlan:
     """Active clients = a uniform choice of round(K * (1 - fraction)) of the K sampled; the rest straggle."""
     rng = np.random.default_rng([seed, server_round, 7919])
     num_active = int(round(cohort_size * (1.0 - fraction)))
@@ -51,40 +50,7 @@ def apply_stragglers(
     if mode == "drop":
         return [messages[i] for i in plan.active], len(plan.stragglers)
     if mode == "partial":
-        out = [with_config(m, **{LOCAL_EPOCHS_KEY: plan.epochs[i]}) if i in plan.epochs else m for i, m in enumerate(messages)]
+        out = [with_config(m, **{LOCAL_EPOCHS_KEY: plan.epochs[i]}) if i in plan.epochs else m
+               for i, m in enumerate(messages)]
         return out, len(plan.stragglers)
     raise ValueError(f"straggler_mode={mode!r}: one of {', '.join(STRAGGLER_MODES)}")
-
-
-class StragglerMixin:
-    """Adds FedProx-style stragglers to a Flower strategy's `configure_train` (list it before the Flower base class,
-    together with `RoundReport`, whose `round_scalars` receives the number of stragglers)."""
-
-    stragglers_fraction: float
-    local_epochs: int
-    straggler_mode: str
-    seed: int
-    round_scalars: dict[str, float]
-
-    def _init_stragglers(self, fraction: float, local_epochs: int, mode: str, seed: int) -> None:
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"stragglers_fraction={fraction!r}: must be in [0, 1)")
-        if mode not in STRAGGLER_MODES:
-            raise ValueError(f"straggler_mode={mode!r}: one of {', '.join(STRAGGLER_MODES)}")
-        if local_epochs < 1:
-            raise ValueError(f"local_epochs={local_epochs!r}: must be >= 1")
-        self.stragglers_fraction, self.local_epochs, self.straggler_mode, self.seed = fraction, local_epochs, mode, seed
-
-    def summary(self) -> None:
-        log(INFO, "\t├──> Stragglers: fraction %s, mode %s, E = %s", self.stragglers_fraction, self.straggler_mode, self.local_epochs)
-        super().summary()  # type: ignore[misc]
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """The Flower base class's messages, minus dropped stragglers or with stragglers' shorter local work."""
-        self.reset_report()  # type: ignore[attr-defined]
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        kept, count = apply_stragglers(
-            messages, self.straggler_mode, self.stragglers_fraction, self.local_epochs, self.seed, server_round
-        )
-        self.round_scalars["stragglers"] = float(count)
-        return kept

@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedsim.cli import main
-from fedsim.deploy.certs import CertificateError, Credentials, add_nodes, make_certificates, revoke_node, revoked_serials
+from fedsim.deploy.certs import (
+    CertificateError,
+    Credentials,
+    add_nodes,
+    make_certificates,
+    revoke_node,
+    revoked_serials,
+)
 
 
 def _certificate(path):
@@ -22,7 +29,8 @@ def _certificate(path):
 
 
 def _modes(folder):
-    return {path.relative_to(folder).as_posix(): path.stat().st_mode & 0o777 for path in folder.rglob("*") if path.is_file()}
+    return {path.relative_to(folder).as_posix(): path.stat().st_mode & 0o777
+            for path in folder.rglob("*") if path.is_file()}
 
 
 def test_each_party_gets_its_files_and_private_keys_are_0600(tmp_path):
@@ -33,7 +41,8 @@ def test_each_party_gets_its_files_and_private_keys_are_0600(tmp_path):
     assert {name for name, mode in modes.items() if mode == 0o600} == private
     assert all(mode == 0o644 for name, mode in modes.items() if name not in private)
     node = credentials.nodes[1]
-    assert sorted(p.name for p in node.folder.iterdir()) == ["ca.crt", "client.crt", "client.key", "node.key", "node.pub"]
+    assert sorted(p.name for p in node.folder.iterdir()) == ["ca.crt", "client.crt", "client.key", "node.key",
+                                                             "node.pub"]
     assert node.ca_cert.read_bytes() == credentials.ca_cert.read_bytes()
     # the SuperNode-authentication pair is what Flower 1.41 reads (OpenSSH ECDSA P-384), and the two halves match
     key = load_ssh_private_key(node.auth_key.read_bytes(), None)
@@ -48,9 +57,11 @@ def test_server_certificate_names_the_hosts_and_client_certificates_are_for_clie
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"localhost", "superlink.example.org"} <= set(names.get_values_for_type(x509.DNSName))
     assert {"127.0.0.1", "10.1.2.3"} <= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
-    assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    server_usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(server_usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
     client = _certificate(credentials.nodes[0].client_cert)
-    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    client_usage = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(client_usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert client.subject.rfc4514_string().startswith("CN=node-0")
     # the client key belongs to the client certificate, and the CA verifies it (as nginx will)
     client_key = load_pem_private_key(credentials.nodes[0].client_key.read_bytes(), None)
@@ -121,7 +132,8 @@ def test_expiry_is_printed_and_follows_days(tmp_path, capsys):
     assert "REVOKED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args", [["--nodes", "-1"], ["--days", "0"], ["--add-nodes", "0"], ["--force", "--revoke", "node-0"]])
+@pytest.mark.parametrize("args", [["--nodes", "-1"], ["--days", "0"], ["--add-nodes", "0"],
+                                  ["--force", "--revoke", "node-0"]])
 def test_bad_certs_arguments_are_one_line(tmp_path, capsys, args):
     with pytest.raises(SystemExit) as stop:
         main(["certs", str(tmp_path / "c"), *args])
@@ -129,7 +141,8 @@ def test_bad_certs_arguments_are_one_line(tmp_path, capsys, args):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed (.ci/run installs it)")
+@pytest.mark.skipif(shutil.which("openssl") is None,
+                    reason="the openssl command is not installed (.ci/run installs it)")
 def test_openssl_agrees_with_the_chain(tmp_path):
     """The same check nginx makes (OpenSSL's verify with the CRL): node certificates verify, a revoked one does not."""
     credentials = make_certificates(tmp_path, 2)

@@ -53,7 +53,8 @@ def test_a_sweep_with_one_bad_job_is_refused_before_the_first_runs(tmp_path, mon
     assert _exit_code(["-m", "partition.alpha=0.5,0", "num_rounds=1"]) == 2
     out, err = capsys.readouterr()
     assert err.strip().splitlines() == [
-        "fedsim: error: sweep job 1 of 2 (partition.alpha=0): partition.alpha=0 is not allowed: must be > 0"]
+        "fedsim: error: sweep job 1 of 2 (partition.alpha=0): partition.alpha=0 is not allowed: a number > 0 or a list "
+        "of numbers > 0, one per client"]
     assert out == "" and not (tmp_path / "multirun").exists()
 
 
@@ -110,7 +111,8 @@ def test_summary_table_shows_jain_and_group_fairness_when_the_data_has_a_sensiti
 
 
 @pytest.mark.parametrize("group, target", [("strategy", "subprocess.Popen"), ("model", "os.system"),
-                                           ("partition", "fedsim.models.MLP")])
+                                           ("partition", "fedsim.models.MLP"), ("dataset", "subprocess.Popen"),
+                                           ("engine", "os.system")])
 def test_a_run_folder_config_cannot_make_resume_run_other_code(run_quietly, tmp_path, capsys, group, target):
     """`fedsim resume` builds what a run folder's config.yaml names: a tampered one is refused before anything runs."""
     marker = tmp_path / "ran"

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
 
 import pytest
+from flwr.serverapp.strategy import FedAvg
+from flwr_datasets.partitioner import IidPartitioner
 
 from fedsim.config import check_group_overrides, compose_experiment, group_options, validate
 from fedsim.data import build_federation
+from fedsim.data.builtin import Digits
 from fedsim.errors import ConfigError, DataError, FedsimError
+from fedsim.protocol.constraints import Interval, InvalidParameter, Options
+from fedsim.testing.refused_configs import BAD_VALUES
 
 
 def test_default_config_is_the_main_job():
@@ -17,92 +25,123 @@ def test_default_config_is_the_main_job():
     validate(experiment)
     assert experiment["dataset"]["name"] == "digits"
     assert experiment["num_clients"] == 10 and experiment["num_rounds"] == 20
-    assert experiment["partition"]["alpha"] == 0.5 and experiment["partition"]["_target_"].endswith("DirichletPartitioner")
+    assert (experiment["partition"]["alpha"] == 0.5
+            and experiment["partition"]["_target_"].endswith("DirichletPartitioner"))
     assert experiment["model"]["_target_"] == "fedsim.models.MLP"
     assert experiment["strategy"]["_target_"] == "fedsim.strategies.FedAvg"  # Flower's FedAvg + stragglers
     assert experiment["strategy"]["stragglers_fraction"] == 0.0 and experiment["server"]["proxy_size"] == 0
-    assert experiment["engine"]["name"] == "inprocess"
+    assert (experiment["engine"]["name"] == "inprocess"
+            and experiment["engine"]["_target_"] == "fedsim.engines.InProcessEngine")
+    assert experiment["dataset"]["_target_"] == "fedsim.data.Digits"
 
 
 def test_every_group_has_its_options():
-    assert {"iid", "dirichlet", "shard", "pathological", "natural", "niid2", "classes_per_client", "quantity", "embedding",
-            "semantic"} <= set(
-        group_options("partition")
-    )
+    assert {"iid", "dirichlet", "shard", "pathological", "natural", "niid2", "classes_per_client", "quantity",
+            "embedding", "semantic"} <= set(group_options("partition"))
     assert {"logreg", "mlp", "cnn", "resnet"} <= set(group_options("model"))
     assert {"inprocess", "flower"} <= set(group_options("engine"))
     assert {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "hf", "local"} <= set(group_options("dataset"))
 
 
-BAD_VALUES = [
-    (["partition.alpha=0"], "partition.alpha"),
-    (["partition.alpha=-0.5"], "partition.alpha"),
-    (["num_clients=0"], "num_clients"),
-    (["num_rounds=0"], "num_rounds"),
-    (["fraction_train=0"], "fraction_train"),
-    (["fraction_train=1.5"], "fraction_train"),
-    (["fraction_evaluate=-0.1"], "fraction_evaluate"),
-    (["client.lr=0"], "client.lr"),
-    (["client.lr=fast"], "client.lr"),
-    (["client.momentum=1.0"], "client.momentum"),
-    (["client.batch_size=0"], "client.batch_size"),
-    (["client.local_epochs=0"], "client.local_epochs"),
-    (["client.weight_decay=-1"], "client.weight_decay"),
-    (["client.val_fraction=1"], "client.val_fraction"),
-    (["client.val_fraction=0"], "client.val_fraction"),
-    (["device=tpu"], "device"),
-    (["seed=-1"], "seed"),
-    (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu"),
-    (["partition=shard", "partition.num_shards_per_partition=0"], "partition.num_shards_per_partition"),
-    (["partition.num_partitions=3"], "partition.num_partitions"),
-    (["engine=flower", "engine.client_resources.num_cpus=0"], "engine.client_resources.num_cpus"),
-    (["engine.workers=0"], "engine.workers"),
-    (["engine.workers=many"], "engine.workers"),
-    (["dataset=synthetic", "dataset.num_users=0"], "dataset.num_users"),
-    (["dataset.test_fraction=1.0"], "dataset.test_fraction"),
-    (["log_level=LOUD"], "log_level"),
-    (["stragglers.fraction=1.0"], "stragglers.fraction"),
-    (["strategy=feddisco", "strategy.measure=js"], "strategy.measure"),
-    (["strategy=feddisco", "strategy.target=test"], "strategy.target"),
-    (["strategy=feddisco", "strategy.a=-1"], "strategy.a"),
-    (["strategy=fedlaw", "server.proxy_size=0"], "server.proxy_size"),
-    (["strategy=fedlaw", "strategy.server_epochs=-1"], "strategy.server_epochs"),
-    (["strategy=fedlaw", "strategy.server_lr=0"], "strategy.server_lr"),
-    (["strategy=fedavg", "strategy.straggler_mode=slow"], "strategy.straggler_mode"),
-    (["partition=quantity", "partition.distribution=zipf"], "partition.distribution"),
-    (["partition=quantity", "partition.distribution=lognormal", "partition.sigma=0"], "partition.sigma"),
-    (["partition=embedding", "partition.num_clusters=0"], "partition.num_clusters"),
-    (["partition=embedding", "partition.by=pixel"], "partition.by"),
-    (["partition=embedding", "partition.size_rule=exact"], "partition.size_rule"),
-    (["partition=embedding", "partition.encoder=clip"], "partition.encoder"),
-    (["partition=embedding", "partition.alpha=0"], "partition.alpha"),
-    (["partition=semantic", "partition.pca_components=0"], "partition.pca_components"),
-    (["partition=semantic", "partition.covariance_type=banded"], "partition.covariance_type"),
-    (["strategy.min_train_nodes=11"], "strategy.min_train_nodes"),
-    (["strategy.min_evaluate_nodes=-1"], "strategy.min_evaluate_nodes"),
-    (["server.max_update_norm=-2"], "server.max_update_norm"),
-    (["server.max_update_norm=median"], "server.max_update_norm"),
-    (["server.update_norm_factor=0.5"], "server.update_norm_factor"),
-    (["server.update_norm_factor=high"], "server.update_norm_factor"),
-    (["server.min_valid_replies=20"], "server.min_valid_replies"),
-    (["faults.nan_rate=2"], "faults.nan_rate"),
-    (["faults.slow_rate=-0.1"], "faults.slow_rate"),
-    (["client.local_debiasing=fairbatch"], "client.local_debiasing"),
-    (["feature_noise.std=-1"], "feature_noise.std"),
-    (["label_noise.rate=2"], "label_noise.rate"),
-    (["exclude_clients=[0,1,2,3,4,5,6,7,8,9]"], "exclude_clients"),
-    (["strategy=fairfed"], "dataset"),
-    (["client.local_debiasing=reweighing"], "dataset"),
-]
+def _refusal(overrides: list[str]) -> ConfigError:
+    with pytest.raises(ConfigError) as raised:
+        validate(compose_experiment(overrides))
+    message = str(raised.value)
+    assert message.startswith(f"{raised.value.key}=") and "\n" not in message
+    assert message.endswith(f"is not allowed: {raised.value.allowed}")
+    return raised.value
 
 
 @pytest.mark.parametrize("overrides, key", BAD_VALUES)
 def test_bad_values_name_their_key(overrides, key):
+    assert _refusal(overrides).key == key
+
+
+# --- declarations: config.py checks what a class declares, without knowing the class ------------------------------
+
+FLOWER_FEDAVG = ["strategy._target_=flwr.serverapp.strategy.FedAvg", "~strategy.stragglers_fraction",
+                 "~strategy.straggler_mode", "~strategy.local_epochs", "~strategy.seed"]
+
+
+class PickyFedAvg(FedAvg):
+    """A strategy config.py has never heard of, declaring what its arguments may be."""
+
+    _parameter_constraints = {"fraction_train": [Interval(Real, 0.5, 1, closed="both")], "mood": [Options({"calm"})]}
+
+    def __init__(self, mood: str = "calm", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mood = mood
+
+
+class NeedsGroups(FedAvg):
+    """A strategy whose clients report group counts: its data needs a sensitive attribute."""
+
+    requires_sensitive_attribute = True
+
+
+class EvenIidPartitioner(IidPartitioner):
+    """A partitioner declaring a constraint on its own argument and a rule across two of them."""
+
+    _parameter_constraints = {"parity": [Options({"even", "odd"})]}
+
+    def __init__(self, num_partitions: int, parity: str = "even") -> None:
+        super().__init__(num_partitions)
+        self.parity = parity
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any]) -> None:
+        if arguments["parity"] == "even" and arguments["num_partitions"] % 2:
+            raise InvalidParameter("parity", "even", f"odd, for num_partitions={arguments['num_partitions']}")
+
+
+class GroupedDigits(Digits):
+    """A data set loader declaring rows with a sensitive attribute."""
+
+    has_sensitive_attribute = True
+
+
+def test_a_strategys_declared_constraints_are_checked():
+    picky = [*FLOWER_FEDAVG, f"strategy._target_={__name__}.PickyFedAvg"]
+    validate(compose_experiment([*picky, "+strategy.mood=calm"]))
+    refused = _refusal([*picky, "fraction_train=0.3"])
+    assert (refused.key, refused.value, refused.allowed) == ("strategy.fraction_train", 0.3, "a number in [0.5, 1]")
+    refused = _refusal([*picky, "+strategy.mood=grumpy"])
+    assert (refused.key, refused.value, refused.allowed) == ("strategy.mood", "grumpy", "one of calm")
+
+
+def test_a_partitioners_declarations_are_checked():
+    even = ["partition=iid", f"partition._target_={__name__}.EvenIidPartitioner"]
+    validate(compose_experiment([*even, "+partition.parity=odd"]))
+    refused = _refusal([*even, "+partition.parity=prime"])
+    assert (refused.key, refused.value) == ("partition.parity", "prime") and "even" in refused.allowed
+    refused = _refusal([*even, "+partition.parity=even", "num_clients=7"])
+    assert (refused.key, refused.value, refused.allowed) == ("partition.parity", "even", "odd, for num_partitions=7")
+
+
+def test_a_data_set_without_a_sensitive_attribute_is_refused_for_a_strategy_needing_one():
+    needs_groups = [*FLOWER_FEDAVG, f"strategy._target_={__name__}.NeedsGroups"]
+    refused = _refusal(needs_groups)
+    assert (refused.key, refused.value) == ("dataset", "digits")
+    assert refused.allowed == "strategy NeedsGroups needs a sensitive attribute: one of adult, fair_synthetic"
+    validate(compose_experiment([*needs_groups, "dataset=fair_synthetic"]))
+    validate(compose_experiment([*needs_groups, f"dataset._target_={__name__}.GroupedDigits"]))
+
+
+def test_stragglers_are_refused_for_a_strategy_that_cannot_honour_them():
+    refused = _refusal([*FLOWER_FEDAVG, "stragglers.fraction=0.5"])
+    assert ((refused.key, refused.value) == ("stragglers.fraction", 0.5)
+            and "strategy FedAvg, which does not declare supports_stragglers" in refused.allowed)
+    validate(compose_experiment([*FLOWER_FEDAVG, "stragglers.fraction=0"]))
+
+
+@pytest.mark.parametrize("group, target", [("dataset", "fedsim.models.MLP"), ("engine", "fedsim.data.Digits"),
+                                           ("dataset", "subprocess.Popen"), ("engine", "os.system")])
+def test_data_set_and_engine_targets_must_be_of_their_kind(group, target):
+    experiment = compose_experiment([])
+    experiment[group]["_target_"] = target
     with pytest.raises(ConfigError) as raised:
-        validate(compose_experiment(overrides))
-    assert raised.value.key == key
-    message = str(raised.value)
-    assert message.startswith(f"{key}=") and "\n" not in message
+        validate(experiment)
+    assert raised.value.key == f"{group}._target_" and "subclass of fedsim." in raised.value.allowed
 
 
 @pytest.mark.parametrize("override, group", [("strategy=fedfoo", "strategy"), ("dataset=imagenet", "dataset"),
@@ -142,7 +181,8 @@ def test_impossible_dirichlet_is_one_line_with_advice():
         build_federation(compose_experiment(["num_clients=100", "partition.alpha=0.01"]))
 
 
-@pytest.mark.parametrize("args, expected", [(["partition.alpha=0"], "partition.alpha=0"), (["strategy=nope"], "strategy='nope'"),
+@pytest.mark.parametrize("args, expected", [(["partition.alpha=0"], "partition.alpha=0"),
+                                            (["strategy=nope"], "strategy='nope'"),
                                             (["num_clients=5000", "partition=iid"], "num_clients=5000"),
                                             (["server.max_update_norm=-1"], "server.max_update_norm=-1"),
                                             (["strategy.min_train_nodes=50"], "strategy.min_train_nodes=50")])

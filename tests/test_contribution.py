@@ -28,7 +28,8 @@ def test_excluded_client_never_trains_but_is_evaluated_at_the_end(run_quietly):
 
 
 def test_contribution_forces_fedce_and_keeps_its_keys():
-    assert contribution_overrides(["strategy=fedavg", "strategy.mode=times", "seed=3"]) == ["strategy.mode=times", "seed=3", "strategy=fedce"]
+    assert contribution_overrides(["strategy=fedavg", "strategy.mode=times", "seed=3"]) == [
+        "strategy.mode=times", "seed=3", "strategy=fedce"]
 
 
 def test_pearson_is_undefined_for_constant_inputs():
@@ -113,7 +114,8 @@ def test_feature_noise_adds_seeded_gaussian_noise_to_every_split_of_the_listed_c
     experiment = {"seed": 0, "feature_noise": {"clients": [1], "std": 0.5}}
     train, val = (with_feature_noise(data, experiment, 1, split) for split in (0, 1))
     for noisy in (train, val):
-        assert float(noisy.x.mean()) == pytest.approx(0.0, abs=0.02) and float(noisy.x.std()) == pytest.approx(0.5, rel=0.03)
+        assert float(noisy.x.mean()) == pytest.approx(0.0, abs=0.02)
+        assert float(noisy.x.std()) == pytest.approx(0.5, rel=0.03)
         assert torch.equal(noisy.y, data.y) and torch.equal(noisy.sensitive, data.sensitive)
     assert not torch.equal(train.x, val.x)  # independent draws per split
     assert torch.equal(with_feature_noise(data, experiment, 1, 0).x, train.x)  # the same every round
@@ -121,8 +123,8 @@ def test_feature_noise_adds_seeded_gaussian_noise_to_every_split_of_the_listed_c
 
 
 def test_a_noisy_client_trains_and_is_scored_on_its_noisy_data():
+    from fedsim.data.client_data import client_data
     from fedsim.data.federation import build_federation
-    from fedsim.data.noise import client_data
 
     experiment = compose_experiment(["num_clients=3", "feature_noise.clients=[2]", "feature_noise.std=0.3",
                                      "label_noise.clients=[2]", "label_noise.rate=0.5"])
@@ -136,8 +138,10 @@ def test_a_noisy_client_trains_and_is_scored_on_its_noisy_data():
     assert other_train.x is federation.client_split(0)[0].x or (other_train.x == federation.client_split(0)[0].x).all()
 
 
-@pytest.mark.parametrize("override, key", [("label_noise.rate=1.5", "label_noise.rate"), ("label_noise.clients=[4]", "label_noise.clients"),
-                                           ("feature_noise.std=-1", "feature_noise.std"), ("feature_noise.clients=[0,0]", "feature_noise.clients")])
+@pytest.mark.parametrize("override, key", [("label_noise.rate=1.5", "label_noise.rate"),
+                                           ("label_noise.clients=[4]", "label_noise.clients"),
+                                           ("feature_noise.std=-1", "feature_noise.std"),
+                                           ("feature_noise.clients=[0,0]", "feature_noise.clients")])
 def test_label_noise_is_validated(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_experiment(["num_clients=4", override]))

@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fedsim.config import compose_experiment
+from fedsim.config import compose_experiment, group_options
 from fedsim.data import build_federation, load_data, partition_indices
 from fedsim.errors import ConfigError, DataError
 from fedsim.partitions import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
+DIGITS = {"_target_": "fedsim.data.Digits", "name": "digits", "test_fraction": 0.2}
+
 
 def test_digits_loads_offline_with_a_stratified_test_split():
-    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    data = load_data(DIGITS, seed=0)
     assert isinstance(data.train, datasets.Dataset)
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
     assert len(data.train) + len(data.test_arrays) == 1797 and len(data.test_arrays) == 360
@@ -26,7 +28,7 @@ def test_digits_loads_offline_with_a_stratified_test_split():
 
 
 def test_any_flwr_partitioner_yields_disjoint_covering_indices():
-    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    data = load_data(DIGITS, seed=0)
     for partitioner in (IidPartitioner(7), DirichletPartitioner(7, "label", alpha=0.3, seed=1)):
         parts = partition_indices(data.train, partitioner)
         assert len(parts) == 7
@@ -35,7 +37,7 @@ def test_any_flwr_partitioner_yields_disjoint_covering_indices():
 
 
 def test_pathological_partition_gives_each_client_its_classes():
-    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    data = load_data(DIGITS, seed=0)
     parts = partition_indices(data.train, PathologicalPartitioner(10, "label", num_classes_per_partition=2, seed=0))
     labels = data.train_arrays.y.numpy()
     assert all(len(np.unique(labels[rows])) <= 2 for rows in parts)
@@ -45,7 +47,8 @@ def test_dirichlet_alpha_controls_label_skew():
     """Smaller alpha concentrates each client's labels: the mean per-client label entropy drops."""
 
     def mean_entropy(alpha: float) -> float:
-        federation = build_federation(compose_experiment([f"partition.alpha={alpha}", "partition.min_partition_size=0"]))
+        federation = build_federation(compose_experiment([f"partition.alpha={alpha}",
+                                                          "partition.min_partition_size=0"]))
         counts = federation.label_counts().astype(float)
         shares = counts / counts.sum(1, keepdims=True)
         return float(np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() for p in shares]))
@@ -69,8 +72,8 @@ def test_same_seed_same_partition_other_seed_other_partition():
     a = build_federation(compose_experiment(["seed=3"]))
     b = build_federation(compose_experiment(["seed=3"]))
     c = build_federation(compose_experiment(["seed=4"]))
-    assert all(np.array_equal(x, y) for x, y in zip(a.client_indices, b.client_indices))
-    assert not all(np.array_equal(x, y) for x, y in zip(a.client_indices, c.client_indices))
+    assert all(np.array_equal(x, y) for x, y in zip(a.client_indices, b.client_indices, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.client_indices, c.client_indices, strict=True))
 
 
 def test_natural_partition_of_synthetic_is_one_client_per_device():
@@ -88,10 +91,12 @@ def test_natural_partition_needs_matching_client_count():
 
 def test_local_tabular_parquet(tmp_path):
     rng = np.random.default_rng(0)
-    table = {"f1": rng.normal(size=60).tolist(), "f2": rng.normal(size=60).tolist(), "target": rng.integers(0, 3, 60).tolist()}
+    table = {"f1": rng.normal(size=60).tolist(), "f2": rng.normal(size=60).tolist(),
+             "target": rng.integers(0, 3, 60).tolist()}
     datasets.Dataset.from_dict(table).to_parquet(str(tmp_path / "train.parquet"))
     experiment = compose_experiment(
-        ["dataset=local", f"dataset.path={tmp_path / 'train.parquet'}", "dataset.label_column=target", "partition=iid", "num_clients=3"]
+        ["dataset=local", f"dataset.path={tmp_path / 'train.parquet'}", "dataset.label_column=target", "partition=iid",
+         "num_clients=3"]
     )
     federation = build_federation(experiment)
     assert federation.data.input_shape == (2,) and federation.data.num_classes == 3
@@ -106,8 +111,9 @@ def test_local_image_parquet_gives_channel_first_tensors(tmp_path):
     split.to_parquet(str(tmp_path / "train.parquet"))
     split.to_parquet(str(tmp_path / "test.parquet"))
     data = load_data(
-        {"name": "local", "source": "local", "format": "parquet", "path": str(tmp_path / "train.parquet"),
-         "test_path": str(tmp_path / "test.parquet"), "test_fraction": 0.2, "image_column": "image", "label_column": "label"},
+        {"_target_": "fedsim.data.LocalFiles", "name": "local", "format": "parquet",
+         "path": str(tmp_path / "train.parquet"), "test_path": str(tmp_path / "test.parquet"), "test_fraction": 0.2,
+         "image_column": "image", "label_column": "label"},
         seed=0,
     )
     assert data.input_shape == (3, 12, 12)
@@ -116,8 +122,9 @@ def test_local_image_parquet_gives_channel_first_tensors(tmp_path):
 
 def test_missing_local_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        load_data({"name": "local", "source": "local", "format": "csv", "path": str(tmp_path / "none.csv"),
-                   "test_path": None, "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
+        load_data({"_target_": "fedsim.data.LocalFiles", "name": "local", "format": "csv",
+                   "path": str(tmp_path / "none.csv"), "test_path": None, "test_fraction": 0.2,
+                   "image_column": "image", "label_column": "label"}, seed=0)
 
 
 def test_hub_dataset_without_internet_fails_with_one_line(monkeypatch):
@@ -137,23 +144,25 @@ def test_local_csv_and_imagefolder(tmp_path):
     csv_path = tmp_path / "table.csv"
     datasets.Dataset.from_dict({"a": rng.normal(size=30).tolist(), "b": rng.normal(size=30).tolist(),
                                 "label": (np.arange(30) % 2).tolist()}).to_csv(str(csv_path))
-    table = load_data({"name": "local", "source": "local", "format": "csv", "path": str(csv_path), "test_path": None,
-                       "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
+    table = load_data({"_target_": "fedsim.data.LocalFiles", "name": "local", "format": "csv", "path": str(csv_path),
+                       "test_path": None, "test_fraction": 0.2, "image_column": "image",
+                       "label_column": "label"}, seed=0)
     assert table.input_shape == (2,) and len(table.train) == 24
 
     for label in ("cat", "dog"):
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(5):
             Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
-    folder = load_data({"name": "local", "source": "local", "format": "imagefolder", "path": str(tmp_path / "images"),
-                        "test_path": None, "test_fraction": 0.2, "image_column": "image", "label_column": "label"}, seed=0)
+    folder = load_data({"_target_": "fedsim.data.LocalFiles", "name": "local", "format": "imagefolder",
+                        "path": str(tmp_path / "images"), "test_path": None, "test_fraction": 0.2,
+                        "image_column": "image", "label_column": "label"}, seed=0)
     assert folder.input_shape == (1, 6, 6) and folder.num_classes == 2 and len(folder.train) == 8
 
 
 def test_niid2_gives_two_class_clients_and_one_uniform_client():
     from fedsim.partitions import LabelShardsWithIidPartitioner
 
-    data = load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    data = load_data(DIGITS, seed=0)
     parts = partition_indices(data.train, LabelShardsWithIidPartitioner(6, num_iid_partitions=1, seed=0))
     labels = data.train_arrays.y.numpy()
     joined = np.concatenate(parts)  # shards of 1437 // 10 // 6 = 23 rows; the 57 rows past them belong to no one
@@ -165,8 +174,8 @@ def test_niid2_gives_two_class_clients_and_one_uniform_client():
 
 # --- local tables: format from the suffix, text features one-hot, one line for every file that cannot train ----------
 
-LOCAL = {"name": "local", "source": "local", "format": "auto", "test_path": None, "test_fraction": 0.25,
-         "image_column": "image", "label_column": "label"}
+LOCAL = {"_target_": "fedsim.data.LocalFiles", "name": "local", "format": "auto", "test_path": None,
+         "test_fraction": 0.25, "image_column": "image", "label_column": "label"}
 CITIES = ["berlin", "paris", "rome", "oslo"]
 
 
@@ -193,7 +202,8 @@ def test_a_local_table_is_read_by_its_suffix_and_text_columns_are_one_hot_as_adu
     y = np.concatenate([data.train_arrays.y.numpy(), data.test_arrays.y.numpy()])
     assert set(x[:, 1:].sum(1).tolist()) == {1.0}  # one city per row, one-hot in sorted order
     cities = [sorted(CITIES)[i] for i in x[:, 1:].argmax(1)]
-    assert sorted(zip(cities, y.tolist())) == sorted(zip(table["city"], table["label"].tolist()))
+    assert (sorted(zip(cities, y.tolist(), strict=True))
+            == sorted(zip(table["city"], table["label"].tolist(), strict=True)))
     train_sizes = data.train_arrays.x[:, 0].numpy()
     assert abs(float(train_sizes.mean())) < 1e-5 and abs(float(train_sizes.std()) - 1) < 1e-4  # standardised on train
 
@@ -226,14 +236,18 @@ HEADER = "size,city,label\n"
 BAD_TABLES = [
     ("empty.csv", "", "the file is empty"),
     ("header.csv", HEADER, "has a header (size, city, label) but no rows"),
-    ("nolabel.csv", "size,city\n1,rome\n2,oslo\n", "dataset.label_column='label' is not one of its columns (size, city)"),
+    ("nolabel.csv", "size,city\n1,rome\n2,oslo\n",
+     "dataset.label_column='label' is not one of its columns (size, city)"),
     ("onlylabel.csv", "label\n0\n1\n", "there are no features"),
     ("oneclass.csv", HEADER + "1,rome,3\n2,oslo,3\n4,rome,3\n", "has a single class (3)"),
     ("nanlabel.csv", HEADER + "1,rome,0\n2,oslo,\n4,rome,1\n", "label column 'label' has 1 missing value (data row 2)"),
-    ("nanfeature.csv", HEADER + "1,rome,0\n,oslo,1\n4,rome,1\n,rome,0\n", "column 'size' has 2 missing values (data rows 2, 4)"),
+    ("nanfeature.csv", HEADER + "1,rome,0\n,oslo,1\n4,rome,1\n,rome,0\n",
+     "column 'size' has 2 missing values (data rows 2, 4)"),
     ("inf.csv", HEADER + "1,rome,0\ninf,oslo,1\n4,rome,1\n", "column 'size' has 1 infinite value (data row 2)"),
-    ("typo.csv", HEADER + "1,rome,0\n2,oslo,1\n?,rome,1\n4,rome,0\n", "column 'size' holds numbers but also text ('?' at data row 3)"),
-    ("ids.csv", "id,label\n" + "".join(f"user{i},{i % 2}\n" for i in range(50)), "column 'id' is text with 50 distinct values in 50 rows"),
+    ("typo.csv", HEADER + "1,rome,0\n2,oslo,1\n?,rome,1\n4,rome,0\n",
+     "column 'size' holds numbers but also text ('?' at data row 3)"),
+    ("ids.csv", "id,label\n" + "".join(f"user{i},{i % 2}\n" for i in range(50)),
+     "column 'id' is text with 50 distinct values in 50 rows"),
     ("regression.csv", HEADER + "1,rome,0.5\n2,oslo,1\n", "holds non-integer numbers (0.5 at data row 1)"),
     ("notes.txt", HEADER + "1,rome,0\n", "cannot tell its format from its name"),
     ("broken.parquet", "not parquet", "cannot be read as parquet"),
@@ -253,7 +267,8 @@ def test_a_local_table_that_cannot_train_is_one_line_naming_the_file(tmp_path, n
 def test_a_local_test_file_must_have_the_training_columns(tmp_path):
     _city_table().to_csv(tmp_path / "train.csv", index=False)
     (tmp_path / "test.csv").write_text("size,town,label\n1,rome,0\n")
-    with pytest.raises(DataError, match=r"dataset.test_path=.*test.csv: its columns differ .* it lacks city and has town besides"):
+    with pytest.raises(DataError, match=r"dataset.test_path=.*test.csv: its columns differ "
+                                        r".* it lacks city and has town besides"):
         load_data({**LOCAL, "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv")}, seed=0)
     (tmp_path / "test.csv").write_text("size,city,label\n1,2,0\n")
     with pytest.raises(DataError, match="column 'city' holds numbers, but text in"):
@@ -261,7 +276,8 @@ def test_a_local_test_file_must_have_the_training_columns(tmp_path):
 
 
 @pytest.mark.slow  # a fedsim process each: 8 s on 2 idle cores, most of it imports
-@pytest.mark.parametrize("content, expected", [(HEADER, "but no rows"), (HEADER + "1,rome,1\n2,oslo,1\n", "single class")])
+@pytest.mark.parametrize("content, expected", [(HEADER, "but no rows"),
+                                               (HEADER + "1,rome,1\n2,oslo,1\n", "single class")])
 def test_the_cli_refuses_a_bad_local_table_in_one_line_before_training(tmp_path, content, expected):
     import subprocess
     import sys
@@ -274,3 +290,20 @@ def test_the_cli_refuses_a_bad_local_table_in_one_line_before_training(tmp_path,
     assert completed.returncode == 2 and len(lines) == 1, completed.stderr
     assert str(path) in lines[0] and expected in lines[0]
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("name", group_options("dataset"))
+def test_every_dataset_config_names_a_loader_taking_its_keys(name):
+    """A `dataset` entry is its loader's arguments: the loader builds from it (nothing loads yet) and declares
+    constraints only on arguments it takes."""
+    import dataclasses
+
+    from fedsim.build import locate
+    from fedsim.data import DatasetLoader
+    from fedsim.protocol.constraints import parameter_constraints
+
+    required = {"hf": ["dataset.hub_id=org/set"], "local": ["dataset.path=train.csv"]}.get(name, [])
+    dataset = compose_experiment([f"dataset={name}", *required])["dataset"]
+    cls = locate(dataset.pop("_target_"))
+    assert isinstance(cls(**dataset), DatasetLoader)
+    assert set(parameter_constraints(cls)) <= {field.name for field in dataclasses.fields(cls)}

@@ -50,7 +50,8 @@ def _close(a: str | float | None, b: str | float | None, tol: float = 1e-5) -> b
 def _simulate(overrides: list[str], folder: Path) -> Path:
     """The same experiment on the in-process engine, one client at a time: each client then trains with as many
     intra-op threads as a SuperNode on this machine does, so the float arithmetic is the same."""
-    run_experiment(compose_experiment([*overrides, "engine=inprocess", "engine.workers=1"]), folder, show_progress=False)
+    run_experiment(compose_experiment([*overrides, "engine=inprocess", "engine.workers=1"]), folder,
+                   show_progress=False)
     return folder
 
 
@@ -58,7 +59,8 @@ def _assert_same_run(deployed: Path, simulated: Path, nodes: int = NODES) -> Non
     deployed_rows, simulated_rows = _metrics(deployed), _metrics(simulated)
     assert len(deployed_rows) == len(simulated_rows)
     for ours, theirs in zip(deployed_rows, simulated_rows, strict=True):
-        for column in ("test_accuracy", "test_loss", "train_loss", "client_acc_mean", *[f"acc_client_{i}" for i in range(nodes)]):
+        for column in ("test_accuracy", "test_loss", "train_loss", "client_acc_mean",
+                       *[f"acc_client_{i}" for i in range(nodes)]):
             assert _close(ours[column], theirs[column]), (ours["round"], column, ours[column], theirs[column])
         for column in ("sampled", "failures", "rejected"):
             assert ours[column] == theirs[column], (ours["round"], column, ours[column], theirs[column])
@@ -130,8 +132,9 @@ def test_a_revoked_node_is_stopped_at_the_proxy(federation):
     address = f"{federation.host}:{federation.layout.listen_port}"
 
     def check(node) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fedsim.cli", "deploy", "node", "--superlink", address, "--credentials",
-                               str(node.folder), "--check"], capture_output=True, text=True, timeout=60, check=False)
+        command = [sys.executable, "-m", "fedsim.cli", "deploy", "node", "--superlink", address,
+                   "--credentials", str(node.folder), "--check"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
     assert check(spare).returncode == 0
     revoke_node(federation.credentials.folder, spare.name)
@@ -175,7 +178,8 @@ def test_a_broken_log_stream_is_followed_again_until_the_run_ends(federation, tm
         if "round 1/3" in line and not any("following it again" in seen for seen in lines):
             subprocess.run(["pkill", "-KILL", "-f", f"flwr.cli.app.* run {federation.work_dir}.*--stream"], check=False)
 
-    summary = federation.submit(overrides, tmp_path / "run", on_line=break_the_stream_after_round_one, timeout=RUN_TIMEOUT)
+    summary = federation.submit(overrides, tmp_path / "run", on_line=break_the_stream_after_round_one,
+                                timeout=RUN_TIMEOUT)
     assert any("broke while it runs; following it again" in line for line in lines), lines[-10:]
     assert summary["rounds_completed"] == 3
     _assert_same_run(tmp_path / "run", _simulate(overrides, tmp_path / "simulated"))
@@ -213,7 +217,8 @@ def test_deploy_local_stops_everything_on_ctrl_c_and_fedsim_resume_finishes_the_
     token = "ctrl-c-test-" + os.urandom(4).hex()
     env = {**os.environ, TOKEN_VARIABLE: token}  # nodes keep the test's thread count, so even rounding matches
     overrides = ["num_clients=2", "num_rounds=4", "seed=3", "progress=false"]
-    command = [sys.executable, "-m", "fedsim.cli", "deploy", "local", "--nodes", "2", "--out", str(tmp_path / "out"), *overrides]
+    command = [sys.executable, "-m", "fedsim.cli", "deploy", "local", "--nodes", "2", "--out", str(tmp_path / "out"),
+               *overrides]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as launcher:
         assert launcher.stdout is not None
@@ -280,7 +285,8 @@ class _Network:
                          ["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", namespace],
                          ["ip", "link", "set", link, "master", self.bridge], ["ip", "link", "set", link, "up"],
                          ["ip", "-n", namespace, "addr", "add", f"{self.addresses[machine]}/24", "dev", "eth0"],
-                         ["ip", "-n", namespace, "link", "set", "eth0", "up"], ["ip", "-n", namespace, "link", "set", "lo", "up"]]
+                         ["ip", "-n", namespace, "link", "set", "eth0", "up"],
+                         ["ip", "-n", namespace, "link", "set", "lo", "up"]]
         try:
             for command in commands:
                 subprocess.run(command, check=True, capture_output=True, text=True)
@@ -334,7 +340,8 @@ from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 private = ec.generate_private_key(ec.SECP384R1())
-client = FleetHttpClient.from_server_address(f"{host}:{port}", False, ca, [NodeAuthHttpInterceptor(private, private.public_key())])
+client = FleetHttpClient.from_server_address(f"{host}:{port}", False, ca,
+                                             [NodeAuthHttpInterceptor(private, private.public_key())])
 try:
     client.RegisterNode(RegisterNodeFleetRequest(public_key=public_key_to_bytes(private.public_key())))
     statuses["fleet register-node"] = 200
@@ -358,14 +365,17 @@ def test_only_the_operator_controls_the_federation(tmp_path, monkeypatch):
     if reason is not None:
         pytest.skip(reason)
     overrides = [*COMMON, "num_rounds=2", "strategy=fedavg", "fraction_evaluate=1.0"]
-    node_configs = [{"partition-id": i, "num-partitions": NODES, **({"misbehave": "scale"} if i == 1 else {})} for i in range(NODES)]
+    node_configs = [{"partition-id": i, "num-partitions": NODES, **({"misbehave": "scale"} if i == 1 else {})}
+                    for i in range(NODES)]
     machines = ["server", *[f"node{i}" for i in range(NODES)], "rogue", "outsider"]
     with _Network(machines) as network, LocalFederation(
-        tmp_path / "federation", NODES, node_configs=node_configs, say=lambda line: None, host=network.addresses["server"],
+        tmp_path / "federation", NODES, node_configs=node_configs, say=lambda line: None,
+        host=network.addresses["server"],
         node_prefix=lambda i: network.prefix(f"node{i}"), server_prefix=network.prefix("server"),
     ) as running:
         assert running.credentials is not None and running.layout is not None
-        server, proxy_port, superlink_port = network.addresses["server"], running.layout.listen_port, running.layout.superlink_port
+        server = network.addresses["server"]
+        proxy_port, superlink_port = running.layout.listen_port, running.layout.superlink_port
         (rogue,) = add_nodes(running.credentials.folder, 1)
         running.register(rogue)  # the operator's mistake: a fourth node, registered as node-3
         running.start_supernode(0, node=rogue, node_config={"partition-id": 0, "num-partitions": NODES}, name="rogue",
@@ -377,19 +387,23 @@ def test_only_the_operator_controls_the_federation(tmp_path, monkeypatch):
         (outsider / "ca.crt").write_bytes(running.credentials.ca_cert.read_bytes())
         marker = tmp_path / "outsider-code-ran"
         (outsider / "evil" / "pyproject.toml").write_text(EVIL_APP)
-        (outsider / "evil" / "evil.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-                                                   "from flwr.serverapp import ServerApp\nfrom flwr.clientapp import ClientApp\n"
+        (outsider / "evil" / "evil.py").write_text("from pathlib import Path\n"
+                                                   f"Path({str(marker)!r}).write_text('ran')\n"
+                                                   "from flwr.serverapp import ServerApp\n"
+                                                   "from flwr.clientapp import ClientApp\n"
                                                    "server, client = ServerApp(), ClientApp()\n")
         own = make_certificates(tmp_path / "outsider-keys", 1).nodes[0]  # a key pair and certificates from its own CA
         home = outsider / "flwr-home"
         home.mkdir()
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "proxy"\n\n[superlink.proxy]\naddress = "{server}:{proxy_port}"\n'
-            f'root-certificates = "{outsider / "ca.crt"}"\n\n[superlink.direct]\naddress = "{server}:{superlink_port}"\n'
+            f'root-certificates = "{outsider / "ca.crt"}"\n\n'
+            f'[superlink.direct]\naddress = "{server}:{superlink_port}"\n'
             f'root-certificates = "{outsider / "ca.crt"}"\n')
         as_outsider = {"prefix": network.prefix("outsider"), "env": {"FLWR_HOME": str(home)}, "timeout": 90}
         for connection in ("proxy", "direct"):
-            registered = running.flwr("supernode", "register", str(own.auth_public_key), connection, "--format", "json", **as_outsider)
+            registered = running.flwr("supernode", "register", str(own.auth_public_key), connection, "--format", "json",
+                                      **as_outsider)
             listed = running.flwr("ls", connection, "--format", "json", **as_outsider)
             submitted = running.flwr("run", str(outsider / "evil"), connection, "--format", "json", **as_outsider)
             for attempt in (registered, listed, submitted):
@@ -406,7 +420,8 @@ def test_only_the_operator_controls_the_federation(tmp_path, monkeypatch):
         assert raw.returncode == 0, raw.stderr[-3000:]
         statuses = json.loads(raw.stdout.strip().splitlines()[-1])
         assert all(status == 403 for path, status in statuses.items() if path != "fleet register-node"), statuses
-        assert statuses["fleet register-node"] not in (200, "200") and int(statuses["fleet register-node"]) >= 400, statuses
+        assert statuses["fleet register-node"] not in (200, "200"), statuses
+        assert int(statuses["fleet register-node"]) >= 400, statuses
 
         summary = running.submit(overrides, tmp_path / "deployed", timeout=RUN_TIMEOUT)
         assert not marker.exists()
@@ -415,8 +430,8 @@ def test_only_the_operator_controls_the_federation(tmp_path, monkeypatch):
         nodes = json.loads(running.flwr("supernode", "ls", "--format", "json").stdout)["nodes"]
         assert len(nodes) == NODES + 1, nodes  # the operator's registrations, and no other
         for i in range(NODES):  # the nodes really live apart: the server's loopback SuperLink port is not theirs
-            probe = subprocess.run([*network.prefix(f"node{i}"), sys.executable, "-c",
-                                    f"import socket; socket.create_connection(('127.0.0.1', {superlink_port}), timeout=2)"],
+            code = f"import socket; socket.create_connection(('127.0.0.1', {superlink_port}), timeout=2)"
+            probe = subprocess.run([*network.prefix(f"node{i}"), sys.executable, "-c", code],
                                    capture_output=True, text=True, check=False)
             assert probe.returncode != 0
     with open(tmp_path / "deployed" / "nodes.csv", newline="") as stream:
@@ -426,7 +441,8 @@ def test_only_the_operator_controls_the_federation(tmp_path, monkeypatch):
     assert sorted(row["partition"] for row in seen if row["status"] == "accepted") == ["0", "1", "2"]
     with open(tmp_path / "deployed" / "rejections.csv", newline="") as stream:
         rejections = list(csv.DictReader(stream))
-    assert [(row["round"], row["partition"], row["kind"]) for row in rejections] == [("1", "1", "train"), ("2", "1", "train")]
+    assert [(row["round"], row["partition"], row["kind"]) for row in rejections] == [("1", "1", "train"),
+                                                                                     ("2", "1", "train")]
 
     give_nodes_config(monkeypatch, {1: {"misbehave": "scale"}})  # the same misbehaving node, simulated
     simulated = _simulate(overrides, tmp_path / "simulated")
@@ -482,11 +498,13 @@ def test_the_systemd_units_run_a_federation_and_stop_cleanly(tmp_path):
         try:
             state = tmp_path / "state"
             command = _exec_start(server_unit, {}, {"/opt/fedsim/.venv/bin/fedsim": fedsim,
-                                                    "/etc/fedsim/certs": [str(credentials.folder)], "/var/lib/fedsim": [str(state)]})
+                                                    "/etc/fedsim/certs": [str(credentials.folder)],
+                                                    "/var/lib/fedsim": [str(state)]})
             main = processes.start("server", [*network.prefix("server"), *command], cwd=tmp_path)
             home = tmp_path / "operator"
             home.mkdir()
-            (home / "config.toml").write_text(f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = "127.0.0.1:9091"\n'
+            (home / "config.toml").write_text('[superlink]\ndefault = "fedsim"\n\n'
+                                              '[superlink.fedsim]\naddress = "127.0.0.1:9091"\n'
                                               f'root-certificates = "{credentials.ca_cert}"\n')
             from fedsim.deploy.processes import flower_command
 
@@ -497,22 +515,27 @@ def test_the_systemd_units_run_a_federation_and_stop_cleanly(tmp_path):
 
             _wait_for(lambda: '"success": true' in operator("ls", "--format", "json").stdout, 120, "the SuperLink")
             for node in credentials.nodes:
-                assert operator("supernode", "register", str(node.auth_public_key), "fedsim", "--name", node.name).returncode == 0
+                registered = operator("supernode", "register", str(node.auth_public_key), "fedsim", "--name", node.name)
+                assert registered.returncode == 0
                 env_file = tmp_path / f"{node.name}.env"
-                env_file.write_text(f"FEDSIM_SUPERLINK={server}:9093\nFEDSIM_NODE_CONFIG=partition-id={node.index} num-partitions={nodes}\n")
+                env_file.write_text(f"FEDSIM_SUPERLINK={server}:9093\n"
+                                    f"FEDSIM_NODE_CONFIG=partition-id={node.index} num-partitions={nodes}\n")
                 environment = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
                 command = _exec_start(node_unit, environment, {"/opt/fedsim/.venv/bin/fedsim": fedsim,
                                                                "/etc/fedsim/node": [str(node.folder)]})
                 processes.start(node.name, [*network.prefix(f"node{node.index}"), *command], cwd=tmp_path)
-            _wait_for(lambda: operator("supernode", "ls", "--format", "json").stdout.count('"online"') == nodes, 120, "the nodes")
+            _wait_for(lambda: operator("supernode", "ls", "--format", "json").stdout.count('"online"') == nodes, 120,
+                      "the nodes")
 
             main.send_signal(signal.SIGHUP)  # systemctl reload
             app = tmp_path / "app"
-            assert subprocess.run([*fedsim, "deploy", "app", str(app)], capture_output=True, check=False).returncode == 0
+            built = subprocess.run([*fedsim, "deploy", "app", str(app)], capture_output=True, check=False)
+            assert built.returncode == 0
             run_dir = tmp_path / "run"
             config = tmp_path / "run.toml"
             config.write_text(f'overrides = "{" ".join(overrides)}"\nrun-dir = "{run_dir}"\n')
-            submitted = operator("run", str(app), "fedsim", "--run-config", str(config), "--stream", timeout=RUN_TIMEOUT)
+            submitted = operator("run", str(app), "fedsim", "--run-config", str(config), "--stream",
+                                 timeout=RUN_TIMEOUT)
             assert (run_dir / "summary.json").exists(), (submitted.stdout + submitted.stderr)[-3000:]
             assert main.poll() is None
             group = processes.all_pids()  # every process of the units: what KillMode=control-group would reach

@@ -11,18 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Message, RecordDict
 
 from fedsim.client import app as client_app
 from fedsim.config import compose_experiment, resolve_auto_values
-from fedsim.data.federation import federation_for
 from fedsim.deploy.certs import make_certificates
 from fedsim.deploy.local_federation import DeployError, federation_overrides
-from fedsim.deploy.node import node_device
 from fedsim.deploy.preflight import check_superlink
 from fedsim.deploy.server_app import overrides_from_run_config
-from fedsim.experiment import ROUND_KEY, build_model, experiment_record
+from fedsim.node_config import node_device
+
+from .conftest import train_message
 
 
 class _Listener:
@@ -48,7 +47,8 @@ class _Listener:
                 request = connection.recv(65536)
                 if request.startswith(b"POST"):
                     status, body = self.answer
-                    connection.sendall(f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n{body}".encode())
+                    head = f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                    connection.sendall(f"{head}{body}".encode())
             except (OSError, ssl.SSLError):
                 pass
             finally:
@@ -78,7 +78,8 @@ def test_a_node_that_trusts_the_right_ca_passes(certs, tls_link):
 
 
 @pytest.mark.parametrize(("answer", "message"), [
-    ((400, "<html><center>No required SSL certificate was sent</center></html>"), "requires this node's client certificate"),
+    ((400, "<html><center>No required SSL certificate was sent</center></html>"),
+     "requires this node's client certificate"),
     ((400, "<html><center>The SSL certificate error</center></html>"), "refused this node's client certificate"),
     ((502, "<html>Bad Gateway</html>"), "the SuperLink behind it does not"),
     ((403, "<html>Forbidden</html>"), "refuses the Fleet API"),
@@ -90,7 +91,8 @@ def test_the_proxys_answers_are_one_line_on_the_node(certs, answer, message):
     proxy = _Listener(context, answer)
     node = certs.nodes[0]
     with pytest.raises(DeployError, match=message) as error:
-        check_superlink(f"127.0.0.1:{proxy.port}", node.ca_cert, False, client_cert=node.client_cert, client_key=node.client_key)
+        check_superlink(f"127.0.0.1:{proxy.port}", node.ca_cert, False, client_cert=node.client_cert,
+                        client_key=node.client_key)
     assert "\n" not in str(error.value)
 
 
@@ -127,17 +129,6 @@ def _experiment(*overrides: str) -> dict:
     return resolve_auto_values(compose_experiment(["num_clients=3", "num_rounds=1", *overrides]))
 
 
-def _train_message(experiment: dict) -> Message:
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # as the other ClientApp tests do
-    model = build_model(experiment, federation_for(experiment).data)
-    config = experiment_record(experiment)
-    config[ROUND_KEY] = 1
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
-    message = Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
-    message.metadata.__dict__["_message_id"] = "m1"
-    return message
-
-
 def _context(node_config: dict) -> Context:
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
 
@@ -148,14 +139,14 @@ def _error_line(reply: Message) -> str:
 
 
 def test_a_node_without_partition_id_answers_one_line(capsys):
-    reply = client_app(_train_message(_experiment()), _context({}))
+    reply = client_app(train_message(_experiment()), _context({}))
     line = _error_line(reply)
     assert "no 'partition-id' in its node config" in line and "\n" not in line
     assert line in capsys.readouterr().err  # and says it on the node's own stderr
 
 
 def test_a_node_outside_the_federation_answers_one_line():
-    reply = client_app(_train_message(_experiment()), _context({"partition-id": 5, "num-partitions": 6}))
+    reply = client_app(train_message(_experiment()), _context({"partition-id": 5, "num-partitions": 6}))
     assert "partition-id=5 is outside this run's 0..2" in _error_line(reply)
 
 
@@ -165,7 +156,7 @@ def test_a_node_whose_data_does_not_fit_the_model_answers_one_line(tmp_path):
     frame["label"] = np.arange(rows) % 2
     path = tmp_path / "site.parquet"
     frame.to_parquet(path)
-    reply = client_app(_train_message(_experiment()), _context({"partition-id": 1, "data-path": str(path)}))
+    reply = client_app(train_message(_experiment()), _context({"partition-id": 1, "data-path": str(path)}))
     line = _error_line(reply)
     assert "this node's data (site: input shape [5], 2 classes) does not fit the server's model" in line
     assert "\n" not in line
@@ -181,7 +172,7 @@ def test_a_data_path_node_trains_on_its_own_file(tmp_path):
     path = tmp_path / "site.csv"
     frame.to_csv(path, index=False)
     experiment = _experiment("client.val_fraction=0.25")
-    reply = client_app(_train_message(experiment), _context({"partition-id": 2, "data-path": str(path)}))
+    reply = client_app(train_message(experiment), _context({"partition-id": 2, "data-path": str(path)}))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     assert reply.content["metrics"]["num-examples"] == 90
 
@@ -194,7 +185,8 @@ def test_device_is_resolved_on_the_node():
 
 
 def test_run_config_overrides_and_the_node_count():
-    assert overrides_from_run_config({"overrides": "num_rounds=2 'strategy=feddisco'"}) == ["num_rounds=2", "strategy=feddisco"]
+    assert overrides_from_run_config({"overrides": "num_rounds=2 'strategy=feddisco'"}) == ["num_rounds=2",
+                                                                                         "strategy=feddisco"]
     assert federation_overrides(["num_rounds=2"], 3)[-1] == "num_clients=3"
     with pytest.raises(DeployError, match="num_clients=4 but --nodes 3"):
         federation_overrides(["num_clients=4"], 3)
@@ -208,4 +200,4 @@ def test_bad_overrides_in_the_run_config_are_one_line_in_the_run_log(tmp_path, c
                       run_config={"overrides": "partition.alpha=0", "run-dir": str(tmp_path / "run")})
     with pytest.raises(ConfigError):
         run_deployed(None, context)  # type: ignore[arg-type]  # fails before it needs a grid
-    assert "fedsim: error: partition.alpha=0 is not allowed: must be > 0" in capsys.readouterr().err
+    assert "fedsim: error: partition.alpha=0 is not allowed: a number > 0 or a list" in capsys.readouterr().err

@@ -17,13 +17,19 @@ from fedsim.config import compose_experiment, resolve_auto_values
 from fedsim.deploy.certs import make_certificates
 from fedsim.deploy.commands import check_memory
 from fedsim.deploy.grid import PromptGrid
+from fedsim.deploy.pacing import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    TASK_HEARTBEAT_PATIENCE,
+    NodePacing,
+    keep_task_tokens_longer,
+    wait_longer_for_sqlite_locks,
+)
 from fedsim.deploy.proxy import ProxySettings, server_block, standalone_config
 from fedsim.deploy.server_app import existing_run
-from fedsim.deploy.pacing import (SQLITE_BUSY_TIMEOUT_MS, TASK_HEARTBEAT_PATIENCE, NodePacing, keep_task_tokens_longer,
-                                  wait_longer_for_sqlite_locks)
 from fedsim.errors import DeployError, FedsimError
-from fedsim.results import Recorder
+from fedsim.recorder import Recorder, RoundRecord
 
+from .conftest import messages_to
 
 # --- the proxy ---------------------------------------------------------------------------------------------------
 
@@ -38,7 +44,8 @@ def test_the_proxy_passes_only_the_fleet_api_and_requires_client_certificates(tm
     assert "proxy_ssl_verify on;" in block and "server 127.0.0.1:9091;" in block
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                    reason="nginx is not installed")
 def test_nginx_accepts_the_generated_configuration(tmp_path):
     credentials = make_certificates(tmp_path / "certs", 1)
     folder = tmp_path / "proxy"
@@ -46,7 +53,8 @@ def test_nginx_accepts_the_generated_configuration(tmp_path):
     config = folder / "nginx.conf"
     config.write_text(standalone_config(ProxySettings("127.0.0.1", 9093, 9091, credentials), folder))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    checked = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(folder), "-c", str(config)], capture_output=True, text=True, check=False)
+    checked = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(folder), "-c", str(config)], capture_output=True,
+                             text=True, check=False)
     assert checked.returncode == 0, checked.stderr
 
 
@@ -59,7 +67,7 @@ def _experiment(*overrides: str) -> dict:
 def _started_run(folder: Path, experiment: dict, rounds: int, checkpoint: bool) -> None:
     recorder = Recorder(folder, resolve_auto_values(experiment), 3, {})
     for server_round in range(rounds + 1):
-        recorder.record_round(server_round, 0.5, 1.0, {}, {}, 0)
+        recorder.record_round(RoundRecord(server_round, 0.5, 1.0))
     if checkpoint:
         from types import SimpleNamespace
 
@@ -123,15 +131,9 @@ class _SlowRepliesGrid:
 
         self.pulls += 1
         waited = time.monotonic() - self.pushed_at
-        ready = [m for m, delay in zip(self.messages, self.delays) if delay <= waited and m.metadata.message_id in set(message_ids)]
+        ready = [m for m, delay in zip(self.messages, self.delays, strict=True)
+                 if delay <= waited and m.metadata.message_id in set(message_ids)]
         return [Message(RecordDict(), reply_to=m) for m in ready]
-
-
-def _messages(count: int) -> list[Message]:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # as the other Message tests do
-    return [Message(RecordDict(), dst_node_id=i + 1, message_type=MessageType.QUERY) for i in range(count)]
 
 
 def test_prompt_grid_collects_replies_soon_after_they_arrive():
@@ -139,7 +141,7 @@ def test_prompt_grid_collects_replies_soon_after_they_arrive():
 
     inner = _SlowRepliesGrid([0.05, 0.3])
     started = time.monotonic()
-    replies = PromptGrid(inner).send_and_receive(_messages(2), timeout=10)
+    replies = PromptGrid(inner).send_and_receive(messages_to([1, 2], MessageType.QUERY), timeout=10)
     took = time.monotonic() - started
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1"]
     assert 0.3 <= took < 0.3 + 0.25  # Flower's own Grid looks every 3 s
@@ -151,7 +153,7 @@ def test_prompt_grid_gives_up_at_the_timeout_with_what_arrived():
 
     inner = _SlowRepliesGrid([0.0, 60.0])
     started = time.monotonic()
-    replies = PromptGrid(inner).send_and_receive(_messages(2), timeout=0.4)
+    replies = PromptGrid(inner).send_and_receive(messages_to([1, 2], MessageType.QUERY), timeout=0.4)
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
     assert 0.4 <= time.monotonic() - started < 0.6
 
@@ -196,8 +198,8 @@ def test_the_superlink_waits_longer_for_sqlite_locks_than_flower_does(tmp_path, 
 
 
 def test_task_tokens_outlive_more_missed_heartbeats_but_node_heartbeats_keep_flowers_patience(monkeypatch):
-    from flwr.supercore.corestate import sql_corestate
     from flwr.server.superlink.linkstate import sql_linkstate
+    from flwr.supercore.corestate import sql_corestate
 
     monkeypatch.setattr(sql_corestate, "HEARTBEAT_PATIENCE", sql_corestate.HEARTBEAT_PATIENCE)  # restored after
     keep_task_tokens_longer()
@@ -242,11 +244,12 @@ def test_resuming_a_deployed_run_without_its_superlink_refuses_and_never_simulat
     """The run folder stays as it was: no round is run here, as a simulation or otherwise."""
     run = tmp_path / "run"
     _started_run(run, _experiment(), 1, checkpoint=True)
-    (run / "deployment.json").write_text(json.dumps({"overrides": ["num_clients=3", "num_rounds=2"], "run_dir": str(run),
-                                                     "flower_run_ids": [1]}))
+    (run / "deployment.json").write_text(json.dumps({"overrides": ["num_clients=3", "num_rounds=2"],
+                                                     "run_dir": str(run), "flower_run_ids": [1]}))
     home = tmp_path / "flwr-home"
     home.mkdir()
-    (home / "config.toml").write_text('[superlink]\ndefault = "gone"\n\n[superlink.gone]\naddress = "127.0.0.1:9"\ninsecure = true\n')
+    (home / "config.toml").write_text('[superlink]\ndefault = "gone"\n\n'
+                                      '[superlink.gone]\naddress = "127.0.0.1:9"\ninsecure = true\n')
     monkeypatch.setenv("FLWR_HOME", str(home))
     before = {path.name: path.read_bytes() for path in run.iterdir()}
     with pytest.raises(SystemExit) as stop:

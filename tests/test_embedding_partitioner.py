@@ -21,7 +21,7 @@ from fedsim.partitions.encoders import embed, resolve_encoder
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_data({"name": "digits", "source": "builtin", "test_fraction": 0.2}, seed=0)
+    return load_data({"_target_": "fedsim.data.Digits", "test_fraction": 0.2}, seed=0)
 
 
 def _cluster_shares(partitioner: EmbeddingPartitioner, parts: list[np.ndarray]) -> np.ndarray:

@@ -48,8 +48,9 @@ def test_fedprox_strategy_changes_the_client_update(run_quietly):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, floor", [
-    (("dataset=synthetic", "partition=natural", "num_clients=30", "model=logreg", "num_rounds=20", "fraction_train=0.34",
-      "client.lr=0.01", "client.momentum=0", "client.batch_size=10", "client.local_epochs=5"), 0.55),
+    (("dataset=synthetic", "partition=natural", "num_clients=30", "model=logreg", "num_rounds=20",
+      "fraction_train=0.34", "client.lr=0.01", "client.momentum=0", "client.batch_size=10", "client.local_epochs=5"),
+     0.55),
     (("model=cnn", "num_rounds=8"), 0.85),
     (("partition=pathological", "num_rounds=10"), 0.5),
 ])
@@ -72,7 +73,7 @@ def test_stragglers_are_dropped_by_fedavg_and_kept_by_fedprox(run_quietly):
     avg_rows, prox_rows = read_metrics(avg_dir)[1:], read_metrics(prox_dir)[1:]
     assert all(r["train_clients"] == "5" and r["stragglers"] == "5.0" for r in avg_rows)
     assert all(r["train_clients"] == "10" and r["stragglers"] == "5.0" for r in prox_rows)
-    for a, p in zip(avg_rows, prox_rows):  # the active clients FedAvg keeps are among FedProx's cohort
+    for a, p in zip(avg_rows, prox_rows, strict=True):  # the active clients FedAvg keeps are among FedProx's cohort
         assert set(a["sampled"].split()) <= set(p["sampled"].split())
 
 
@@ -83,7 +84,8 @@ def test_feddisco_weights_and_fedlaw_gamma_are_logged(run_quietly):
     assert sum(weights) == pytest.approx(1.0) and rows[0]["weight_client_0"] == ""
     summary, law_dir = run_quietly("num_rounds=2", "strategy=fedlaw", name="law")
     rows = read_metrics(law_dir)
-    assert float(rows[1]["gamma"]) > 0 and sum(float(rows[2][f"weight_client_{i}"]) for i in range(10)) == pytest.approx(1.0)
+    assert float(rows[1]["gamma"]) > 0
+    assert sum(float(rows[2][f"weight_client_{i}"]) for i in range(10)) == pytest.approx(1.0)
     assert summary["final_accuracy"] > 0.3
 
 
@@ -99,4 +101,5 @@ def test_fedlaw_proxy_set_is_carved_before_partitioning():
     avg = build_federation(compose_experiment(["strategy=fedavg"]))
     assert len(avg.proxy_rows) == 0
     fair = build_federation(compose_experiment(["strategy=fedavg", "server.proxy_size=200"]))
-    assert all(np.array_equal(a, b) for a, b in zip(fair.client_indices, law.client_indices))  # same partition
+    # the same partition
+    assert all(np.array_equal(a, b) for a, b in zip(fair.client_indices, law.client_indices, strict=True))

@@ -8,15 +8,16 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engines import InProcessGrid
-from fedsim.experiment import PRETRAIN_EVAL_KEY
 from fedsim.fairness import GroupCounts
 from fedsim.strategies import FairFed
+from fedsim.strategies.client_requests import PRETRAIN_EVAL_KEY
 from fedsim.strategies.fairfed import fairness_gaps
 
-COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
+from .conftest import EVERY_NODE_TRAINS, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 # Three clients' counts of the received model: total[a][y], positive[a][y], correct.
 # 1: n = 10, SPD = 3/5 - 1/5 = 0.4, correct 2 + 2 + 1 + 2 = 7 (acc 0.7)
@@ -36,21 +37,9 @@ GAPS = np.array([2 / 15, 0.125, 1 / 15])
 MEAN_GAP = 0.325 / 3
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-
-
-def _reply(node_id: int, weights: list[float], counts: GroupCounts) -> Message:
-    instruction = Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    instruction.metadata.__dict__["_message_id"] = f"m{node_id}"
-    metrics = MetricRecord({"num-examples": counts.num_examples, "train_loss": 1.0, **counts.to_metrics()})
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.array(weights, dtype=np.float64))}), "metrics": metrics})
-    return Message(content, reply_to=instruction)
-
-
 def _replies(counts: dict[int, GroupCounts] = COUNTS) -> list[Message]:
-    return [_reply(node, LOCAL[node], counts[node]) for node in sorted(counts)]
+    return [train_reply(node, {"w": np.array(LOCAL[node], dtype=np.float64)}, counts[node].num_examples,
+                        metrics=counts[node].to_metrics()) for node in sorted(counts)]
 
 
 def test_gaps_by_hand():
@@ -62,7 +51,7 @@ def test_two_rounds_by_hand(beta):
     """omega_bar^0 = n_k = (10, 10, 20), declearn's scale; each round subtracts beta (Delta_k - mean Delta) (the same
     replies twice, so the same step twice); nothing is clipped and the omega_bar keep summing to n = 40. beta = 40
     is the paper's beta_p = 1 on its omega_bar^0 = n_k / n scale."""
-    strategy = FairFed(beta=beta, metric="spd", **COMMON)
+    strategy = FairFed(beta=beta, metric="spd", **EVERY_NODE_TRAINS)
     expected_bar = np.array([10.0, 10.0, 20.0])
     for server_round in (1, 2):
         arrays, _ = strategy.aggregate_train(server_round, _replies())
@@ -70,23 +59,24 @@ def test_two_rounds_by_hand(beta):
         assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx(list(expected_bar), abs=1e-12)
         omega = expected_bar / expected_bar.sum()
         assert [strategy.client_weights[k] for k in (1, 2, 3)] == pytest.approx(list(omega), abs=1e-12)
-        expected = sum(w * np.array(LOCAL[k]) for w, k in zip(omega, (1, 2, 3)))
+        expected = sum(w * np.array(LOCAL[k]) for w, k in zip(omega, (1, 2, 3), strict=True))
         np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-12)
         assert strategy.round_scalars["fairfed_global_metric"] == pytest.approx(4 / 15)
         assert strategy.round_scalars["fairfed_mean_gap"] == pytest.approx(MEAN_GAP)
     # round 2 by hand: 10 - 2 beta (2/15 - 0.325/3) = 10 - 0.05 beta, 10 - 2 beta (0.125 - 0.325/3) = 10 - beta / 30,
     # 20 + 2 beta (0.325/3 - 1/15) = 20 + beta / 12
-    assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([10 - 0.05 * beta, 10 - beta / 30, 20 + beta / 12])
+    assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([10 - 0.05 * beta, 10 - beta / 30,
+                                                                        20 + beta / 12])
     # the paper's scale: omega^2 = (0.25, 0.25, 0.5) - 2 beta_p (Delta - mean Delta) with beta_p = beta / n
     paper = np.array([0.25, 0.25, 0.5]) - 2 * (beta / 40) * (GAPS - MEAN_GAP)
     assert [strategy.client_weights[k] for k in (1, 2, 3)] == pytest.approx(list(paper / paper.sum()), abs=1e-12)
 
 
 def test_beta_zero_is_fedavg():
-    fairfed = FairFed(beta=0.0, metric="eod", **COMMON)
+    fairfed = FairFed(beta=0.0, metric="eod", **EVERY_NODE_TRAINS)
     for server_round in (1, 2):
         arrays, _ = fairfed.aggregate_train(server_round, _replies())
-    fedavg, _ = FlowerFedAvg(**COMMON).aggregate_train(1, _replies())
+    fedavg, _ = FlowerFedAvg(**EVERY_NODE_TRAINS).aggregate_train(1, _replies())
     np.testing.assert_allclose(arrays["w"].numpy(), fedavg["w"].numpy(), rtol=1e-12)
     assert [fairfed.client_weights[k] for k in (1, 2, 3)] == pytest.approx([0.25, 0.25, 0.5])
 
@@ -94,7 +84,7 @@ def test_beta_zero_is_fedavg():
 def test_weights_are_clipped_at_zero():
     """beta = 800: omega_bar = 10 - 800 * 0.025 = -10 -> 0; 10 - 800 * (0.125 - 0.325/3) = -3.33 -> 0;
     20 + 800 * (0.325/3 - 1/15) = 53.33: the aggregate is client 3's model."""
-    strategy = FairFed(beta=800.0, metric="spd", **COMMON)
+    strategy = FairFed(beta=800.0, metric="spd", **EVERY_NODE_TRAINS)
     arrays, _ = strategy.aggregate_train(1, _replies())
     assert [strategy.omega_bar[k] for k in (1, 2, 3)] == pytest.approx([0.0, 0.0, 20 + 800 * (MEAN_GAP - 1 / 15)])
     assert strategy.client_weights == pytest.approx({1: 0.0, 2: 0.0, 3: 1.0})
@@ -113,7 +103,7 @@ def test_eod_falls_back_to_accuracy_without_positive_labels_in_a_group():
 
 
 def test_asks_for_pretraining_evaluation_and_refuses_replies_without_counts():
-    strategy = FairFed(**COMMON)
+    strategy = FairFed(**EVERY_NODE_TRAINS)
     arrays = ArrayRecord({"w": Array(np.zeros(2))})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({"x": 1}), InProcessGrid(ClientApp(), 2)))
     assert len(messages) == 2 and all(m.content["config"][PRETRAIN_EVAL_KEY] for m in messages)
@@ -127,18 +117,20 @@ def test_asks_for_pretraining_evaluation_and_refuses_replies_without_counts():
 @pytest.mark.parametrize("kwargs", [{"beta": -1.0}, {"metric": "dp"}])
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):
-        FairFed(**kwargs, **COMMON)
+        FairFed(**kwargs, **EVERY_NODE_TRAINS)
 
 
 def test_client_reports_group_counts_of_the_received_model():
     import torch
     from flwr.app import Context
 
+    from fedsim.build import build_model
     from fedsim.client import train
     from fedsim.config import compose_experiment
     from fedsim.data import federation_for
-    from fedsim.experiment import ROUND_KEY, build_model, experiment_record
     from fedsim.fairness import model_group_counts
+    from fedsim.protocol.experiment import experiment_record
+    from fedsim.protocol.keys import ROUND_KEY
 
     experiment = compose_experiment(["dataset=fair_synthetic", "strategy=fairfed", "partition.partition_by=sensitive",
                                      "num_clients=5", "model=logreg"])
@@ -154,7 +146,8 @@ def test_client_reports_group_counts_of_the_received_model():
     metrics = train(instruction, context).content["metrics"]
     reported = GroupCounts.from_metrics(metrics)
     expected = model_group_counts(model, federation.client_split(2)[0], torch.device("cpu"))
-    assert reported.total.tolist() == expected.total.tolist() and reported.positive.tolist() == expected.positive.tolist()
+    assert reported.total.tolist() == expected.total.tolist()
+    assert reported.positive.tolist() == expected.positive.tolist()
     assert reported.correct == expected.correct and reported.accuracy == pytest.approx(metrics["pretrain_accuracy"])
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from fedsim.config import compose_experiment, validate
-from fedsim.data import ArrayDataset, build_federation, load_data
-from fedsim.data import adult
+from fedsim.data import ArrayDataset, adult, build_federation, load_data
 from fedsim.data.fair_synthetic import generate_fair_synthetic
 from fedsim.errors import ConfigError, DataError
 from fedsim.fairness import GroupCounts, fairness_summary, group_counts, model_group_counts, pooled
@@ -21,7 +20,7 @@ ROWS = [(0, 1, 1), (0, 1, 1), (0, 1, 0), (0, 0, 1), (0, 0, 0),
 
 
 def _counts() -> GroupCounts:
-    a, y, p = (np.array(column) for column in zip(*ROWS))
+    a, y, p = (np.array(column) for column in zip(*ROWS, strict=True))
     return group_counts(p, y, a)
 
 
@@ -40,10 +39,11 @@ def test_group_counts_spd_eod_by_hand():
 def test_counts_add_and_travel_through_a_metric_record():
     counts = _counts()
     back = GroupCounts.from_metrics(counts.to_metrics())
-    assert back.total.tolist() == counts.total.tolist() and back.positive.tolist() == counts.positive.tolist() and back.correct == counts.correct
+    assert back.total.tolist() == counts.total.tolist() and back.positive.tolist() == counts.positive.tolist()
+    assert back.correct == counts.correct
     doubled = counts + counts
     assert doubled.total.tolist() == [[4, 6], [2, 8]] and doubled.spd() == pytest.approx(0.4)
-    assert GroupCounts.from_metrics({"eval_acc": 0.5}) is None
+    assert GroupCounts.from_metrics({"eval_accuracy": 0.5}) is None
 
 
 def test_fairness_summary_and_pooled_counts():
@@ -59,14 +59,15 @@ def test_a_missing_group_gives_nan():
     only_group_0 = group_counts(np.array([1, 0]), np.array([1, 0]), np.array([0, 0]))
     assert np.isnan(only_group_0.spd()) and np.isnan(only_group_0.eod())
     no_positive_label_in_group_1 = group_counts(np.array([1, 0, 1]), np.array([1, 0, 0]), np.array([0, 0, 1]))
-    assert no_positive_label_in_group_1.spd() == pytest.approx(0.5 - 1.0) and np.isnan(no_positive_label_in_group_1.eod())
+    assert no_positive_label_in_group_1.spd() == pytest.approx(0.5 - 1.0)
+    assert np.isnan(no_positive_label_in_group_1.eod())
 
 
 def test_model_group_counts_uses_argmax_predictions():
     model = torch.nn.Linear(1, 2, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[-1.0], [1.0]]))  # predicts 1 exactly when x > 0
-    a, y, p = (np.array(column) for column in zip(*ROWS))
+    a, y, p = (np.array(column) for column in zip(*ROWS, strict=True))
     x = torch.tensor(np.where(p == 1, 1.0, -1.0), dtype=torch.float32)[:, None]
     data = ArrayDataset(x, torch.from_numpy(y), torch.from_numpy(a))
     counts = model_group_counts(model, data, torch.device("cpu"), batch_size=3)
@@ -86,7 +87,8 @@ def test_fair_synthetic_statistics():
     assert a.mean() == pytest.approx(0.3, abs=0.015)
     assert y[a == 0].mean() == pytest.approx(0.8, abs=0.015) and y[a == 1].mean() == pytest.approx(0.2, abs=0.02)
     again = generate_fair_synthetic(20000, 10, 0.6, 0.3, 1.0, 1.0, seed=3)
-    assert np.array_equal(x, again[0]) and not np.array_equal(x, generate_fair_synthetic(20000, 10, 0.6, 0.3, 1.0, 1.0, 4)[0])
+    assert np.array_equal(x, again[0])
+    assert not np.array_equal(x, generate_fair_synthetic(20000, 10, 0.6, 0.3, 1.0, 1.0, 4)[0])
     # the group means differ by 2 * leak along a unit direction, the class means by 2 * signal along another
     gap_a = x[a == 1].mean(0) - x[a == 0].mean(0)
     assert np.linalg.norm(gap_a) > 1.0  # 2 leak = 2, diluted by the label direction only through Y's dependence on A
@@ -98,7 +100,8 @@ def test_fair_synthetic_partitions_by_the_sensitive_attribute():
     validate(experiment)
     federation = build_federation(experiment)
     data = federation.data
-    assert data.train.column_names == ["x", "label", "sensitive"] and data.num_classes == 2 and data.input_shape == (10,)
+    assert data.train.column_names == ["x", "label", "sensitive"]
+    assert data.num_classes == 2 and data.input_shape == (10,)
     assert len(data.train) == 8000 and len(data.test_arrays) == 2000
     assert np.array_equal(np.asarray(data.train["sensitive"]), data.train_arrays.sensitive.numpy())
     shares = [float(data.train_arrays.sensitive[rows].float().mean()) for rows in federation.client_indices]
@@ -107,7 +110,8 @@ def test_fair_synthetic_partitions_by_the_sensitive_attribute():
     assert train.sensitive is not None and val.sensitive is not None
 
 
-@pytest.mark.parametrize("key,value", [("dataset.correlation", 1.0), ("dataset.sensitive_share", 0.0), ("dataset.dim", 1)])
+@pytest.mark.parametrize("key,value", [("dataset.correlation", 1.0), ("dataset.sensitive_share", 0.0),
+                                       ("dataset.dim", 1)])
 def test_fair_synthetic_config_is_validated(key, value):
     experiment = compose_experiment(["dataset=fair_synthetic", f"{key}={value}"])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

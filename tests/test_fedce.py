@@ -7,33 +7,28 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engines import InProcessGrid
 from fedsim.errors import ConfigError
 from fedsim.strategies import FedCE
 from fedsim.strategies.fedce import COEF_KEY, MINUS_SCORE, client_minus_score, minus_model, remember_local_model
 
-COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
+from .conftest import EVERY_NODE_TRAINS, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 NODES = (1001, 1002, 1003)  # InProcessGrid's node ids for partitions 0, 1, 2
 A = 1 - 1 / np.sqrt(5)
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-
-
 def _record(w, running_mean, batches) -> ArrayRecord:
-    return ArrayRecord({"w": Array(np.array(w, dtype=np.float64)), "bn.running_mean": Array(np.array(running_mean, dtype=np.float64)),
+    return ArrayRecord({"w": Array(np.array(w, dtype=np.float64)),
+                        "bn.running_mean": Array(np.array(running_mean, dtype=np.float64)),
                         "bn.num_batches_tracked": Array(np.array(batches, dtype=np.int64))})
 
 
 def _reply(node_id: int, record: ArrayRecord, minus_score: float) -> Message:
-    instruction = Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    instruction.metadata.__dict__["_message_id"] = f"m{node_id}"
-    metrics = MetricRecord({"num-examples": 10, "train_loss": 1.0, MINUS_SCORE: minus_score})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=instruction)
+    return train_reply(node_id, record, 10, metrics={MINUS_SCORE: minus_score})
 
 
 def _configure(strategy: FedCE, server_round: int, record: ArrayRecord) -> dict[int, float]:
@@ -51,7 +46,7 @@ ROUND1 = {1001: ([3, 0], [10], [2]), 1002: ([0, 3], [0], [2]), 1003: ([3, 3], [0
 
 def _round1(strategy: FedCE, scores=(1.0, 1.0, 1.0)) -> ArrayRecord:
     assert _configure(strategy, 1, _record([0, 0], [0], [0])) == {node: 0.0 for node in NODES}
-    replies = [_reply(node, _record(*ROUND1[node]), s) for node, s in zip(NODES, scores)]
+    replies = [_reply(node, _record(*ROUND1[node]), s) for node, s in zip(NODES, scores, strict=True)]
     arrays, _ = strategy.aggregate_train(1, replies)
     return arrays
 
@@ -61,7 +56,7 @@ def test_two_rounds_by_hand():
     cos = 1/sqrt5, 1/sqrt5, 1 (the running_mean buffer, 10 for node 1, is left out of the cosine).
     c = (A, A, 0) with A = 1 - 1/sqrt5; c_hat = (A, A, 1e-6) / (2A + 1e-6); s = 1 for all, s_hat = 1/3;
     p = (c_hat + s_hat) / 2, and theta^1 = sum p_i theta_i."""
-    strategy = FedCE(**COMMON)
+    strategy = FedCE(**EVERY_NODE_TRAINS)
     arrays = _round1(strategy)
     c_hat = np.array([A, A, 1e-6]) / (2 * A + 1e-6)
     p1 = (c_hat + 1 / 3) / 2
@@ -70,7 +65,8 @@ def test_two_rounds_by_hand():
     theta1 = np.array([3 * p1[0] + 3 * p1[2], 3 * p1[1] + 3 * p1[2]])
     np.testing.assert_allclose(arrays["w"].numpy(), theta1, rtol=1e-12)
     np.testing.assert_allclose(arrays["bn.running_mean"].numpy(), [10 * p1[0]], rtol=1e-12)
-    assert arrays["bn.num_batches_tracked"].numpy().tolist() == [2] and arrays["bn.num_batches_tracked"].numpy().dtype == np.int64
+    batches = arrays["bn.num_batches_tracked"].numpy()
+    assert batches.tolist() == [2] and batches.dtype == np.int64
 
     # Round 2: every node learns its round-1 weight; the prior is p1 (not 1/3), cosines are averaged over 2 rounds.
     coefs = _configure(strategy, 2, arrays)
@@ -97,22 +93,23 @@ def test_two_rounds_by_hand():
 
 
 def test_times_mode_multiplies_the_normalised_scores():
-    strategy = FedCE(mode="times", **COMMON)
+    strategy = FedCE(mode="times", **EVERY_NODE_TRAINS)
     _round1(strategy, scores=(0.6, 0.3, 0.1))
     c_hat = np.array([A, A, 1e-6]) / (2 * A + 1e-6)
     product = np.maximum(c_hat * np.array([0.6, 0.3, 0.1]), 1e-6)  # s_hat = s (they sum to 1); p_3 ~ 1e-7 is clamped
     assert [strategy.client_weights[n] for n in NODES] == pytest.approx(product / product.sum(), rel=1e-9)
     with pytest.raises(ValueError, match="mode"):
-        FedCE(mode="sum", **COMMON)
+        FedCE(mode="sum", **EVERY_NODE_TRAINS)
 
 
 def test_partial_participation_renormalises_the_prior_and_zeroes_absent_coefs():
-    strategy = FedCE(**COMMON)
+    strategy = FedCE(**EVERY_NODE_TRAINS)
     arrays = _round1(strategy)
     p1 = [strategy.client_weights[n] for n in NODES]
     _configure(strategy, 2, arrays)
     theta1 = arrays["w"].numpy()
-    replies = [_reply(1001, _record(theta1 + [1, 0], [0], [4]), 0.5), _reply(1002, _record(theta1 + [1, 1], [0], [4]), 0.5)]
+    replies = [_reply(1001, _record(theta1 + [1, 0], [0], [4]), 0.5),
+               _reply(1002, _record(theta1 + [1, 1], [0], [4]), 0.5)]
     strategy.aggregate_train(2, replies)
     prior = np.array(p1[:2]) / (p1[0] + p1[1])
     g = prior[0] * np.array([1, 0]) + prior[1] * np.array([1, 1])
@@ -125,19 +122,22 @@ def test_partial_participation_renormalises_the_prior_and_zeroes_absent_coefs():
 
 
 def test_missing_minus_score_is_an_error():
-    strategy = FedCE(**COMMON)
+    strategy = FedCE(**EVERY_NODE_TRAINS)
     _configure(strategy, 1, _record([0, 0], [0], [0]))
     instruction = Message(RecordDict(), dst_node_id=1001, message_type=MessageType.TRAIN)
     instruction.metadata.__dict__["_message_id"] = "m"
-    reply = Message(RecordDict({"arrays": _record([1, 1], [0], [1]), "metrics": MetricRecord({"num-examples": 3})}), reply_to=instruction)
+    content = RecordDict({"arrays": _record([1, 1], [0], [1]), "metrics": MetricRecord({"num-examples": 3})})
+    reply = Message(content, reply_to=instruction)
     with pytest.raises(ValueError, match=MINUS_SCORE):
         strategy.aggregate_train(1, [reply])
 
 
 def test_minus_model_formula():
     """(theta - p theta_local) / (1 - p) with theta = (1, 2), theta_local = (3, 0), p = 0.25: (1/3, 8/3)."""
-    global_arrays = ArrayRecord({"w": Array(np.array([1.0, 2.0], dtype=np.float32)), "n": Array(np.array([7], dtype=np.int64))})
-    local = ArrayRecord({"w": Array(np.array([3.0, 0.0], dtype=np.float32)), "n": Array(np.array([99], dtype=np.int64))})
+    global_arrays = ArrayRecord({"w": Array(np.array([1.0, 2.0], dtype=np.float32)),
+                                 "n": Array(np.array([7], dtype=np.int64))})
+    local = ArrayRecord({"w": Array(np.array([3.0, 0.0], dtype=np.float32)),
+                         "n": Array(np.array([99], dtype=np.int64))})
     minus = minus_model(global_arrays, local, 0.25)
     np.testing.assert_allclose(minus["w"].numpy(), [1 / 3, 8 / 3], rtol=1e-6)
     assert minus["w"].numpy().dtype == np.float32 and minus["n"].numpy().tolist() == [7]
@@ -166,10 +166,12 @@ def test_client_reply_carries_the_minus_score():
     s = 1 - acc(theta^0 on the validation split) / 2."""
     import torch
 
+    from fedsim.build import build_model
     from fedsim.client import train
     from fedsim.config import compose_experiment
     from fedsim.data import federation_for
-    from fedsim.experiment import ROUND_KEY, build_model, experiment_record
+    from fedsim.protocol.experiment import experiment_record
+    from fedsim.protocol.keys import ROUND_KEY
     from fedsim.training import evaluate
 
     experiment = compose_experiment(["strategy=fedce"])
@@ -181,7 +183,8 @@ def test_client_reply_carries_the_minus_score():
     def send(server_round: int, arrays: ArrayRecord, coef: float) -> Message:
         config = experiment_record(experiment)
         config[ROUND_KEY], config[COEF_KEY] = server_round, coef
-        instruction = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type=MessageType.TRAIN)
+        instruction = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1,
+                              message_type=MessageType.TRAIN)
         instruction.metadata.__dict__["_message_id"] = f"m{server_round}"
         return train(instruction, context)
 

@@ -10,13 +10,14 @@ import sys
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, RecordDict
 
+from fedsim.build import build_model
 from fedsim.client import app as client_app
 from fedsim.config import compose_experiment, resolve_auto_values
 from fedsim.data.federation import federation_for
-from fedsim.experiment import ROUND_KEY, build_model, experiment_record
+
+from .conftest import train_message
 
 HEAVY = ("datasets", "sklearn", "scipy", "matplotlib", "pandas", "hydra", "omegaconf", "flwr_datasets", "pyarrow")
 
@@ -29,7 +30,8 @@ loaded = [name for name in {heavy!r} if name in sys.modules]
 import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from fedsim.experiment import ROUND_KEY, experiment_record
+from fedsim.protocol.keys import ROUND_KEY
+from fedsim.protocol.experiment import experiment_record
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 experiment = json.load(open({experiment!r}))
@@ -57,16 +59,6 @@ def test_importing_the_client_app_loads_no_data_library():
     assert _python(code).strip() == "[]"
 
 
-def _train_message(experiment: dict, weights: dict[str, torch.Tensor]) -> Message:
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # as the other ClientApp tests do
-    config = experiment_record(experiment)
-    config[ROUND_KEY] = 1
-    message = Message(RecordDict({"arrays": ArrayRecord(weights), "config": config}), dst_node_id=7,
-                      message_type=MessageType.TRAIN)
-    message.metadata.__dict__["_message_id"] = "m1"
-    return message
-
-
 def test_a_light_client_app_trains_as_a_fully_imported_one(tmp_path):
     """The handler pulls in data, Hydra and the strategies' client halves on its first message, with the same reply."""
     experiment = resolve_auto_values(compose_experiment(["num_clients=3", "num_rounds=1", "device=cpu"]))
@@ -79,7 +71,7 @@ def test_a_light_client_app_trains_as_a_fully_imported_one(tmp_path):
     assert light["loaded"] == []
 
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
-    reply = client_app(_train_message(experiment, weights), context)
+    reply = client_app(train_message(experiment, weights), context)
     assert not reply.has_error(), reply.error.reason
     assert light["metrics"] == pytest.approx(dict(reply.content["metrics"]), rel=1e-6)
     torch.testing.assert_close(light["arrays"], reply.content["arrays"].to_torch_state_dict())

@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedsim.engines import InProcessEngine, InProcessGrid
 from fedsim.engines.inprocess import random_layers, resolve_workers, torch_threads_per_worker, usable_cores
 
-from .conftest import read_metrics
+from .conftest import messages_to, read_metrics, set_task_identity
 
 
 def _toy_client_app() -> ClientApp:
@@ -37,17 +37,10 @@ def _toy_client_app() -> ClientApp:
     return app
 
 
-def _start(grid: Grid) -> None:
-    """Messages need a task identity, which an engine sets before the ServerApp runs."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_messages_reach_each_node_with_its_partition_and_state(workers):
     grid = InProcessGrid(_toy_client_app(), num_nodes=4, workers=workers)
-    _start(grid)
+    set_task_identity()
     nodes = list(grid.get_node_ids())
     assert len(nodes) == 4
     content = RecordDict({"arrays": ArrayRecord([np.zeros(2)]), "config": ConfigRecord()})
@@ -68,9 +61,10 @@ def test_messages_reach_each_node_with_its_partition_and_state(workers):
 
 def test_push_then_pull_returns_replies_once():
     grid = InProcessGrid(_toy_client_app(), num_nodes=2)
-    _start(grid)
+    set_task_identity()
     content = RecordDict({"arrays": ArrayRecord([np.ones(2)]), "config": ConfigRecord()})
-    ids = list(grid.push_messages([Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in grid.get_node_ids()]))
+    ids = list(grid.push_messages([Message(content, dst_node_id=n, message_type=MessageType.TRAIN)
+                                   for n in grid.get_node_ids()]))
     assert len(ids) == 2 and len(set(ids)) == 2
     assert len(list(grid.pull_messages(ids))) == 2
     assert list(grid.pull_messages(ids)) == []
@@ -107,11 +101,6 @@ def _sleepy_client_app(log: list[tuple[str, int, float]], seconds: float) -> Cli
     return app
 
 
-def _train_messages(grid: Grid) -> list[Message]:
-    content = RecordDict({"config": ConfigRecord()})
-    return [Message(content, dst_node_id=node, message_type=MessageType.TRAIN) for node in grid.get_node_ids()]
-
-
 def _most_at_once(log: list[tuple[str, int, float]]) -> int:
     running = most = 0
     for event, _, _ in sorted(log, key=lambda entry: entry[2]):
@@ -124,8 +113,7 @@ def _most_at_once(log: list[tuple[str, int, float]]) -> int:
 def test_workers_run_that_many_calls_at_once_and_replies_keep_the_message_order(workers):
     log: list[tuple[str, int, float]] = []
     grid = InProcessGrid(_sleepy_client_app(log, 0.2), num_nodes=6, workers=workers)
-    _start(grid)
-    messages = _train_messages(grid)
+    messages = messages_to(grid.get_node_ids(), content=RecordDict({"config": ConfigRecord()}))
     started = time.monotonic()
     replies = list(grid.send_and_receive(messages, timeout=60))
     elapsed = time.monotonic() - started
@@ -139,8 +127,8 @@ def test_with_workers_a_hung_call_costs_only_its_own_node():
     """Partition 2 hangs past the timeout: the other worker answers every other node; node 2 gets an error reply."""
     log: list[tuple[str, int, float]] = []
     grid = InProcessGrid(_sleepy_client_app(log, -0.05), num_nodes=6, workers=2)
-    _start(grid)
-    replies = list(grid.send_and_receive(_train_messages(grid), timeout=2.0))
+    messages = messages_to(grid.get_node_ids(), content=RecordDict({"config": ConfigRecord()}))
+    replies = list(grid.send_and_receive(messages, timeout=2.0))
     assert [reply.has_error() for reply in replies] == [False, False, True, False, False, False]
     assert "no reply within the round timeout" in replies[2].error.reason
 

@@ -78,7 +78,7 @@ def test_a_real_flower_app_bundle_runs_from_its_own_folder(tmp_path):
 
     fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(REPO)))
     names = set(fab.namelist())
-    assert {"pyproject.toml", "fedsim/server.py", "fedsim/deploy/node.py", "strategies/__init__.py",
+    assert {"pyproject.toml", "fedsim/server.py", "fedsim/node_config.py", "strategies/__init__.py",
             "configs/config.yaml", "configs/strategy/feddisco.yaml"} <= names
     assert not any(name.startswith(("tests/", "bench/", "docs/")) for name in names)
     folder = tmp_path / "fab"

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsim.build import build_model
 from fedsim.config import compose_experiment
 from fedsim.data import load_data
-from fedsim.experiment import build_model
 from fedsim.models import CNN, MLP, LogisticRegression, ResNet
 
 
 @pytest.mark.parametrize(
     "model, shape",
-    [(LogisticRegression([60], 10), (4, 60)), (MLP([1, 8, 8], 10), (4, 1, 8, 8)), (CNN([1, 28, 28], 10), (4, 1, 28, 28)),
-     (CNN([1, 8, 8], 10), (4, 1, 8, 8)), (ResNet([3, 32, 32], 10), (4, 3, 32, 32))],
+    [(LogisticRegression([60], 10), (4, 60)), (MLP([1, 8, 8], 10), (4, 1, 8, 8)),
+     (CNN([1, 28, 28], 10), (4, 1, 28, 28)), (CNN([1, 8, 8], 10), (4, 1, 8, 8)),
+     (ResNet([3, 32, 32], 10), (4, 3, 32, 32))],
 )
 def test_output_shape_and_gradients(model, shape):
     logits = model(torch.randn(shape))

@@ -15,17 +15,20 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
-from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engines.inprocess import InProcessGrid
-from fedsim.results import NODES_FILE, Recorder
-from fedsim.server_grid import LATE, QUERY_TIMEOUT, FedsimGrid
+from fedsim.grid.discovery import QUERY_TIMEOUT
+from fedsim.grid.fedsim_grid import FedsimGrid
+from fedsim.grid.nodes import LATE
+from fedsim.recorder import NODES_FILE, Recorder, RoundRecord
 
-TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # messages built here need a sender
+from .conftest import set_task_identity
+
+set_task_identity()  # messages built here need a sender
 
 EARLY, LATER = "2026-01-05T10:00:00+00:00", "2026-01-05T10:00:09+00:00"
 
@@ -51,7 +54,8 @@ class FakeGrid(InProcessGrid):
         return list(self.answers)
 
     def get_nodes(self) -> Iterable[NodeInfo]:
-        return [NodeInfo(node_id=node, name=self.info.get(node, ("", ""))[0], registered_at=self.info.get(node, ("", ""))[1])
+        return [NodeInfo(node_id=node, name=self.info.get(node, ("", ""))[0],
+                         registered_at=self.info.get(node, ("", ""))[1])
                 for node in self.answers]
 
     def _deliver(self, message: Message) -> Message:
@@ -168,9 +172,9 @@ def test_a_lost_identity_reply_is_asked_again_instead_of_holding_discovery_to_it
 
 
 def test_a_long_wait_for_nodes_says_which_partitions_are_missing(caplog, monkeypatch):
-    import fedsim.server_grid
+    import fedsim.grid.discovery
 
-    monkeypatch.setattr(fedsim.server_grid, "WAITING_NOTICE", 0.05)
+    monkeypatch.setattr(fedsim.grid.discovery, "WAITING_NOTICE", 0.05)
     fake = FakeGrid({1: [0]}, joining={30: {2: [2]}})  # partition 1 never gets a node
     with caplog.at_level(logging.WARNING, logger="fedsim"), pytest.raises(TimeoutError):
         _discover(fake, timeout=0.5)
@@ -187,7 +191,8 @@ def test_discovery_waits_for_every_partition_not_for_a_node_count():
     message = str(raised.value)
     assert "\n" not in message
     assert "2 of 3 partitions have a node (4 nodes connected); missing partitions: 2;" in message
-    assert "refused: node 2 (partition-id=0 is held by node 1 (lower node id)), node 4 (its identity query failed: boom)" in message
+    assert ("refused: node 2 (partition-id=0 is held by node 1 (lower node id)), "
+            "node 4 (its identity query failed: boom)") in message
 
 
 def test_refused_late_and_surplus_nodes_are_never_listed_nor_sent_anything(caplog):
@@ -215,7 +220,8 @@ def test_refused_late_and_surplus_nodes_are_never_listed_nor_sent_anything(caplo
         grid.send_and_receive(list(messages))
     stray = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=31, message_type=MessageType.TRAIN)
     grid.send_and_receive([stray])  # even a message addressed to a refused node by hand is not sent
-    grid.push_messages([Message(RecordDict({"config": ConfigRecord()}), dst_node_id=88, message_type=MessageType.TRAIN)])
+    grid.push_messages([Message(RecordDict({"config": ConfigRecord()}), dst_node_id=88,
+                                message_type=MessageType.TRAIN)])
     for node in (10, 20, 30):
         assert fake.got(node, MessageType.TRAIN) and fake.got(node, MessageType.EVALUATE)
     for node in (31, 99):  # refused at discovery: asked who they are, nothing else
@@ -243,18 +249,19 @@ def test_refusals_land_in_nodes_csv_and_a_resumed_run_keeps_them(tmp_path):
     fake = FakeGrid({10: [0], 20: [1], 21: [1], 30: [2], 40: ["boom"]}, info={21: ("node-1", LATER)})
     grid, _ = _discover(fake)
     recorder = Recorder(tmp_path, {"seed": 0}, 3, {})
-    recorder.record_round(0, 0.1, 2.3, {}, {}, 0, nodes=grid.take_round_log().nodes)
+    recorder.record_round(RoundRecord(0, 0.1, 2.3, nodes=grid.take_round_log().nodes))
     fake.answers[50] = [0]
     grid.get_node_ids()  # a node appears while round 1 samples its clients
-    recorder.record_round(1, 0.5, 1.0, {}, {}, 0, nodes=grid.take_round_log().nodes)
-    recorder.record_round(2, 0.6, 0.9, {}, {}, 0, nodes=grid.take_round_log().nodes)
+    recorder.record_round(RoundRecord(1, 0.5, 1.0, nodes=grid.take_round_log().nodes))
+    recorder.record_round(RoundRecord(2, 0.6, 0.9, nodes=grid.take_round_log().nodes))
     expected = [
         {"node_id": "10", "partition": "0", "status": "accepted", "reason": "", "round": "0"},
         {"node_id": "21", "partition": "1", "status": "accepted", "reason": "", "round": "0"},
         {"node_id": "30", "partition": "2", "status": "accepted", "reason": "", "round": "0"},
         {"node_id": "20", "partition": "1", "status": "refused",
          "reason": "partition-id=1 is held by node 21 (registered as node-1)", "round": "0"},
-        {"node_id": "40", "partition": "", "status": "refused", "reason": "its identity query failed: boom", "round": "0"},
+        {"node_id": "40", "partition": "", "status": "refused", "reason": "its identity query failed: boom",
+         "round": "0"},
         {"node_id": "50", "partition": "", "status": "refused", "reason": LATE, "round": "1"},
     ]
     assert _nodes_csv(tmp_path) == expected
@@ -262,5 +269,5 @@ def test_refusals_land_in_nodes_csv_and_a_resumed_run_keeps_them(tmp_path):
     resumed = Recorder(tmp_path, {"seed": 0}, 3, {})  # a restart: the checkpoint's state, then discovery again
     resumed.restore(recorder.state())
     again, _ = _discover(FakeGrid({10: [0], 20: [1], 21: [1], 30: [2], 40: ["boom"]}, info={21: ("node-1", LATER)}))
-    resumed.record_round(3, 0.7, 0.8, {}, {}, 0, nodes=again.take_round_log().nodes)
+    resumed.record_round(RoundRecord(3, 0.7, 0.8, nodes=again.take_round_log().nodes))
     assert _nodes_csv(tmp_path) == expected  # the same nodes: no new rows

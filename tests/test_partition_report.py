@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedsim.partitions.report import heterogeneity_report
+from fedsim.partition_report import heterogeneity_report
 
 
 def test_statistics_by_hand():
@@ -28,8 +28,8 @@ def test_statistics_by_hand():
 
 
 def test_partition_command_writes_report_and_heatmap(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition.alpha=0.1", "--out", str(tmp_path)],
-                               capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition.alpha=0.1",
+                                "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "partition.json").read_text())
     assert report["num_clients"] == 10 and sum(row["size"] for row in report["labels"]["clients"]) == 1437
@@ -38,11 +38,11 @@ def test_partition_command_writes_report_and_heatmap(tmp_path):
 
 
 def test_partition_command_refuses_bad_input_in_one_line(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition.alpha=0", "--out", str(tmp_path)],
-                               capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition.alpha=0",
+                                "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2
     assert [line for line in completed.stderr.splitlines() if line.strip()] == [
-        "fedsim: error: partition.alpha=0 is not allowed: must be > 0"
+        "fedsim: error: partition.alpha=0 is not allowed: a number > 0 or a list of numbers > 0, one per client"
     ]
 
 
@@ -54,8 +54,9 @@ def test_every_run_folder_has_the_partition_report(run_quietly):
 
 
 def test_embedding_partition_reports_over_clusters_too(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition=embedding", "partition.alpha=0.1",
-                                "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "partition", "partition=embedding",
+                                "partition.alpha=0.1", "--out", str(tmp_path)], capture_output=True, text=True,
+                               timeout=120)
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "partition.json").read_text())
     clusters = np.array(report["clusters"]["counts"])

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engines import InProcessGrid
-from fedsim.experiment import MOMENTUM_KEY, PRETRAIN_EVAL_KEY
+from fedsim.protocol.keys import MOMENTUM_KEY
 from fedsim.strategies import QFFL
+from fedsim.strategies.client_requests import PRETRAIN_EVAL_KEY
 
-COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
+from .conftest import EVERY_NODE_TRAINS, train_reply
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _reply(node_id: int, weights: list[float], pretrain_loss: float, num_examples: int = 10) -> Message:
-    instruction = Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    instruction.metadata.__dict__["_message_id"] = f"m{node_id}"
-    metrics = MetricRecord({"num-examples": num_examples, "train_loss": 9.0, "pretrain_loss": pretrain_loss})
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.array(weights, dtype=np.float64))}), "metrics": metrics})
-    return Message(content, reply_to=instruction)
+    return train_reply(node_id, {"w": np.array(weights, dtype=np.float64)}, num_examples, train_loss=9.0,
+                       metrics={"pretrain_loss": pretrain_loss})
 
 
 def _start(strategy, weights: list[float]) -> list[Message]:
@@ -41,7 +35,7 @@ def test_server_step_by_hand():
     dw_b = 2 (0, 2) = (0, 4), |dw_b|^2 = 16; Delta_b = 0.25 (0, 4) = (0, 1); h_b = 2 * 0.5 * 16 + 2 * 0.25 = 16.5
     w' = (1, 2) - (8, 1) / 40.5
     """
-    strategy = QFFL(client_learning_rate=0.5, q=2.0, **COMMON)
+    strategy = QFFL(client_learning_rate=0.5, q=2.0, **EVERY_NODE_TRAINS)
     messages = _start(strategy, [1.0, 2.0])
     assert all(m.content["config"][PRETRAIN_EVAL_KEY] and m.content["config"][MOMENTUM_KEY] == 0.0 for m in messages)
     arrays, _ = strategy.aggregate_train(1, [_reply(1, [0.0, 2.0], 2.0), _reply(2, [1.0, 0.0], 0.5)])
@@ -54,10 +48,10 @@ def test_q_zero_is_fedavgs_direction():
     """q = 0: Delta_k = L (w - w_k), h_k = L, so w' is the plain mean of the local models: FedAvg's aggregate for
     equal-size clients (the reference samples clients in proportion to n_k, which makes it FedAvg in expectation)."""
     local = {1: [0.0, 2.0, 5.0], 2: [1.0, 0.0, -1.0], 3: [4.0, 4.0, 4.0]}
-    qffl = QFFL(client_learning_rate=0.1, q=0.0, **COMMON)
+    qffl = QFFL(client_learning_rate=0.1, q=0.0, **EVERY_NODE_TRAINS)
     _start(qffl, [1.0, 2.0, 3.0])
     arrays, _ = qffl.aggregate_train(1, [_reply(node, w, pretrain_loss=1.7 * node) for node, w in local.items()])
-    fedavg = FlowerFedAvg(**COMMON)
+    fedavg = FlowerFedAvg(**EVERY_NODE_TRAINS)
     averaged, _ = fedavg.aggregate_train(1, [_reply(node, w, pretrain_loss=1.0) for node, w in local.items()])
     np.testing.assert_allclose(arrays["w"].numpy(), averaged["w"].numpy(), rtol=1e-12)
 
@@ -66,7 +60,7 @@ def test_larger_q_moves_towards_the_worse_client():
     local = {1: [0.0], 2: [10.0]}
     moved = {}
     for q in (0.0, 1.0, 5.0):
-        strategy = QFFL(client_learning_rate=1.0, q=q, **COMMON)
+        strategy = QFFL(client_learning_rate=1.0, q=q, **EVERY_NODE_TRAINS)
         _start(strategy, [5.0])
         arrays, _ = strategy.aggregate_train(1, [_reply(1, local[1], 0.2), _reply(2, local[2], 2.0)])
         weights = strategy.client_weights
@@ -79,10 +73,12 @@ def test_client_reports_the_loss_before_training():
     import torch
     from flwr.app import Context
 
+    from fedsim.build import build_model
     from fedsim.client import train
     from fedsim.config import compose_experiment
     from fedsim.data import federation_for
-    from fedsim.experiment import ROUND_KEY, build_model, experiment_record
+    from fedsim.protocol.experiment import experiment_record
+    from fedsim.protocol.keys import ROUND_KEY
     from fedsim.training import evaluate
 
     experiment = compose_experiment(["strategy=qffl"])
@@ -97,7 +93,8 @@ def test_client_reports_the_loss_before_training():
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 3}, state=RecordDict(), run_config={})
     metrics = train(instruction, context).content["metrics"]
     expected = evaluate(model, federation.client_split(3)[0], torch.device("cpu"))
-    assert metrics["pretrain_loss"] == pytest.approx(expected.loss) and metrics["pretrain_accuracy"] == pytest.approx(expected.accuracy)
+    assert metrics["pretrain_loss"] == pytest.approx(expected.loss)
+    assert metrics["pretrain_accuracy"] == pytest.approx(expected.accuracy)
     assert metrics["pretrain_loss"] == pytest.approx(np.log(10), abs=0.2)  # an untrained 10-class model
     assert metrics["train_loss"] < metrics["pretrain_loss"]
 

@@ -27,6 +27,7 @@ from fedsim.errors import ConfigError, FedsimError
 
 from .conftest import read_metrics
 
+FLOWER = "fedsim.engines.FlowerEngine"
 README_GPU_EXAMPLE = ["engine=flower", "engine.client_resources.num_cpus=1", "engine.client_resources.num_gpus=0.25"]
 
 
@@ -63,14 +64,13 @@ def test_a_local_ray_is_checked_against_this_machine():
     sized = {"name": "flower", "ray_init_args": {"num_cpus": 2, "num_gpus": 0}}
     with pytest.raises(FedsimError) as error:
         check_client_resources({**sized, "client_resources": {"num_cpus": 1, "num_gpus": 0.25}})
-    assert str(error.value) == ("engine.client_resources.num_gpus=0.25: more than a Ray node can give; this machine has "
-                                "0 GPU (engine.address=null starts Ray here): lower it, or join a larger Ray cluster "
-                                "with engine.address")
+    assert str(error.value) == ("engine.client_resources.num_gpus=0.25: more than a Ray node can give; "
+                                "this machine has 0 GPU (engine.address=null starts Ray here): lower it, "
+                                "or join a larger Ray cluster with engine.address")
     with pytest.raises(FedsimError, match=r"num_cpus=4, engine.client_resources.num_gpus=1: .* has 2 CPU, 0 GPU"):
         check_client_resources({**sized, "client_resources": {"num_cpus": 4, "num_gpus": 1}})
     one_gpu = {"name": "flower", "ray_init_args": {"num_cpus": 8, "num_gpus": 1}}
     assert check_client_resources({**one_gpu, "client_resources": {"num_cpus": 1, "num_gpus": 0.25}}) == 4
-    assert check_client_resources({"name": "inprocess", "client_resources": {"num_gpus": 99}}) == 0
     detected = local_node({})  # what Ray itself would declare for this machine
     assert 1 <= detected["CPU"] <= (os.cpu_count() or 1) and detected["GPU"] == torch.cuda.device_count()
 
@@ -85,7 +85,8 @@ def test_a_request_that_fits_no_single_node_names_the_nodes(monkeypatch):
         check_client_resources(engine)
     assert str(error.value) == ("engine.client_resources num_cpus=2, num_gpus=1: no single node of the Ray cluster at "
                                 "10.0.0.1:6379 has all of it (nodes: 4 CPU, 0 GPU; 1 CPU, 1 GPU)")
-    assert check_client_resources({**engine, "client_resources": {"num_cpus": 0.5, "num_gpus": 0.5}}) == 2  # both on node 2
+    # both on node 2
+    assert check_client_resources({**engine, "client_resources": {"num_cpus": 0.5, "num_gpus": 0.5}}) == 2
 
 
 def _free_port() -> int:
@@ -103,9 +104,11 @@ def test_an_address_where_nothing_listens_fails_at_once():
 
 
 def test_the_engine_joins_the_configured_address_or_starts_its_own_ray():
-    engine = make_engine({"name": "flower", "client_resources": {"num_cpus": 2}, "address": "10.0.0.1:6379"})
-    assert engine.ray_init_args["address"] == "10.0.0.1:6379" and engine.client_resources == {"num_cpus": 2.0, "num_gpus": 0.0}
-    assert make_engine({"name": "flower", "client_resources": {}}).ray_init_args["address"] == "local"  # not RAY_ADDRESS
+    engine = make_engine({"_target_": FLOWER, "client_resources": {"num_cpus": 2}, "address": "10.0.0.1:6379"})
+    assert engine.ray_init_args["address"] == "10.0.0.1:6379"
+    assert engine.client_resources == {"num_cpus": 2.0, "num_gpus": 0.0}
+    # not RAY_ADDRESS
+    assert make_engine({"_target_": FLOWER, "client_resources": {}}).ray_init_args["address"] == "local"
 
 
 @pytest.mark.slow  # a fedsim process: its imports take 8-25 s on 2 busy cores
@@ -117,7 +120,8 @@ def test_readme_gpu_example_fails_in_one_line_on_a_machine_without_gpu(tmp_path)
     seconds = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedsim: error: engine.client_resources.num_gpus=0.25: more than"), done.stderr
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("fedsim: error: engine.client_resources.num_gpus=0.25: more than"), done.stderr
     assert "0 GPU" in lines[0]
     assert seconds < 60, f"{seconds:.0f} s"  # it used to wait 600 s for nodes, then print 97 lines of traceback
     assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("partition*"))  # no data was loaded
@@ -182,7 +186,8 @@ def ray_cluster() -> Iterator[str]:
     address = f"127.0.0.1:{port}"
     try:
         _ray_start("--head", "--port", str(port), "--num-cpus", "1", "--num-gpus", "0", "--include-dashboard=false",
-                   "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()), temp_dir=temp_dir)
+                   "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+                   temp_dir=temp_dir)
         _ray_start("--address", address, "--num-cpus", "2", "--num-gpus", "1", temp_dir=temp_dir)
         yield address
     finally:
@@ -200,7 +205,8 @@ def test_a_run_on_the_second_node_gives_the_inprocess_metrics(ray_cluster, run_q
             check_client_resources({**on_cluster, "address": None})
     overrides = ("num_rounds=2", "num_clients=4", "fraction_train=0.5", "seed=11")
     local, local_dir = run_quietly(*overrides, "engine=inprocess", name="inprocess")
-    remote, remote_dir = run_quietly(*overrides, "engine=flower", f"engine.address={ray_cluster}", *gpu_share, name="cluster")
+    remote, remote_dir = run_quietly(*overrides, "engine=flower", f"engine.address={ray_cluster}", *gpu_share,
+                                     name="cluster")
     local_rows, remote_rows = read_metrics(local_dir), read_metrics(remote_dir)
     assert len(local_rows) == len(remote_rows) == 3  # round 0 (initial model) and two rounds
     for a, b in zip(local_rows, remote_rows, strict=True):

@@ -14,25 +14,23 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsim.client import app as client_app
-from fedsim.config import compose_experiment, validate
-from fedsim.data.federation import federation_for
+from fedsim.config import compose_experiment, group_options, validate
 from fedsim.engines.inprocess import InProcessGrid
 from fedsim.errors import ConfigError
-from fedsim.experiment import build_model, experiment_record
-from fedsim.reply_checks import REJECTED_PREFIX, ReplyLimits, outsized_updates, reply_problem
-from fedsim.server import build_strategy
-from fedsim.server_grid import FedsimGrid
+from fedsim.grid.fedsim_grid import FedsimGrid
+from fedsim.grid.filtering import REJECTED_PREFIX
+from fedsim.reply_checks import ReplyLimits, outsized_updates, reply_problem
+from fedsim.testing.malformed import MALFORMATIONS, first_round, malformed
 
-from .conftest import give_nodes_config
+from .conftest import data_for, give_nodes_config, set_task_identity
 
-TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # messages built here need a sender
+set_task_identity()  # messages built here need a sender
 
-STRATEGIES = ["fedavg", "fedprox", "feddisco", "fedlaw", "qffl", "fedce", "fairfed"]
+STRATEGIES = group_options("strategy")
 
 
 def _model_arrays() -> ArrayRecord:
@@ -45,8 +43,10 @@ def _train_pair(arrays: ArrayRecord | None = None, metrics: dict | None = None):
     sent_arrays = _model_arrays()
     sent = Message(RecordDict({"arrays": sent_arrays}), dst_node_id=7, message_type="train")
     if arrays is None:
-        arrays = ArrayRecord({k: Array(v.numpy() + (0.1 if v.numpy().dtype.kind == "f" else 0)) for k, v in sent_arrays.items()})
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics or {"num-examples": 50, "train_loss": 0.5})})
+        arrays = ArrayRecord({k: Array(v.numpy() + (0.1 if v.numpy().dtype.kind == "f" else 0))
+                              for k, v in sent_arrays.items()})
+    metrics = metrics or {"num-examples": 50, "train_loss": 0.5}
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return sent, Message(content, dst_node_id=0, message_type="train")
 
 
@@ -69,7 +69,8 @@ def test_a_well_formed_reply_passes():
     (_with("b", np.array([0, np.inf, 0], dtype=np.float32)), None, "'b' has NaN or Inf values"),
     (_with("w", np.zeros((2, 3), dtype=np.float32)), None, "'w' is float32[2, 3], the model's is float32[3, 2]"),
     (_with("w", np.zeros((3, 2), dtype=np.float64)), None, "'w' is float64[3, 2], the model's is float32[3, 2]"),
-    (ArrayRecord({"w": Array(np.zeros((3, 2), dtype=np.float32))}), None, "array keys differ from the model's (missing ['b', 'steps']"),
+    (ArrayRecord({"w": Array(np.zeros((3, 2), dtype=np.float32))}), None,
+     "array keys differ from the model's (missing ['b', 'steps']"),
     (_with("extra", np.zeros(1, dtype=np.float32)), None, "extra ['extra']"),
     (_with("w", np.full((3, 2), 50.0, dtype=np.float32)), None, "update norm"),
     (None, {"train_loss": 0.5}, "no 'num-examples' in its metrics"),
@@ -122,15 +123,18 @@ def test_reliability_keys_are_validated(override, key):
 def test_the_default_bound_is_relative_and_a_number_or_null_replace_it():
     assert ReplyLimits.from_experiment(compose_experiment()) == ReplyLimits(None, 1, {}, 100.0)
     assert ReplyLimits.from_experiment(compose_experiment(["server.update_norm_factor=20"])).update_norm_factor == 20.0
-    assert ReplyLimits.from_experiment(compose_experiment(["server.max_update_norm=5"])) == ReplyLimits(5.0, 1, {}, None)
-    assert ReplyLimits.from_experiment(compose_experiment(["server.max_update_norm=null"])) == ReplyLimits(None, 1, {}, None)
+    limits = ReplyLimits.from_experiment(compose_experiment(["server.max_update_norm=5"]))
+    assert limits == ReplyLimits(5.0, 1, {}, None)
+    limits = ReplyLimits.from_experiment(compose_experiment(["server.max_update_norm=null"]))
+    assert limits == ReplyLimits(None, 1, {}, None)
     validate(compose_experiment(["server.max_update_norm=auto", "server.update_norm_factor=1.5"]))
 
 
 @pytest.mark.parametrize("norms, expected", [
     ([1.0, 2.0, 3.0, 400.0], [None, None, None, "update norm 400 > 100 × the round's median (2)"]),
     ([1.0, 2.0, 3.0, 4.0, 1000.0], [None, None, None, None, "update norm 1e+03 > 100 × the round's median (2.5)"]),
-    ([1000.0, 1.0], ["update norm 1e+03 > 100 × the round's median (1)", None]),  # the attacker is not its own reference
+    # the attacker is not its own reference
+    ([1000.0, 1.0], ["update norm 1e+03 > 100 × the round's median (1)", None]),
     ([5.0, 400.0, 450.0], [None, None, None]),  # two large of three: the median of the others is large too
     ([3.0, 300.0], [None, None]),  # exactly 100 times: not above
     ([1e9], [None]),  # alone: nothing to compare with
@@ -149,7 +153,8 @@ def _batch(steps: list[float]) -> tuple[list[Message], dict]:
         message = Message(RecordDict({"arrays": sent_arrays}), dst_node_id=node + 1, message_type="train")
         message.metadata.__dict__["_message_id"] = f"m{node}"
         sent[message.metadata.message_id] = message
-        arrays = ArrayRecord({k: Array(v.numpy() + (step if v.numpy().dtype.kind == "f" else 0)) for k, v in sent_arrays.items()})
+        arrays = ArrayRecord({k: Array(v.numpy() + (step if v.numpy().dtype.kind == "f" else 0))
+                              for k, v in sent_arrays.items()})
         content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 50})})
         reply = Message(content, dst_node_id=0, message_type="train")
         reply.metadata.__dict__["_reply_to_message_id"] = f"m{node}"
@@ -169,7 +174,7 @@ def test_the_grid_rejects_a_scaled_update_by_the_rounds_median(caplog):
     assert checked[3].error.reason == REJECTED_PREFIX + reason
     assert [(r.node_id, r.kind, r.reason) for r in grid.take_round_log().rejections] == [(4, "train", reason)]
     assert f"(node 4): {reason}" in caplog.text
-    nan_reply = _mutate(replies[0], "nan")  # a malformed reply is neither measured nor a reference
+    nan_reply = malformed(replies[0], "nan")  # a malformed reply is neither measured nor a reference
     assert [r.has_error() for r in grid.check_replies([nan_reply, replies[3]], sent)] == [True, False]
 
 
@@ -208,7 +213,7 @@ def test_misbehaved_updates_are_what_the_attack_says():
 def test_misbehave_is_read_from_the_node_config(config, expected):
     from flwr.app import Context
 
-    from fedsim.deploy.node import NodeConfigError, misbehavior
+    from fedsim.node_config import NodeConfigError, misbehavior
 
     context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, **config}, state=RecordDict(), run_config={})
     if isinstance(expected, str):
@@ -232,99 +237,34 @@ def test_a_node_told_to_scale_its_update_is_rejected_every_round_by_the_default_
     assert all("3" not in row["sampled"].split() for row in rows)
     with open(run_dir / "rejections.csv", newline="") as stream:
         logged = list(csv.DictReader(stream))
-    assert [(line["round"], line["partition"], line["kind"]) for line in logged] == [(str(r), "3", "train") for r in range(1, 11)]
+    assert [(line["round"], line["partition"], line["kind"]) for line in logged] == [(str(r), "3", "train")
+                                                                                     for r in range(1, 11)]
     assert all("× the round's median" in line["reason"] for line in logged)
     assert summary["final_accuracy"] > 0.8  # the nine honest clients still learn
     with open(run_dir / "nodes.csv", newline="") as stream:  # its node was accepted: it is a known partition
-        assert [(row["partition"], row["status"]) for row in csv.DictReader(stream)] == [(str(p), "accepted") for p in range(10)]
+        assert [(row["partition"], row["status"]) for row in csv.DictReader(stream)] == [(str(p), "accepted")
+                                                                                         for p in range(10)]
 
     collapsed, run_dir = run_quietly("num_rounds=10", "server.max_update_norm=null", name="unbounded")
     assert collapsed["final_accuracy"] < 0.3 and sum(int(row["rejected"]) for row in _rows(run_dir)) == 0
 
-MUTATIONS = ["none", "nan", "inf", "shape", "dtype", "drop_key", "extra_key", "no_arrays", "no_metrics",
-             "bad_count", "huge_count", "nan_metric", "huge_update", "no_count"]
-
-
-def _mutate(reply: Message, how: str) -> Message:
-    reply = copy.deepcopy(reply)
-    content = reply.content
-    if how == "none":
-        return reply
-    if how in ("no_metrics", "bad_count", "huge_count", "nan_metric", "no_count"):
-        metrics = next(iter(content.metric_records.values()))
-        if how == "no_metrics":
-            for name in list(content.metric_records):
-                del content[name]
-        elif how == "bad_count":
-            metrics["num-examples"] = -1
-        elif how == "huge_count":
-            metrics["num-examples"] = 10**12
-        elif how == "no_count":
-            del metrics["num-examples"]
-        else:
-            metrics["train_loss"] = float("nan")
-        return reply
-    record_name = next(iter(content.array_records))
-    if how == "no_arrays":
-        del content[record_name]
-        return reply
-    record = content.array_records[record_name]
-    key = next(k for k, v in record.items() if v.numpy().dtype.kind == "f")
-    values = record[key].numpy()
-    if how == "nan":
-        record[key] = Array(np.full_like(values, np.nan))
-    elif how == "inf":
-        record[key] = Array(np.full_like(values, np.inf))
-    elif how == "shape":
-        record[key] = Array(np.zeros(values.size + 1, dtype=values.dtype))
-    elif how == "dtype":
-        record[key] = Array(values.astype(np.float16))
-    elif how == "drop_key":
-        del record[key]
-    elif how == "extra_key":
-        record["injected"] = Array(np.zeros(2, dtype=np.float32))
-    elif how == "huge_update":
-        record[key] = Array(values + 1e4)
-    return reply
-
-
-def first_round(strategy_name: str):
-    """A strategy's first training round on 4 clients: (strategy, checking grid, global arrays, the real valid
-    replies, sent messages by id). Shared with bench/reliability.py."""
-    from fedsim.config import resolve_auto_values
-
-    extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if strategy_name == "fairfed" else []
-    experiment = resolve_auto_values(compose_experiment(
-        ["num_clients=4", "num_rounds=1", f"strategy={strategy_name}", "progress=false", "server.max_update_norm=1000", *extra]))
-    federation = federation_for(experiment)
-    strategy = build_strategy(experiment, federation, "cpu")
-    sizes = {pid: len(rows) for pid, rows in enumerate(federation.client_indices)}
-    inner = InProcessGrid(client_app, 4)
-    grid = FedsimGrid(inner, limits=ReplyLimits.from_experiment(experiment, sizes))
-    grid.discover(4, timeout=30)
-    torch.manual_seed(0)
-    arrays = ArrayRecord({k: v.detach() for k, v in build_model(experiment, federation.data).state_dict().items()})
-    messages = list(strategy.configure_train(1, arrays, experiment_record(experiment), grid))
-    replies = list(inner.send_and_receive(messages, timeout=60))  # unchecked: the fuzz mutates them first
-    return strategy, grid, arrays, replies, {m.metadata.message_id: m for m in messages}
-
-
 @pytest.fixture(scope="module", params=STRATEGIES)
 def round_setup(request):
-    return first_round(request.param)
+    return first_round(request.param, *data_for(request.param))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=st.lists(st.sampled_from(MUTATIONS), min_size=4, max_size=4))
+@given(plan=st.lists(st.sampled_from(MALFORMATIONS), min_size=4, max_size=4))
 def test_no_malformed_reply_reaches_any_strategys_global_model(round_setup, plan):
     strategy, grid, arrays, replies, sent = round_setup
-    mutated = [_mutate(reply, how) for reply, how in zip(replies, plan, strict=True)]
+    mutated = [malformed(reply, how) for reply, how in zip(replies, plan, strict=True)]
     grid.take_round_log()
     checked = grid.check_replies(mutated, sent)
     log = grid.take_round_log()
     bad = sum(how != "none" for how in plan)
     assert len(log.rejections) == bad
-    assert all(r.has_error() and REJECTED_PREFIX in r.error.reason for r, how in zip(checked, plan) if how != "none")
+    assert all(r.has_error() and REJECTED_PREFIX in r.error.reason
+               for r, how in zip(checked, plan, strict=True) if how != "none")
     new_arrays, _ = strategy.aggregate_train(1, checked)  # must not raise
     if new_arrays is None:
         assert bad == len(plan)  # nothing valid: nothing aggregated, the caller keeps the global model
@@ -374,9 +314,8 @@ def test_too_few_valid_replies_skip_the_round_and_keep_the_model(run_quietly):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_survives_nan_clients(run_quietly, strategy):
-    extra = ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"] if strategy == "fairfed" else []
     summary, run_dir = run_quietly("num_clients=5", "num_rounds=3", f"strategy={strategy}", "faults.nan_rate=0.4",
-                                   *extra, name=strategy)
+                                   *data_for(strategy), name=strategy)
     rows = _rows(run_dir)
     assert summary["rounds_completed"] == 3 and sum(int(r["rejected"]) for r in rows) > 0
     assert all(np.isfinite(float(r["test_loss"])) for r in rows)
@@ -408,4 +347,5 @@ def test_a_client_that_runs_out_of_memory_is_reported_and_left_out(run_quietly, 
     summary, run_dir = run_quietly("num_clients=3", "num_rounds=2")
     rows = _rows(run_dir)
     assert [r["failures"] for r in rows[1:]] == ["1", "0"] and summary["rounds_completed"] == 2
-    assert len(rows[1]["sampled"].split()) == 2  # one client ran out of memory in round 1; the other two were aggregated
+    # one client ran out of memory in round 1; the other two were aggregated
+    assert len(rows[1]["sampled"].split()) == 2

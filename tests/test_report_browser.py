@@ -15,7 +15,8 @@ import pytest
 
 from .test_compare import run_fake_compare
 
-CHROMIUM = next((Path(p) for p in (shutil.which("chromium") or "", "/usr/bin/chromium") if p and Path(p).exists()), None)
+CHROMIUM = next((Path(p) for p in (shutil.which("chromium") or "", "/usr/bin/chromium") if p and Path(p).exists()),
+                None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,3000"]
 # After layout: images decoded, the comparison table's rows and bold cells, the warning's position, page overflow.
@@ -55,7 +56,8 @@ def render(report: Path) -> dict:
                                  "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
     assert match, result.stderr[-2000:]
-    return json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    text = match.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    return json.loads(text)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")

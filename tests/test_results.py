@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from fedsim.results import Recorder, client_accuracy_stats, tail_mean, write_atomic
+from fedsim.protocol.keys import EVAL_ACCURACY
+from fedsim.recorder import Recorder, RoundRecord, client_accuracy_stats, tail_mean, write_atomic
 
 from .conftest import read_metrics
 
@@ -23,10 +24,10 @@ def test_tail_means():
 
 def test_recorder_writes_rows_summary_and_plot(tmp_path):
     recorder = Recorder(tmp_path, {"seed": 3, "num_rounds": 2}, num_clients=3, choices={"strategy": "fedavg"})
-    recorder.record_round(0, 0.1, 2.3, {}, {}, 0)
+    recorder.record_round(RoundRecord(0, 0.1, 2.3))
     train = {0: {"num-examples": 10, "train_loss": 1.0}, 2: {"num-examples": 30, "train_loss": 2.0}}
-    evaluate = {0: {"num-examples": 5, "eval_acc": 0.5}, 1: {"num-examples": 5, "eval_acc": 0.7}, 2: {"num-examples": 5, "eval_acc": 0.9}}
-    recorder.record_round(1, 0.6, 1.1, train, evaluate, 1)
+    evaluate = {pid: {"num-examples": 5, EVAL_ACCURACY: accuracy} for pid, accuracy in enumerate([0.5, 0.7, 0.9])}
+    recorder.record_round(RoundRecord(1, 0.6, 1.1, train=train, evaluate=evaluate, failures=1))
     rows = read_metrics(tmp_path)
     assert [row["round"] for row in rows] == ["0", "1"]
     assert float(rows[1]["train_loss"]) == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)

@@ -4,51 +4,22 @@ from it, and a checkpoint that cannot be used is one line saying how to start ov
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from fedsim.config import compose_experiment
+from fedsim.config import compose_experiment, group_options
 from fedsim.run import run_experiment
+from fedsim.testing.crash import SLOW_CLIENTS, kill_during, untimed_metrics
 
-TIMING = {"round_seconds", "wall_seconds"}
-# Slow clients (a sleep, no change to any number) so that the kill lands inside the run, not after it.
-BASE = ["num_clients=4", "num_rounds=6", "fraction_train=0.5", "faults.slow_rate=1.0", "faults.slow_seconds=0.15",
-        "progress=false"]
+from .conftest import data_for
 
-
-def _metrics(folder):
-    with open(folder / "metrics.csv", newline="") as stream:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(stream)]
-
-
-def _kill_during(folder, overrides, at_round):
-    """Start `fedsim` in a subprocess and SIGKILL it once `at_round` rounds are in metrics.csv and a checkpoint is
-    on disk (metrics.csv is written just before the round's checkpoint, so waiting for both keeps the kill from
-    landing before the first checkpoint, where resuming would simply start over)."""
-    process = subprocess.Popen([sys.executable, "-m", "fedsim.cli", *overrides, f"hydra.run.dir={folder}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if (folder / "checkpoint.pt").exists() and len(_metrics(folder)) > at_round:
-                os.killpg(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not json.loads((folder / "summary.json").read_text()).get("complete") if (folder / "summary.json").exists() else True
+BASE = ["num_clients=4", "num_rounds=6", "fraction_train=0.5", *SLOW_CLIENTS, "progress=false"]
 
 
 # A real SIGKILL and `fedsim resume` in a fresh process; FedCE (node states, running means) runs by default, the
@@ -62,14 +33,14 @@ def test_a_run_killed_at_a_random_round_resumes_to_the_same_result(tmp_path, str
 
     at_round = random.Random(strategy).randint(1, 4)
     killed = tmp_path / "killed"
-    _kill_during(killed, overrides, at_round)
+    kill_during(killed, overrides, at_round)
     assert (killed / "checkpoint.pt").exists()
 
     completed = subprocess.run([sys.executable, "-m", "fedsim.cli", "resume", str(killed)], capture_output=True,
                                text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     resumed = json.loads((killed / "summary.json").read_text())
-    assert _metrics(killed) == _metrics(reference_dir)  # every round, every client, every weight
+    assert untimed_metrics(killed) == untimed_metrics(reference_dir)  # every round, every client, every weight
     assert resumed["final_accuracy"] == reference["final_accuracy"]
     assert resumed["client_accuracy"] == reference["client_accuracy"]
 
@@ -89,7 +60,8 @@ def test_checkpoints_can_be_turned_off(run_quietly):
     assert not (folder / "checkpoint.pt").exists()
 
 
-def test_a_strategy_with_state_that_is_not_plain_data_turns_checkpoints_off_not_the_run(run_quietly, monkeypatch, caplog):
+def test_a_strategy_with_state_that_is_not_plain_data_turns_checkpoints_off_not_the_run(run_quietly, monkeypatch,
+                                                                                        caplog):
     import threading
 
     import fedsim.server as server_module
@@ -114,27 +86,26 @@ class _Stopped(Exception):
     """Stands in for a kill right after a round's checkpoint was written."""
 
 
-STRATEGY_RUNS = {
-    "fedavg": [], "fedprox": ["strategy.proximal_mu=0.1", "stragglers.fraction=0.5"], "feddisco": [], "fedce": [],
-    "fedlaw": ["strategy.server_epochs=2"], "qffl": [],
-    "fairfed": ["dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg"],
-}
+# What a strategy's run sets beyond its data (`data_for`): FedProx with stragglers it keeps, FedLAW fewer server epochs.
+STRATEGY_EXTRAS = {"fedprox": ["strategy.proximal_mu=0.1", "stragglers.fraction=0.5"],
+                   "fedlaw": ["strategy.server_epochs=2"]}
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_RUNS))
+@pytest.mark.parametrize("strategy", group_options("strategy"))
 def test_every_strategy_resumes_from_its_checkpoint_file_bit_for_bit(tmp_path, monkeypatch, strategy):
     """Stopped after round 2 of 3, resumed from the file alone (a fresh strategy, engine and node states), every
     metrics row, client weight and the final model equal those of the run left alone."""
     import torch
 
+    import fedsim.checkpoint as checkpoint_module
     import fedsim.server as server_module
     from fedsim.checkpoint import load_checkpoint
 
     overrides = ["num_clients=3", "num_rounds=3", "fraction_train=0.67", "client.local_epochs=1", "progress=false",
-                 f"strategy={strategy}", *STRATEGY_RUNS[strategy]]
+                 f"strategy={strategy}", *data_for(strategy), *STRATEGY_EXTRAS.get(strategy, [])]
     reference = run_experiment(compose_experiment(overrides), tmp_path / "reference", show_progress=False)
 
-    save, run_rounds, first_rounds = server_module.save_checkpoint, server_module.run_rounds, []
+    save, run_rounds, first_rounds = checkpoint_module.save_checkpoint, server_module.run_rounds, []
 
     def save_then_stop(run_dir, checkpoint):
         save(run_dir, checkpoint)
@@ -145,17 +116,17 @@ def test_every_strategy_resumes_from_its_checkpoint_file_bit_for_bit(tmp_path, m
         first_rounds.append(kwargs["first_round"])
         return run_rounds(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
     monkeypatch.setattr(server_module, "run_rounds", recording_first_round)
     stopped = tmp_path / "stopped"
     with pytest.raises(_Stopped):
         run_experiment(compose_experiment(overrides), stopped, show_progress=False)
     assert load_checkpoint(stopped).server_round == 2
-    monkeypatch.setattr(server_module, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
     resumed = run_experiment(compose_experiment(overrides), stopped, show_progress=False, resume=True)
 
     assert first_rounds == [1, 3]  # it went on from the checkpoint, rather than starting over
-    assert _metrics(stopped) == _metrics(tmp_path / "reference")
+    assert untimed_metrics(stopped) == untimed_metrics(tmp_path / "reference")
     assert resumed["client_accuracy"] == reference["client_accuracy"]
     final, expected = torch.load(stopped / "model.pt"), torch.load(tmp_path / "reference" / "model.pt")
     assert final.pop("__fedsim__") == expected.pop("__fedsim__") and final.keys() == expected.keys()
@@ -193,7 +164,8 @@ def test_a_malicious_checkpoint_runs_nothing_and_is_refused(tmp_path):
         load_checkpoint(folder)
     assert not marker.exists()
     torch.save({"fedsim_checkpoint": 2, "state": "{}", "tensors": {"0": _Payload(marker)}}, folder / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain data"):  # ...and in the new container
+    # ...and in the new container
+    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain data"):
         load_checkpoint(folder)
     assert not marker.exists()
 
@@ -215,14 +187,17 @@ def test_a_broken_checkpoint_is_one_line_saying_how_to_start_over(run_quietly):
     assert load_checkpoint(folder).server_round == 1
     other_version = io.BytesIO()
     torch.save({"fedsim_checkpoint": 3, "state": "{}", "tensors": {}}, other_version)
-    cases = [(whole[: len(whole) // 2], "is truncated or damaged"), (b"", "is empty"), (b"hello", "is not a fedsim checkpoint"),
-             (other_version.getvalue(), "was written by another fedsim version (checkpoint format 3; this one reads 2)")]
+    cases = [(whole[: len(whole) // 2], "is truncated or damaged"), (b"", "is empty"),
+             (b"hello", "is not a fedsim checkpoint"),
+             (other_version.getvalue(),
+              "was written by another fedsim version (checkpoint format 3; this one reads 2)")]
     for content, problem in cases:
         path.write_bytes(content)
         with pytest.raises(CheckpointError) as raised:
             load_checkpoint(folder)
         message = str(raised.value)
-        assert "\n" not in message and message.startswith(f"{path} {problem}") and "delete it to restart the run from round 1" in message
+        assert "\n" not in message and message.startswith(f"{path} {problem}")
+        assert "delete it to restart the run from round 1" in message
 
 
 def test_fedsim_resume_of_a_truncated_checkpoint_exits_2_with_one_line(run_quietly, capsys):
@@ -267,7 +242,8 @@ def test_checkpoint_values_round_trip_exactly_and_other_objects_are_refused_by_n
                                "a": ArrayRecord({"v": Array(np.ones(2, dtype=np.float64))})})}
     from fedsim.checkpoint import capture
 
-    checkpoint = capture(4, ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))}), strategy, {"rows": [{"a": 1.5}]}, nodes)
+    checkpoint = capture(4, ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))}), strategy, {"rows": [{"a": 1.5}]},
+                         nodes)
     save_checkpoint(tmp_path, checkpoint)
     loaded = load_checkpoint(tmp_path)
     attributes = loaded.strategy_state["attributes"]
@@ -276,13 +252,14 @@ def test_checkpoint_values_round_trip_exactly_and_other_objects_are_refused_by_n
     np.testing.assert_array_equal(attributes["histograms"][1001], [3.0, 0.0, 5.0])
     assert attributes["seen"] == {4, 9} and attributes["betas"] == (0.5, 0.999) and attributes["blob"] == b"\x00\xff"
     assert type(attributes["scalar"]) is np.float32 and attributes["scalar"] == np.float32(0.1)
-    assert attributes["odd_keys"] == {"$": 1, "plain": [2, None, True]} and type(attributes["odd_keys"]["plain"][0]) is np.int64
+    assert attributes["odd_keys"] == {"$": 1, "plain": [2, None, True]}
+    assert type(attributes["odd_keys"]["plain"][0]) is np.int64
     np.testing.assert_array_equal(attributes["current"]["w"].numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
     node = loaded.node_states[1001]
     assert dict(node["m"]) == {"mean": 0.5, "count": 2} and dict(node["c"]) == {"s": "x", "b": b"1"}
     assert node["a"]["v"].numpy().dtype == np.float64 and loaded.python_random == checkpoint.python_random
     assert torch.equal(loaded.torch_random, checkpoint.torch_random)
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.numpy_random, checkpoint.numpy_random))
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.numpy_random, checkpoint.numpy_random, strict=True))
 
     strategy.lock = threading.Lock()
     with pytest.raises(TypeError, match=r"strategy\['lock'\] is a _thread.lock, which cannot be saved"):

@@ -7,39 +7,28 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.config import group_options
 from fedsim.engines import InProcessGrid
 from fedsim.models import LogisticRegression
 from fedsim.strategies import FedAvg, FedDisco, FedLAW, FedProx, disco_weights, discrepancy
 from fedsim.strategies.feddisco import HISTOGRAM_RECORD, HISTOGRAM_REQUEST_KEY, histogram_reply
 from fedsim.strategies.stragglers import plan_stragglers
 
+from .conftest import EVERY_NODE_TRAINS, train_reply
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _grid(num_nodes: int) -> InProcessGrid:
     return InProcessGrid(ClientApp(), num_nodes)
 
 
-def _reply(node_id: int, arrays: dict[str, np.ndarray], num_examples: int, **extra_records) -> Message:
-    instruction = Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    instruction.metadata.__dict__["_message_id"] = f"m{node_id}"
-    content = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-                          "metrics": MetricRecord({"num-examples": num_examples, "train_loss": 1.0})})
-    for name, record in extra_records.items():
-        content[name] = record
-    return Message(content, reply_to=instruction)
-
-
 def _common(**kwargs):
-    return {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1, **kwargs}
+    return {**EVERY_NODE_TRAINS, **kwargs}
 
 
 # --- stragglers ---------------------------------------------------------------------------------------------
@@ -61,7 +50,8 @@ def test_fedavg_drops_and_fedprox_shortens_the_same_stragglers():
     import random
 
     random.seed(0)
-    avg = list(FedAvg(stragglers_fraction=0.5, local_epochs=5, seed=1, **_common()).configure_train(2, arrays, ConfigRecord(), grid))
+    fedavg = FedAvg(stragglers_fraction=0.5, local_epochs=5, seed=1, **_common())
+    avg = list(fedavg.configure_train(2, arrays, ConfigRecord(), grid))
     random.seed(0)
     prox_strategy = FedProx(proximal_mu=1.0, stragglers_fraction=0.5, local_epochs=5, seed=1, **_common())
     shared_config = ConfigRecord()
@@ -80,12 +70,13 @@ def test_fedavg_drops_and_fedprox_shortens_the_same_stragglers():
 
 def test_no_stragglers_is_flowers_fedavg():
     grid = _grid(4)
-    replies = [_reply(node, {"w": np.full(3, float(node), dtype=np.float32)}, n) for node, n in zip(grid.get_node_ids(), (1, 2, 3, 4))]
+    replies = [train_reply(node, {"w": np.full(3, float(node), dtype=np.float32)}, n)
+               for node, n in zip(grid.get_node_ids(), (1, 2, 3, 4), strict=True)]
     ours, _ = FedAvg(**_common()).aggregate_train(1, replies)
     flowers, _ = FlowerFedAvg(**_common()).aggregate_train(1, replies)
     np.testing.assert_array_equal(ours["w"].numpy(), flowers["w"].numpy())
     nodes = list(grid.get_node_ids())
-    expected = sum(n * node for n, node in zip((1, 2, 3, 4), nodes)) / 10
+    expected = sum(n * node for n, node in zip((1, 2, 3, 4), nodes, strict=True)) / 10
     np.testing.assert_allclose(ours["w"].numpy(), np.full(3, expected), rtol=1e-6)
 
 
@@ -105,7 +96,8 @@ def test_disco_weights_by_hand():
     # p~ = n - 0.5 d + 0.1 = [0.1, 0.3, 0.4] -> p = [0.125, 0.375, 0.5]
     np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 1.0, 3.0], a=0.5, b=0.1), [0.125, 0.375, 0.5])
     # l2 is not normalised: p~ = [0.1 - 0.5 + 0.1, 0.3 - 0.1 + 0.1, 0.6 - 0 + 0.1] -> ReLU -> [0, 0.3, 0.7]
-    np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 0.2, 0.0], a=0.5, b=0.1, measure="l2"), [0.0, 0.3, 0.7])
+    np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 0.2, 0.0], a=0.5, b=0.1, measure="l2"),
+                               [0.0, 0.3, 0.7])
     # every term <= 0: fall back to FedAvg weights (the reference crashes here)
     np.testing.assert_allclose(disco_weights([10, 30, 60], [1.0, 1.0, 1.0], a=50.0, b=0.0), [0.1, 0.3, 0.6])
     # all-zero KL discrepancies: d = 0, so p ∝ n + b
@@ -120,8 +112,9 @@ def test_feddisco_aggregates_with_disco_weights_and_asks_once():
     assert all(m.content["config"][HISTOGRAM_REQUEST_KEY] is True for m in first)
     histograms = [[6, 0], [3, 3], [0, 6]]  # uniform target [0.5, 0.5]
     replies = [
-        _reply(node, {"w": np.array([float(k)], dtype=np.float32)}, 10 * (k + 1), **{HISTOGRAM_RECORD: histogram_reply(h)})
-        for k, (node, h) in enumerate(zip(nodes, histograms))
+        train_reply(node, {"w": np.array([float(k)], dtype=np.float32)}, 10 * (k + 1),
+                    records={HISTOGRAM_RECORD: histogram_reply(h)})
+        for k, (node, h) in enumerate(zip(nodes, histograms, strict=True))
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     n = np.array([10, 20, 30]) / 60
@@ -130,7 +123,7 @@ def test_feddisco_aggregates_with_disco_weights_and_asks_once():
     p = np.maximum(n - 0.5 * d + 0.1, 0)
     p = p / p.sum()
     np.testing.assert_allclose(arrays["w"].numpy(), [p @ np.array([0.0, 1.0, 2.0])], rtol=1e-6)
-    assert strategy.client_weights == pytest.approx(dict(zip(nodes, p)))
+    assert strategy.client_weights == pytest.approx(dict(zip(nodes, p, strict=True)))
     assert metrics["train_loss"] == pytest.approx(1.0)
     second = list(strategy.configure_train(2, ArrayRecord([np.zeros(1)]), ConfigRecord(), grid))
     assert all(HISTOGRAM_REQUEST_KEY not in m.content["config"] for m in second)  # histograms are sent once
@@ -148,8 +141,8 @@ def test_feddisco_target_from_clients():
 
 
 def _logreg_replies(grid, weights, sizes):
-    return [_reply(node, {"linear.weight": w.astype(np.float32), "linear.bias": np.zeros(2, dtype=np.float32)}, n)
-            for node, w, n in zip(grid.get_node_ids(), weights, sizes)]
+    return [train_reply(node, {"linear.weight": w.astype(np.float32), "linear.bias": np.zeros(2, dtype=np.float32)}, n)
+            for node, w, n in zip(grid.get_node_ids(), weights, sizes, strict=True)]
 
 
 def test_fedlaw_with_zero_server_epochs_is_fedavg_bit_for_bit():
@@ -181,7 +174,7 @@ def test_fedlaw_learns_to_shrink_overconfident_clients():
     assert gamma < 0.9
     lam = np.array([strategy.client_weights[node] for node in grid.get_node_ids()])
     assert lam.sum() == pytest.approx(1.0) and (lam > 0).all()
-    expected = gamma * sum(l * w for l, w in zip(lam, client_weights))
+    expected = gamma * sum(lam_k * w for lam_k, w in zip(lam, client_weights, strict=True))
     np.testing.assert_allclose(arrays["linear.weight"].numpy(), expected, rtol=1e-5, atol=1e-6)
 
     def proxy_loss(weight: np.ndarray) -> float:
@@ -241,7 +234,8 @@ def test_fedlaw_server_lr_auto_is_the_references():
     from fedsim.config import compose_experiment
     from fedsim.strategies.fedlaw import reference_server_lr
 
-    assert (reference_server_lr("cifar10"), reference_server_lr("digits"), reference_server_lr(None)) == (0.01, 0.005, 0.005)
+    assert (reference_server_lr("cifar10"), reference_server_lr("digits"), reference_server_lr(None)) == (0.01, 0.005,
+                                                                                                          0.005)
     strategy = compose_experiment(["strategy=fedlaw", "dataset=cifar10"])["strategy"]
     assert strategy["server_lr"] == "auto" and strategy["dataset"] == "cifar10"
     assert (strategy["lr_step_epochs"], strategy["lr_step_factor"]) == (20, 0.5)
@@ -252,10 +246,11 @@ def test_fedlaw_averages_buffers_with_fedavg_weights():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     names = list(model.state_dict().keys())
     replies = []
-    for node, scale, n in zip(grid.get_node_ids(), (1.0, 3.0), (1, 3)):
+    for node, scale, n in zip(grid.get_node_ids(), (1.0, 3.0), (1, 3), strict=True):
         arrays = {k: (v.float().numpy() * 0 + scale).astype(v.numpy().dtype) for k, v in model.state_dict().items()}
-        replies.append(_reply(node, arrays, n))
-    strategy = FedLAW(model=model, proxy_data=(torch.randn(16, 3), torch.randint(0, 2, (16,))), server_epochs=2, **_common())
+        replies.append(train_reply(node, arrays, n))
+    strategy = FedLAW(model=model, proxy_data=(torch.randn(16, 3), torch.randint(0, 2, (16,))), server_epochs=2,
+                      **_common())
     arrays, _ = strategy.aggregate_train(1, replies)
     assert list(arrays.keys()) == names
     np.testing.assert_allclose(arrays["1.running_mean"].numpy(), [2.5, 2.5])  # (1*1 + 3*3) / 4, no gamma
@@ -265,18 +260,26 @@ def test_fedlaw_averages_buffers_with_fedavg_weights():
 # --- the clients' optimiser under each strategy ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy, momentum, weight_decay, source", [
-    ("fedavg", 0.9, 0.0, "fedsim default"),  # McMahan et al. use plain SGD; fedsim keeps its own default (README)
-    ("fedprox", 0.0, 0.0, "paper"),  # flearn/optimizer/pgd.py: plain SGD plus the proximal term
-    ("feddisco", 0.9, 1e-5, "paper"),  # algorithms/client.py: SGD momentum 0.9, weight decay args.reg = 1e-5
-    ("fedlaw", 0.9, 5e-4, "paper"),  # utils.init_optimizer: SGD momentum 0.9, weight decay 5e-4
-    ("qffl", 0.0, 0.0, "paper"),  # qffedavg.py: plain gradient descent
-    ("fedce", 0.9, 0.0, "fedsim default"),  # the reference trains with Adam, which fedsim's clients do not offer
-])
-def test_client_optimizer_is_the_papers_and_reaches_the_clients(strategy, momentum, weight_decay, source):
-    from fedsim.config import compose_experiment
-    from fedsim.experiment import client_optimizer, experiment_record, train_settings
+# (momentum, weight decay, source) of the clients' SGD under each configured strategy: a new strategy says here what
+# its paper's reference code runs.
+CLIENT_OPTIMIZERS = {
+    "fedavg": (0.9, 0.0, "fedsim default"),  # McMahan et al. use plain SGD; fedsim keeps its own default (README)
+    "fedprox": (0.0, 0.0, "paper"),  # flearn/optimizer/pgd.py: plain SGD plus the proximal term
+    "feddisco": (0.9, 1e-5, "paper"),  # algorithms/client.py: SGD momentum 0.9, weight decay args.reg = 1e-5
+    "fedlaw": (0.9, 5e-4, "paper"),  # utils.init_optimizer: SGD momentum 0.9, weight decay 5e-4
+    "qffl": (0.0, 0.0, "paper"),  # qffedavg.py: plain gradient descent
+    "fedce": (0.9, 0.0, "fedsim default"),  # the reference trains with Adam, which fedsim's clients do not offer
+    "fairfed": (0.9, 0.0, "fedsim default"),  # neither the paper nor declearn names a client optimiser
+}
 
+
+@pytest.mark.parametrize("strategy", group_options("strategy"))
+def test_client_optimizer_is_the_papers_and_reaches_the_clients(strategy):
+    from fedsim.build import client_optimizer, train_settings
+    from fedsim.config import compose_experiment
+    from fedsim.protocol.experiment import experiment_record
+
+    momentum, weight_decay, source = CLIENT_OPTIMIZERS[strategy]
     experiment = compose_experiment([f"strategy={strategy}", "client.lr=0.05"])
     expected = {"name": "SGD", "lr": 0.05, "momentum": momentum, "weight_decay": weight_decay, "source": source}
     assert client_optimizer(experiment) == expected
@@ -285,9 +288,9 @@ def test_client_optimizer_is_the_papers_and_reaches_the_clients(strategy, moment
 
 
 def test_client_optimizer_block_can_be_removed_or_changed():
+    from fedsim.build import client_optimizer
     from fedsim.config import compose_experiment, validate
     from fedsim.errors import ConfigError
-    from fedsim.experiment import client_optimizer
 
     removed = compose_experiment(["strategy=fedprox", "~strategy.client_optimizer", "client.momentum=0.5"])
     assert client_optimizer(removed)["momentum"] == 0.5 and client_optimizer(removed)["source"] == "fedsim default"

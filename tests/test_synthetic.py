@@ -12,7 +12,7 @@ from fedsim.data.builtin import load_synthetic_data
 def test_shapes_and_labels():
     features, labels = generate_synthetic(1.0, 1.0, iid=False, num_users=30, seed=0)
     assert len(features) == len(labels) == 30
-    for x, y in zip(features, labels):
+    for x, y in zip(features, labels, strict=True):
         assert x.shape == (len(y), 60) and x.dtype == np.float32
         assert y.min() >= 0 and y.max() <= 9
 
@@ -30,9 +30,9 @@ def test_same_seed_same_data_other_seed_other_data():
     a = generate_synthetic(0.5, 0.5, iid=False, num_users=5, seed=7)
     b = generate_synthetic(0.5, 0.5, iid=False, num_users=5, seed=7)
     c = generate_synthetic(0.5, 0.5, iid=False, num_users=5, seed=8)
-    for xa, xb in zip(a[0], b[0]):
+    for xa, xb in zip(a[0], b[0], strict=True):
         np.testing.assert_array_equal(xa, xb)
-    assert any(xa.shape != xc.shape or not np.array_equal(xa, xc) for xa, xc in zip(a[0], c[0]))
+    assert any(xa.shape != xc.shape or not np.array_equal(xa, xc) for xa, xc in zip(a[0], c[0], strict=True))
 
 
 def _pooled_linear_fit(alpha: float, beta: float, iid: bool) -> float:
@@ -68,7 +68,8 @@ def test_natural_split_keeps_ninety_percent_of_each_user_for_training():
 
 def _reference_draws(alpha: float, beta: float, iid: bool, num_users: int, seed: int):
     """The reference scripts' sequence of global-numpy draws after np.random.seed(seed), restated step by step:
-    data/synthetic_iid/generate_iid.py (iid) and data/synthetic_*/generate_synthetic.py (non-IID) of litian96/FedProx."""
+    data/synthetic_iid/generate_iid.py (iid) and data/synthetic_*/generate_synthetic.py (non-IID) of
+    litian96/FedProx."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:

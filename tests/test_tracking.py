@@ -21,13 +21,12 @@ import yaml
 from fedsim import cli
 from fedsim.config import compose_experiment
 from fedsim.errors import ConfigError
-from fedsim.results import Recorder
+from fedsim.recorder import TIMING_COLUMNS, Recorder, RoundRecord
 from fedsim.run import run_experiment
 from fedsim.tracking import LIBRARIES, STATE_FILE, LibraryTracker, flatten, split_row, validate_tracking
 
 from .conftest import read_metrics
 
-TIMING = ("round_seconds", "wall_seconds")
 RUN = ["num_clients=3", "num_rounds=3", "client.local_epochs=1", "progress=false"]
 
 
@@ -53,7 +52,8 @@ def test_bad_tracking_values_name_the_key():
     with pytest.raises(ConfigError, match=r"tracking='comet' is not allowed: one of mlflow, none, tensorboard, wandb"):
         compose_experiment(["tracking=comet"])
     bad = {"tracking.name": {"name": "comet"}, "tracking.mode": {"name": "wandb", "mode": "cloud"},
-           "tracking.experiment": {"name": "mlflow", "experiment": ""}, "tracking.dir": {"name": "tensorboard", "dir": 3}}
+           "tracking.experiment": {"name": "mlflow", "experiment": ""},
+           "tracking.dir": {"name": "tensorboard", "dir": 3}}
     for key, settings in bad.items():  # checked before the library is imported: these fail with or without it
         with pytest.raises(ConfigError) as refused:
             validate_tracking({"tracking": settings})
@@ -70,10 +70,11 @@ def test_rows_split_into_numbers_and_texts_and_configs_flatten():
     assert set(numbers) == {"test_accuracy", "train_clients", "skipped", "test_loss"}  # no step, no empty cell
     assert numbers["train_clients"] == 3.0 and math.isnan(numbers["test_loss"])
     assert split_row({"round": 0, "sampled": ""}) == ({}, {})
-    config = {"seed": 0, "client": {"lr": 0.1, "local_debiasing": "none"}, "exclude_clients": [], "partition": {"alpha": [0.1, 1]},
-              "server": {"max_update_norm": None}, "label_noise": {}}
-    assert flatten(config) == {"seed": "0", "client.lr": "0.1", "client.local_debiasing": "none", "exclude_clients": "[]",
-                               "partition.alpha": "[0.1, 1]", "server.max_update_norm": "null", "label_noise": "{}"}
+    config = {"seed": 0, "client": {"lr": 0.1, "local_debiasing": "none"}, "exclude_clients": [],
+              "partition": {"alpha": [0.1, 1]}, "server": {"max_update_norm": None}, "label_noise": {}}
+    assert flatten(config) == {"seed": "0", "client.lr": "0.1", "client.local_debiasing": "none",
+                               "exclude_clients": "[]", "partition.alpha": "[0.1, 1]",
+                               "server.max_update_norm": "null", "label_noise": "{}"}
 
 
 class FakeTracker(LibraryTracker):
@@ -135,7 +136,7 @@ def test_a_failing_tracker_turns_itself_off_and_the_run_goes_on(tmp_path, caplog
 
 def test_tracking_none_leaves_no_trace(tmp_path):
     recorder = Recorder(tmp_path, compose_experiment(["num_clients=3"]), 3, {})
-    recorder.record_round(0, 0.1, 2.3, {}, {}, 0)
+    recorder.record_round(RoundRecord(0, 0.1, 2.3))
     recorder.finish({})
     assert not (tmp_path / STATE_FILE).exists() and type(recorder.tracker).__name__ == "Tracker"
 
@@ -145,11 +146,11 @@ def test_tracking_none_leaves_no_trace(tmp_path):
 NO_TRACKER_LIBRARY_LOADED = """
 import sys
 from fedsim.config import compose_experiment, validate
-from fedsim.results import Recorder
+from fedsim.recorder import Recorder, RoundRecord
 experiment = compose_experiment(["num_clients=3"])
 validate(experiment)
 recorder = Recorder({folder!r}, experiment, 3, {{}})
-recorder.record_round(0, 0.1, 2.3, {{}}, {{}}, 0)
+recorder.record_round(RoundRecord(0, 0.1, 2.3))
 print([name for name in ("tensorboard", "torch.utils.tensorboard", "mlflow", "wandb") if name in sys.modules])
 """
 
@@ -171,9 +172,9 @@ def _run_stopped_after(monkeypatch, run_dir: Path, overrides: list[str], last_ro
     recorders: list[Recorder] = []
     original = Recorder.record_round
 
-    def record_then_stop(self, server_round, *args, **kwargs):
-        row = original(self, server_round, *args, **kwargs)
-        if server_round == last_round:
+    def record_then_stop(self, record):
+        row = original(self, record)
+        if record.server_round == last_round:
             recorders.append(self)
             raise Stop
         return row
@@ -208,7 +209,8 @@ def _mlflow(state: dict[str, Any]) -> tuple[dict[str, list[tuple[int, Any]]], An
 
     client = MlflowClient(tracking_uri=state["location"])
     run = client.get_run(state["run_id"])
-    values = {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics}
+    values = {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+              for key in run.data.metrics}
     return values, run, client
 
 
@@ -273,7 +275,7 @@ def _assert_tracked_is_metrics_csv(tracked: dict[str, list[tuple[int, Any]]], ro
             assert len(points) == 1, (column, step, points)
             if column == "sampled":
                 assert points[0] == row[column]
-            elif column in TIMING and step in first_values_kept:
+            elif column in TIMING_COLUMNS and step in first_values_kept:
                 assert points[0] > 0
             elif math.isnan(float(row[column])):
                 assert math.isnan(points[0])
@@ -294,10 +296,12 @@ def test_a_stopped_and_resumed_run_is_tracked_once_per_round_as_in_metrics_csv(t
     assert before["logged_through"] == 2 and before["tracker"] == tracker
     if tracker == "wandb":
         stopped.tracker._run.finish(exit_code=1)  # pylint: disable=protected-access  # what the process's exit does
-    summary = run_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), run_dir, show_progress=False, resume=True)
+    summary = run_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), run_dir, show_progress=False,
+                             resume=True)
     assert summary["rounds_completed"] == 3
     state = json.loads((run_dir / STATE_FILE).read_text())
-    assert {key: state[key] for key in before if key != "logged_through"} == {key: before[key] for key in before if key != "logged_through"}
+    kept = [key for key in before if key != "logged_through"]
+    assert {key: state[key] for key in kept} == {key: before[key] for key in kept}
     assert state["logged_through"] == 3
     rows = read_metrics(run_dir)
     assert [row["round"] for row in rows] == ["0", "1", "2", "3"]
@@ -325,7 +329,8 @@ def test_a_stopped_and_resumed_run_is_tracked_once_per_round_as_in_metrics_csv(t
         _assert_tracked_is_metrics_csv(tracked, rows, texts=True, rel=1e-12, first_values_kept={2})
         assert len(runs) == 2 and {r.run_id for r in runs} == {state["run_id"]}  # two sessions of one run
         assert all(r.project == "fedsim" and r.display_name == state["run_name"] for r in runs)
-        logged_config = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in runs[0].config.update}
+        logged_config = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in runs[0].config.update}
         logged_config.pop("_wandb", None)
         assert logged_config == json.loads(json.dumps(config))
 
@@ -336,19 +341,22 @@ def test_runs_sharing_a_tracking_dir_are_separate_runs_there(tracker, tmp_path):
     shared = tmp_path / "shared"
     for seed in (0, 1):
         run_dir = tmp_path / "runs" / f"seed{seed}"
-        experiment = compose_experiment([*RUN, "num_rounds=1", f"seed={seed}", f"tracking={tracker}", f"tracking.dir={shared}"])
+        experiment = compose_experiment([*RUN, "num_rounds=1", f"seed={seed}", f"tracking={tracker}",
+                                         f"tracking.dir={shared}"])
         run_experiment(experiment, run_dir, show_progress=False)
     states = [json.loads((tmp_path / "runs" / f"seed{seed}" / STATE_FILE).read_text()) for seed in (0, 1)]
-    accuracies = [[float(row["test_accuracy"]) for row in read_metrics(tmp_path / "runs" / f"seed{seed}")] for seed in (0, 1)]
+    accuracies = [[float(row["test_accuracy"]) for row in read_metrics(tmp_path / "runs" / f"seed{seed}")]
+                  for seed in (0, 1)]
     assert accuracies[0] != accuracies[1]
     if tracker == "tensorboard":
-        assert [Path(state["location"]) for state in states] == [shared.resolve() / state["run_name"] for state in states]
+        assert [Path(state["location"]) for state in states] == [shared.resolve() / state["run_name"]
+                                                                 for state in states]
         assert states[0]["location"] != states[1]["location"] and states[1]["run_name"].endswith("runs/seed1")
-        for state, accuracy in zip(states, accuracies):
+        for state, accuracy in zip(states, accuracies, strict=True):
             assert [value for _, value in _tensorboard(state)["test_accuracy"]] == pytest.approx(accuracy, rel=1e-6)
     else:
         assert states[0]["location"] == states[1]["location"] == f"sqlite:///{shared.resolve() / 'mlflow.db'}"
         _, run, client = _mlflow(states[0])
         assert {r.info.run_id for r in client.search_runs([run.info.experiment_id])} == {s["run_id"] for s in states}
-        for state, accuracy in zip(states, accuracies):
+        for state, accuracy in zip(states, accuracies, strict=True):
             assert [value for _, value in _mlflow(state)[0]["test_accuracy"]] == pytest.approx(accuracy, rel=1e-12)

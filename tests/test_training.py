@@ -1,4 +1,5 @@
-"""The client update against hand computations: SGD with and without the FedProx proximal term."""
+"""The client update against hand computations: SGD with and without the FedProx proximal term, and the local
+objective hook both training paths share."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from fedsim.build import train_settings
 from fedsim.data.tensors import ArrayDataset
-from fedsim.experiment import experiment_record, train_settings
 from fedsim.models import LogisticRegression
-from fedsim.training import TrainSettings, client_seed, evaluate, train_local
+from fedsim.protocol.experiment import experiment_record
+from fedsim.training import ProximalTerm, TrainSettings, client_seed, evaluate, local_objectives, train_local
 
 
-def _softmax_ce_grad(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _softmax_ce_grad(weight: np.ndarray, bias: np.ndarray, x: np.ndarray,
+                     y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gradient of mean cross-entropy of softmax(x W^T + b), written out by hand."""
     logits = x @ weight.T + bias
     probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -55,7 +58,8 @@ def test_sgd_steps_match_hand_computation(steps, momentum, weight_decay, mu):
     model, data, x, y = _problem()
     weight0 = model.linear.weight.detach().double().numpy().copy()
     bias0 = model.linear.bias.detach().double().numpy().copy()
-    settings = TrainSettings(epochs=steps, batch_size=len(data), lr=0.3, momentum=momentum, weight_decay=weight_decay, proximal_mu=mu)
+    settings = TrainSettings(epochs=steps, batch_size=len(data), lr=0.3, momentum=momentum, weight_decay=weight_decay,
+                             proximal_mu=mu)
     result = train_local(model, data, settings, torch.Generator().manual_seed(0), torch.device("cpu"))
     expected_w, expected_b = _hand_sgd(weight0, bias0, x, y, steps, 0.3, momentum, weight_decay, mu)
     np.testing.assert_allclose(model.linear.weight.detach().numpy(), expected_w, rtol=1e-5, atol=1e-6)
@@ -75,9 +79,39 @@ def test_proximal_term_pulls_towards_the_received_model():
     assert distances[1] < 0.7 * distances[0]
 
 
+def test_proximal_term_is_half_mu_times_the_squared_distance_to_the_anchor():
+    params, anchor = ([torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])],
+                      [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])])
+    assert float(ProximalTerm(0.5)(params, anchor)) == pytest.approx(0.25 * (1 + 4 + 4))
+    assert local_objectives(TrainSettings(proximal_mu=0.5)) == (ProximalTerm(0.5),)
+    assert local_objectives(TrainSettings(proximal_mu=0.0)) == ()
+
+
+def test_train_local_minimises_the_objective_terms_it_is_given():
+    """Explicit terms replace those the settings imply: the proximal term given by hand trains bit for bit as
+    `proximal_mu` does, and any `LocalObjective` joins the loss (an L2 pull to zero acts as weight decay)."""
+    def trained(settings: TrainSettings, objectives=None) -> torch.Tensor:
+        model, data, _, _ = _problem()
+        train_local(model, data, settings, torch.Generator().manual_seed(0), torch.device("cpu"), objectives=objectives)
+        return model.linear.weight.detach()
+
+    plain = TrainSettings(epochs=3, batch_size=3, lr=0.1)
+    proximal = TrainSettings(epochs=3, batch_size=3, lr=0.1, proximal_mu=0.7)
+    assert torch.equal(trained(plain, (ProximalTerm(0.7),)), trained(proximal))
+    assert torch.equal(trained(proximal, ()), trained(plain))
+
+    def l2(params, anchor):
+        return 0.5 * 0.05 * sum(torch.sum(p**2) for p in params)
+
+    decayed = trained(TrainSettings(epochs=3, batch_size=3, lr=0.1, weight_decay=0.05))
+    torch.testing.assert_close(trained(plain, (l2,)), decayed, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(decayed, trained(plain))
+
+
 def test_minibatches_visit_every_sample_once_per_epoch():
     model, data, _, _ = _problem()
-    result = train_local(model, data, TrainSettings(epochs=2, batch_size=3), torch.Generator().manual_seed(1), torch.device("cpu"))
+    result = train_local(model, data, TrainSettings(epochs=2, batch_size=3), torch.Generator().manual_seed(1),
+                         torch.device("cpu"))
     assert result.steps == 2 * 3  # 8 samples in batches of 3: 3 + 3 + 2
 
 
@@ -95,7 +129,8 @@ def test_evaluate_counts_accuracy_and_loss():
 
 
 def test_strategy_keys_override_client_config():
-    experiment = {"client": {"local_epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "proximal_mu": 0.0}}
+    experiment = {"client": {"local_epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+                             "proximal_mu": 0.0}}
     record = experiment_record(experiment)
     assert train_settings(experiment, record).proximal_mu == 0.0
     record["proximal-mu"] = 0.25

@@ -1,22 +1,38 @@
-"""engine=vectorized trains a round's cohort at once and gives the in-process engine's results (float rounding)."""
+"""engine=vectorized trains a round's cohort at once and gives the in-process engine's results (float rounding).
+
+It trains only what the ClientApp's plan calls plain local training and the cohort kernel supports; the rest goes to
+the ClientApp."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import logging
+from pathlib import Path
 
 import pytest
 import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-from fedsim.config import compose_experiment
+from fedsim.build import build_model, traits_of
+from fedsim.client import app as client_app
+from fedsim.client_plan import LocalTraining, NeedsClientApp, plan
+from fedsim.config import compose_experiment, resolve_auto_values, validate
+from fedsim.data.federation import federation_for
 from fedsim.data.tensors import ArrayDataset
-from fedsim.engines import VectorizedEngine, make_engine
+from fedsim.engines import VectorizedEngine, VectorizedGrid, make_engine
 from fedsim.engines import vectorized as vectorized_module
-from fedsim.engines.cohort import CohortMember, train_cohort, unbatchable_reason
+from fedsim.engines.cohort import supports, train_cohort, unbatchable_reason
+from fedsim.engines.inprocess import FIRST_NODE_ID, RUN_ID
 from fedsim.errors import ConfigError
-from fedsim.config import validate, resolve_auto_values
 from fedsim.models import CNN, MLP, ResNet
-from fedsim.training import TrainSettings, train_local
+from fedsim.node_config import MISBEHAVE
+from fedsim.protocol.experiment import experiment_record
+from fedsim.protocol.keys import PARTITION_ID, PROXIMAL_MU_KEY, ROUND_KEY
+from fedsim.training import ProximalTerm, TrainSettings, local_objectives, train_local
 
 from .conftest import read_metrics
 
@@ -29,7 +45,8 @@ class BatchNormNet(nn.Module):
     def __init__(self, input_shape, num_classes) -> None:
         super().__init__()
         width = int(torch.tensor(input_shape).prod())
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(width, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(width, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                                 nn.Linear(16, num_classes))
 
     def forward(self, x):
         return self.net(x)
@@ -49,10 +66,12 @@ def test_train_cohort_matches_train_local_member_by_member():
                                                         (33, 3, 0.2, 0.5, 0.1), (1, 2, 0.1, 0.9, 0.0)]):
         generator = torch.Generator().manual_seed(100 + i)
         data = ArrayDataset(torch.randn(n, 6, generator=generator), torch.randint(0, 3, (n,), generator=generator))
-        settings = TrainSettings(epochs=epochs, batch_size=4, lr=lr, momentum=momentum, weight_decay=0.01, proximal_mu=mu)
-        members.append(CohortMember(data, settings, seed=1000 + i, start=start))
+        settings = TrainSettings(epochs=epochs, batch_size=4, lr=lr, momentum=momentum, weight_decay=0.01,
+                                 proximal_mu=mu)
+        members.append(LocalTraining(data, settings, seed=1000 + i, start=ArrayRecord(start),
+                                     objectives=local_objectives(settings)))
     trained, results = train_cohort(model, members, torch.device("cpu"))
-    for member, weights, result in zip(members, trained, results):
+    for member, weights, result in zip(members, trained, results, strict=True):
         alone = MLP([6], 3, hidden=[8])
         alone.load_state_dict(start)
         expected = train_local(alone, member.data, member.settings, torch.Generator().manual_seed(member.seed),
@@ -71,10 +90,9 @@ def test_models_that_batch_and_one_that_does_not():
     assert "BatchNorm1d" in unbatchable_reason(BatchNormNet([4], 2))
 
 
-def _compare(run_quietly, overrides, monkeypatch, engine_options=()):
-    """Run in-process and vectorized; return the largest relative difference of the final weights and check
-    metrics.csv row by row; also return the cohorts the vectorized engine trained (lists of CohortMember)."""
-    seen = []
+def _recorded_cohorts(monkeypatch) -> list:
+    """The cohorts the vectorized engine trains from now on, each a list of LocalTraining plans."""
+    seen: list = []
     original = vectorized_module.train_cohort
 
     def recording(model, members, device):
@@ -82,6 +100,13 @@ def _compare(run_quietly, overrides, monkeypatch, engine_options=()):
         return original(model, members, device)
 
     monkeypatch.setattr(vectorized_module, "train_cohort", recording)
+    return seen
+
+
+def _compare(run_quietly, overrides, monkeypatch, engine_options=()):
+    """Run in-process and vectorized; return the largest relative difference of the final weights and check
+    metrics.csv row by row; also return the cohorts the vectorized engine trained (lists of LocalTraining)."""
+    seen = _recorded_cohorts(monkeypatch)
     _, local_dir = run_quietly(*overrides, "engine=inprocess", name="inprocess")
     _, vec_dir = run_quietly(*overrides, "engine=vectorized", *engine_options, name="vectorized")
     assert seen, "the vectorized engine batched no training message"
@@ -113,7 +138,7 @@ def test_fedprox_stragglers_weight_decay(run_quietly, monkeypatch):
     _, seen = _compare(run_quietly, overrides, monkeypatch)
     settings = [m.settings for cohort in seen for m in cohort]
     assert {s.epochs for s in settings} > {3}  # stragglers' shorter local work rode along in the same cohort
-    assert all(s.proximal_mu == 0.5 for s in settings)
+    assert all(m.objectives == (ProximalTerm(0.5),) for cohort in seen for m in cohort)
 
 
 def test_cnn_in_chunks(run_quietly, monkeypatch):
@@ -141,8 +166,9 @@ def test_batchnorm_model_falls_back_with_a_notice(run_quietly, monkeypatch, capl
 
 
 def test_engine_config():
-    assert isinstance(make_engine({"name": "vectorized"}), VectorizedEngine)
-    assert make_engine({"name": "vectorized", "max_cohort": 8}).max_cohort == 8
+    assert isinstance(make_engine({"_target_": "fedsim.engines.VectorizedEngine", "name": "vectorized"}),
+                      VectorizedEngine)
+    assert make_engine({"_target_": "fedsim.engines.VectorizedEngine", "max_cohort": 8}).max_cohort == 8
     experiment = resolve_auto_values(compose_experiment(["engine=vectorized", "engine.max_cohort=0"]))
     with pytest.raises(ConfigError, match="engine.max_cohort"):
         validate(experiment)
@@ -152,8 +178,8 @@ def test_w1_workload_pieces():
     """dataset=random and the unpadded CNN that bench/sim_throughput.py uses for W1."""
     from fedsim.data.federation import load_data
 
-    data = load_data({"source": "builtin", "name": "random", "num_samples": 40, "shape": [1, 28, 28], "num_classes": 10,
-                      "test_samples": 5}, seed=0)
+    data = load_data({"_target_": "fedsim.data.RandomImages", "name": "random", "num_samples": 40, "shape": [1, 28, 28],
+                      "num_classes": 10, "test_samples": 5}, seed=0)
     assert data.input_shape == (1, 28, 28) and len(data.train) == 40 and len(data.test_arrays) == 5
     model = CNN([1, 28, 28], 10, channels=[16, 32], hidden=128, padding=0)
     assert [tuple(p.shape) for p in model.parameters()] == [
@@ -161,3 +187,135 @@ def test_w1_workload_pieces():
     assert model(data.train_arrays.x[:2]).shape == (2, 10)
     with pytest.raises(ConfigError, match="dataset.shape"):
         validate(resolve_auto_values(compose_experiment(["dataset=random", "dataset.shape=[0]"])))
+
+
+# --- what the grid trains is what the ClientApp's plan calls plain local training ---------------------------------
+
+
+class _ClientAppSpy:
+    """fedsim's ClientApp, noting the nodes it answered."""
+
+    def __init__(self) -> None:
+        self.nodes: list[int] = []
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        self.nodes.append(context.node_id)
+        return client_app(message, context)
+
+
+class _UnknownTerm:
+    """A local objective term the cohort kernel does not declare."""
+
+    def __call__(self, params, anchor):
+        return 0.0 * sum(torch.sum(p) for p in params)
+
+
+def _experiment(*overrides: str) -> dict:
+    return resolve_auto_values(compose_experiment(["num_clients=4", "device=cpu", "client.local_epochs=2", *overrides]))
+
+
+def _global_arrays(experiment: dict) -> ArrayRecord:
+    torch.manual_seed(0)
+    return ArrayRecord(build_model(experiment, federation_for(experiment).data).state_dict())
+
+
+def _train_message(experiment: dict, arrays: ArrayRecord, partition_id: int, keys: dict | None = None) -> Message:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID
+    config = experiment_record(experiment)
+    config[ROUND_KEY] = 1
+    config.update(keys or {})
+    message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=FIRST_NODE_ID + partition_id,
+                      message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = f"m{partition_id}"
+    return message
+
+
+def _context(partition_id: int, node_config: dict | None = None) -> Context:
+    return Context(run_id=RUN_ID, node_id=FIRST_NODE_ID + partition_id,
+                   node_config={PARTITION_ID: partition_id, **(node_config or {})}, state=RecordDict(), run_config={})
+
+
+def _route(monkeypatch, experiment: dict, messages: list[Message], node_config: dict | None = None):
+    """Send TRAIN messages through a vectorized grid: (replies, nodes the ClientApp answered, clients batched)."""
+    cohorts = _recorded_cohorts(monkeypatch)
+    spy = _ClientAppSpy()
+    extras = {message.metadata.dst_node_id - FIRST_NODE_ID: node_config or {} for message in messages}
+    grid = VectorizedGrid(spy, int(experiment["num_clients"]), node_config_extras=extras)
+    replies = list(grid.send_and_receive(messages))
+    return replies, spy.nodes, sum(len(cohort) for cohort in cohorts)
+
+
+def test_plain_local_training_is_batched_and_answered_as_the_client_app_would(monkeypatch):
+    experiment = _experiment("strategy=fedprox")
+    arrays = _global_arrays(experiment)
+    messages = [_train_message(experiment, arrays, pid, {PROXIMAL_MU_KEY: 0.5}) for pid in range(3)]
+    planned = plan(messages[0], _context(0))
+    assert isinstance(planned, LocalTraining) and planned.objectives == (ProximalTerm(0.5),)
+    assert supports(planned) is None
+    replies, answered, batched = _route(monkeypatch, experiment, messages)
+    assert answered == [] and batched == 3
+    for pid, (message, batched_reply) in enumerate(zip(messages, replies, strict=True)):
+        alone = client_app(message, _context(pid))
+        assert list(batched_reply.content["metrics"]) == list(alone.content["metrics"])
+        assert dict(batched_reply.content["metrics"]) == pytest.approx(dict(alone.content["metrics"]), rel=REL)
+        expected = alone.content["arrays"].to_torch_state_dict()
+        got = batched_reply.content["arrays"].to_torch_state_dict()
+        assert list(got) == list(expected)
+        assert max(_relative(expected[name], got[name]) for name in expected) < REL
+
+
+@pytest.mark.parametrize("overrides, ask, node_config, reason", [
+    (("strategy=qffl",), True, {}, "asks for"),
+    (("faults.nan_rate=1.0",), False, {}, "fault"),
+    ((), False, {MISBEHAVE: "sign-flip"}, "misbehave"),
+], ids=["asked-request", "fault", "misbehaviour"])
+def test_a_round_beyond_local_training_is_answered_by_the_client_app(monkeypatch, overrides, ask, node_config, reason):
+    experiment = _experiment(*overrides)
+    keys = {traits_of(experiment).client_requests[0].key: True} if ask else {}
+    message = _train_message(experiment, _global_arrays(experiment), 1, keys)
+    planned = plan(message, _context(1, node_config))
+    assert isinstance(planned, NeedsClientApp) and reason in planned.reason
+    (answer,), answered, batched = _route(monkeypatch, experiment, [message], node_config)
+    assert answered == [FIRST_NODE_ID + 1] and batched == 0 and not answer.has_error()
+
+
+def test_local_debiasing_is_planned_with_sample_weights_the_kernel_does_not_batch(monkeypatch):
+    experiment = _experiment("dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg",
+                             "client.local_debiasing=reweighing")
+    message = _train_message(experiment, _global_arrays(experiment), 1)
+    planned = plan(message, _context(1))
+    assert isinstance(planned, LocalTraining) and planned.sample_weights is not None
+    assert "sample weights" in supports(planned)
+    (answer,), answered, batched = _route(monkeypatch, experiment, [message])
+    assert answered == [FIRST_NODE_ID + 1] and batched == 0 and not answer.has_error()
+
+
+@pytest.mark.parametrize("change", [
+    lambda planned: dataclasses.replace(planned, objectives=(*planned.objectives, _UnknownTerm())),
+    lambda planned: dataclasses.replace(planned, sample_weights=torch.ones(len(planned.data))),
+], ids=["unknown-objective-term", "sample-weights"])
+def test_a_client_behaviour_the_kernel_does_not_declare_is_not_batched(monkeypatch, change):
+    """A new client behaviour described in the plan turns batching off instead of making the engines differ."""
+    real_plan = vectorized_module.plan
+    monkeypatch.setattr(vectorized_module, "plan", lambda message, context: change(real_plan(message, context)))
+    experiment = _experiment()
+    arrays = _global_arrays(experiment)
+    messages = [_train_message(experiment, arrays, pid) for pid in range(2)]
+    assert supports(change(real_plan(messages[0], _context(0)))) is not None
+    replies, answered, batched = _route(monkeypatch, experiment, messages)
+    assert answered == [FIRST_NODE_ID, FIRST_NODE_ID + 1] and batched == 0
+    assert not any(reply.has_error() for reply in replies)
+
+
+def test_the_vectorized_engine_imports_no_strategy():
+    """What a strategy asks of clients reaches the engine only through the ClientApp's plan."""
+    from fedsim.engines import cohort as cohort_module
+
+    for module in (vectorized_module, cohort_module):
+        imported = set()
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported |= {node.module or ""} | {alias.name for alias in node.names}
+        assert not {name for name in imported if "strateg" in name or name in ("traits_of", "locate", "importlib")}

@@ -101,7 +101,8 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
             swept.append((written, values))
         else:
             fixed.append(f"{written}={values[0]}")
-    settings = [tuple(zip([key for key, _ in swept], combo, strict=True)) for combo in itertools.product(*[v for _, v in swept])]
+    keys = [key for key, _ in swept]
+    settings = [tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*[v for _, v in swept])]
     points = [
         GridPoint(strategy, setting, seed,
                   (f"{STRATEGY_KEY}={strategy}", f"{SEED_KEY}={seed}", *fixed, *(f"{k}={v}" for k, v in setting)))

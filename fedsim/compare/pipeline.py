@@ -11,16 +11,16 @@ from typing import Any
 
 import yaml
 
-from ..config import DEFAULT_PROXY_SIZE, compose_experiment, needs_server_data, resolve_auto_values, validate
+from ..build import client_optimizer, traits_of
+from ..config import DEFAULT_PROXY_SIZE, compose_experiment, resolve_auto_values, validate
 from ..errors import FedsimError
-from ..experiment import client_optimizer
-from ..partitions.report import HEATMAP_FILE
+from ..partition_report import HEATMAP_FILE
 from . import plots as compare_plots
 from .grid import Grid, GridPoint, expand, share_proxy_set, slug
 from .report import write_report
 from .setup import optimizer_label, setup_table, strategy_table
-from .sweep import RunFunction, PointCallback, SweepResult, run_folder, run_sweep
-from .table import RunMetrics, Row, build_rows, load_run, write_tables
+from .sweep import PointCallback, RunFunction, SweepResult, run_folder, run_sweep
+from .table import Row, RunMetrics, build_rows, load_run, write_tables
 
 PLOTS_FOLDER = "plots"
 
@@ -33,12 +33,13 @@ class Plan:
 
 def plan(overrides: Sequence[str]) -> Plan:
     """Expand the grid and compose + validate every point; the first bad point is a FedsimError before any run."""
-    default = compose_experiment([o for o in overrides if "," not in o and not o.lstrip("+~").startswith(("strategy=", "seed="))])
+    default = compose_experiment([o for o in overrides
+                                  if "," not in o and not o.lstrip("+~").startswith(("strategy=", "seed="))])
     grid = expand(overrides, default_seed=int(default["seed"]))
     needs = {}
     for strategy in grid.strategies:
         probe = compose_experiment([f"strategy={strategy}", *grid.fixed])
-        needs[strategy] = needs_server_data(probe)
+        needs[strategy] = traits_of(probe).requires_server_data
     grid = share_proxy_set(grid, needs, DEFAULT_PROXY_SIZE)
     experiments = []
     for point in grid.points:
@@ -46,7 +47,8 @@ def plan(overrides: Sequence[str]) -> Plan:
             experiment = resolve_auto_values(compose_experiment(point.overrides))
             validate(experiment)
         except FedsimError as error:
-            raise FedsimError(f"grid point {point.strategy} · {point.setting_label} · seed={point.seed}: {error}") from None
+            where = f"{point.strategy} · {point.setting_label} · seed={point.seed}"
+            raise FedsimError(f"grid point {where}: {error}") from None
         experiments.append(experiment)
     return Plan(grid, experiments)
 
@@ -76,7 +78,7 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
     if not runs:
         raise FedsimError(f"no finished run under {out}")
     optimizers = {(p.strategy, p.setting_label): optimizer_label(client_optimizer(e))
-                  for p, e in zip(grid.points, plan_.experiments)}
+                  for p, e in zip(grid.points, plan_.experiments, strict=True)}
     rows = build_rows(((p.strategy, p.setting_label, p.seed, m) for p, m in runs.items()), optimizers)
     write_tables(rows, out, target)
     grouped = _by_setting(grid, runs)
@@ -94,7 +96,7 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
         plots.append((folder / compare_plots.WEIGHTS_PLOT, caption))
     partitions = _partition_heatmaps(grid, out, runs)
     configs = {}
-    for point, experiment in zip(grid.points, plan_.experiments):
+    for point, experiment in zip(grid.points, plan_.experiments, strict=True):
         if point.seed == grid.seeds[0]:
             title = f"{point.strategy} · {point.setting_label} (seed={point.seed}; other seeds differ only in seed)"
             configs[title] = yaml.safe_dump(experiment, sort_keys=False)

@@ -40,7 +40,7 @@ def plot_accuracy_curves(runs: Runs, strategies: Sequence[str], path: Path) -> N
     """Global test accuracy per round: the mean over seeds as a line, the min–max over seeds as a band."""
     colors = _colors(strategies)
     figure, axes = _panels(len(runs))
-    for axis, (setting, by_strategy) in zip(axes, runs.items()):
+    for axis, (setting, by_strategy) in zip(axes, runs.items(), strict=True):
         for strategy in strategies:
             seeds = by_strategy.get(strategy, [])
             if not seeds:
@@ -49,7 +49,8 @@ def plot_accuracy_curves(runs: Runs, strategies: Sequence[str], path: Path) -> N
             rounds = [r for r, _ in seeds[0].curve[:length]]
             values = np.array([[a for _, a in m.curve[:length]] for m in seeds])
             axis.plot(rounds, values.mean(axis=0), color=colors[strategy], label=f"{strategy} (n={len(seeds)})")
-            axis.fill_between(rounds, values.min(axis=0), values.max(axis=0), color=colors[strategy], alpha=0.2, linewidth=0)
+            axis.fill_between(rounds, values.min(axis=0), values.max(axis=0), color=colors[strategy], alpha=0.2,
+                              linewidth=0)
         axis.set_title(setting, fontsize=9)
         style_accuracy_axis(axis, "global test accuracy")
     figure.suptitle("global accuracy per round: mean over seeds, band = min–max", fontsize=10)
@@ -61,13 +62,14 @@ def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path)
     panel has the same y range, so settings compare by eye. Returns each panel's y limits."""
     colors = _colors(strategies)
     figure, axes = _panels(len(runs))
-    panels = [(setting, [s for s in strategies if by_strategy.get(s)], by_strategy) for setting, by_strategy in runs.items()]
+    panels = [(setting, [s for s in strategies if by_strategy.get(s)], by_strategy)
+              for setting, by_strategy in runs.items()]
     every = [a for _, names, by_strategy in panels for s in names for m in by_strategy[s] for a in m.client_accuracies]
     low = max(-0.02, min(every, default=0.0) - 0.05)
-    for axis, (setting, names, by_strategy) in zip(axes, panels):
+    for axis, (setting, names, by_strategy) in zip(axes, panels, strict=True):
         data = [[a for m in by_strategy[s] for a in m.client_accuracies] for s in names]
         boxes = axis.boxplot(data, patch_artist=True, showmeans=True, widths=0.6)
-        for patch, name in zip(boxes["boxes"], names):
+        for patch, name in zip(boxes["boxes"], names, strict=True):
             patch.set_facecolor(colors[name])
             patch.set_alpha(0.5)
         for index, values in enumerate(data, start=1):  # every client as a dot, jittered
@@ -105,8 +107,9 @@ def plot_weights(runs: Runs, strategies: Sequence[str], path: Path) -> list[Weig
     drawn: list[WeightPanel] = []
     settings = len({setting for _, setting, _, _ in panels})
     top = max(w for *_, m in panels for row in m.weights.values() for w in row.values())
-    figure, axes = _panels(len(panels), width=5.0, height=3.4, columns=settings if settings <= 4 else 3)  # a row per strategy
-    for axis, (strategy, setting, seed, metrics) in zip(axes, panels):
+    # a row per strategy
+    figure, axes = _panels(len(panels), width=5.0, height=3.4, columns=settings if settings <= 4 else 3)
+    for axis, (strategy, setting, seed, metrics) in zip(axes, panels, strict=True):
         rounds = sorted(metrics.weights)
         clients = sorted({c for w in metrics.weights.values() for c in w})
         grid = np.full((len(clients), len(rounds)), np.nan)

@@ -9,7 +9,7 @@ import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..results import write_atomic
+from ..recorder import write_atomic
 from .setup import StrategySetup
 from .table import TIE, WARNING, Row, headers, legend, optimizer_warning, table_cells, visible_columns
 

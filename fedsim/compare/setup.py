@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..experiment import client_optimizer
+from ..build import client_optimizer
 
 # Strategy config keys that are the grid's shared settings (interpolated from the top level), not hyper-parameters.
 SHARED_STRATEGY_KEYS = frozenset({

@@ -25,7 +25,7 @@ from .. import checkpoint as checkpoint_module
 from ..checkpoint import CHECKPOINT_FILE, CheckpointError
 from ..config import resolve_auto_values
 from ..errors import FedsimError
-from ..results import CONFIG_FILE, SUMMARY_FILE
+from ..recorder import CONFIG_FILE, SUMMARY_FILE
 from .grid import GridPoint
 
 RUNS_FOLDER = "runs"
@@ -105,7 +105,8 @@ def _exclusive(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise FedsimError(f"another fedsim compare is writing to {out}; wait for it or choose another --out") from None
+            raise FedsimError(f"another fedsim compare is writing to {out}; "
+                              "wait for it or choose another --out") from None
         try:
             yield
         finally:
@@ -119,8 +120,8 @@ def _run_points(points: Sequence[GridPoint], experiments: Sequence[Mapping[str, 
     from ..run import describe_choices
 
     done = [is_complete(run_folder(out, p), e) for p, e in zip(points, experiments, strict=True)]
-    todo = [(p, e) for p, e, finished in zip(points, experiments, done) if not finished]
-    skipped = [p for p, finished in zip(points, done) if finished]
+    todo = [(p, e) for p, e, finished in zip(points, experiments, done, strict=True) if not finished]
+    skipped = [p for p, finished in zip(points, done, strict=True) if finished]
     for point in skipped:
         if on_point is not None:
             on_point(point, 0, len(todo), 0.0, True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..results import METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
+from ..recorder import METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
 from .stats import CI_NOTE, Interval, difference, mean_interval, paired_difference
 
 TABLE_MD = "comparison.md"
@@ -55,10 +55,6 @@ class RunMetrics:
     test_spd: float | None = None  # |statistical parity difference| of the final model on the test split
     test_eod: float | None = None  # |equal opportunity difference|, same
     seed: int | None = None
-
-
-def _float(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
 
 
 def _abs(value: object) -> float | None:
@@ -94,7 +90,7 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
     stats = summary.get("client_accuracy", {})
     tail = [float(row["test_accuracy"]) for row in trained[-last_k:]]
     fairness = summary.get("fairness") or {}
-    loss = summary.get("final_loss", _float(rows[-1].get("test_loss")))
+    loss = summary.get("final_loss")
     return RunMetrics(
         final_accuracy=float(summary["final_accuracy"]),
         best_accuracy=float(summary["best_accuracy"]),
@@ -124,7 +120,8 @@ class Column:
     ranked: bool = True  # marked best / ≈ within a setting
     optional: bool = False  # shown only when some run has a value (group fairness needs a sensitive attribute)
     compact: bool = True  # in the report's table (comparison.md and .csv have every column)
-    terminal: bool = True  # in the table printed at the end of `fedsim compare` (a compact column may still be left out)
+    # in the table printed at the end of `fedsim compare` (a compact column may still be left out)
+    terminal: bool = True
     short: str = ""  # its header there
 
 
@@ -352,7 +349,8 @@ def _optimizer_text(row: Row) -> str:
     return (f"{WARNING} " if row.optimizer_differs else "") + (row.optimizer or "—")
 
 
-TERMINAL_NOTE = (f"mean ± 95% t-interval over seeds · Δ: paired per-seed difference of final acc, * = its interval excludes 0 · "
+TERMINAL_NOTE = ("mean ± 95% t-interval over seeds · Δ: paired per-seed difference of final acc, "
+                 "* = its interval excludes 0 · "
                  f"bold: best of its setting, {TIE} = not significantly better than the runner-up · legend, test loss, "
                  f"seconds per round and every other column: {TABLE_MD}, report.html")
 
@@ -372,7 +370,7 @@ def rich_table(rows: Sequence[Row], target: float, title: str = "strategy compar
         table.add_column(header, justify="left" if index < 2 else "right",
                          min_width=max(len(line[index][0]) for line in body))
     previous = None
-    for row, line in zip(rows, body):
+    for row, line in zip(rows, body, strict=True):
         if previous is not None and row.setting != previous:
             table.add_section()
         previous = row.setting

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -12,7 +13,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from ..errors import DataError, first_line
-from .base import LABEL, LoadedData
+from .base import LABEL, SPLIT_FRACTION, DatasetLoader, LoadedData
 from .fair_synthetic import SENSITIVE
 from .hub import host_reachable
 from .tabular import encode_features
@@ -61,3 +62,17 @@ def load_adult_data(test_fraction: float, seed: int) -> LoadedData:
     except (OSError, ValueError) as error:  # URLError is an OSError
         raise DataError(f"dataset=adult could not be loaded ({first_line(error)}); {OFFLINE_HINT}") from None
     return adult_from_frame(frame, test_fraction, seed)
+
+
+@dataclass(frozen=True)
+class Adult(DatasetLoader):
+    """`dataset=adult`: UCI Adult, A = sex."""
+
+    name: str = "adult"
+    test_fraction: float = 0.2
+
+    has_sensitive_attribute = True
+    _parameter_constraints = {"test_fraction": [SPLIT_FRACTION]}
+
+    def load(self, seed: int) -> LoadedData:
+        return load_adult_data(float(self.test_fraction), seed)

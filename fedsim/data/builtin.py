@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from numbers import Integral, Real
+
 import datasets
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .base import CLIENT_ID, LABEL, LoadedData
+from ..protocol.constraints import Interval
+from .base import CLIENT_ID, LABEL, SPLIT_FRACTION, DatasetLoader, LoadedData
 from .tensors import ArrayDataset
 
 SYNTHETIC_DIMENSION = 60
@@ -32,6 +36,19 @@ def load_digits_data(test_fraction: float, seed: int) -> LoadedData:
         test_arrays=ArrayDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
         num_classes=10,
     )
+
+
+@dataclass(frozen=True)
+class Digits(DatasetLoader):
+    """`dataset=digits`: scikit-learn's 8x8 digits, `test_fraction` held out (stratified, seeded)."""
+
+    name: str = "digits"
+    test_fraction: float = 0.2
+
+    _parameter_constraints = {"test_fraction": [SPLIT_FRACTION]}
+
+    def load(self, seed: int) -> LoadedData:
+        return load_digits_data(float(self.test_fraction), seed)
 
 
 def generate_synthetic(
@@ -102,3 +119,27 @@ def load_synthetic_data(
         test_arrays=ArrayDataset(torch.from_numpy(np.concatenate(test_x)), torch.from_numpy(np.concatenate(test_y))),
         num_classes=SYNTHETIC_CLASSES,
     )
+
+
+@dataclass(frozen=True)
+class Synthetic(DatasetLoader):
+    """`dataset=synthetic`: FedProx's Synthetic(alpha, beta) (or Synthetic-IID), one `client_id` per device."""
+
+    name: str = "synthetic"
+    alpha: float = 1.0
+    beta: float = 1.0
+    iid: bool = False
+    num_users: int = 30
+    train_fraction: float = 0.9
+
+    _parameter_constraints = {
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "iid": [bool],
+        "num_users": [Interval(Integral, 1, None, closed="left")],
+        "train_fraction": [SPLIT_FRACTION],
+    }
+
+    def load(self, seed: int) -> LoadedData:
+        return load_synthetic_data(float(self.alpha), float(self.beta), bool(self.iid), int(self.num_users),
+                                   float(self.train_fraction), seed)

@@ -6,11 +6,15 @@ Rows carry `x`, `label` and `sensitive`, so any partitioner can split the federa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from numbers import Integral, Real
+
 import datasets
 import numpy as np
 import torch
 
-from .base import LABEL, LoadedData
+from ..protocol.constraints import Interval
+from .base import LABEL, SPLIT_FRACTION, DatasetLoader, LoadedData
 from .tensors import ArrayDataset
 
 SENSITIVE = "sensitive"
@@ -56,3 +60,33 @@ def load_fair_synthetic_data(
         test_arrays=arrays(test_rows),
         num_classes=2,
     )
+
+
+@dataclass(frozen=True)
+class FairSynthetic(DatasetLoader):  # pylint: disable=too-many-instance-attributes
+    """`dataset=fair_synthetic`: the generated rows, with their sensitive attribute."""
+
+    name: str = "fair_synthetic"
+    num_samples: int = 10_000
+    dim: int = 10
+    correlation: float = 0.6
+    sensitive_share: float = 0.5
+    signal: float = 1.0
+    leak: float = 2.0
+    test_fraction: float = 0.2
+
+    has_sensitive_attribute = True
+    _parameter_constraints = {
+        "num_samples": [Interval(Integral, 2, None, closed="left")],
+        "dim": [Interval(Integral, 2, None, closed="left")],
+        "correlation": [Interval(Real, 0, 1, closed="left")],
+        "sensitive_share": [Interval(Real, 0, 1, closed="neither")],
+        "signal": [Interval(Real, 0, None, closed="left")],
+        "leak": [Interval(Real, 0, None, closed="left")],
+        "test_fraction": [SPLIT_FRACTION],
+    }
+
+    def load(self, seed: int) -> LoadedData:
+        return load_fair_synthetic_data(int(self.num_samples), int(self.dim), float(self.correlation),
+                                        float(self.sensitive_share), float(self.signal), float(self.leak),
+                                        float(self.test_fraction), seed)

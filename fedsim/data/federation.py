@@ -20,15 +20,11 @@ import hydra.utils
 import numpy as np
 from flwr_datasets.partitioner import NaturalIdPartitioner, Partitioner
 
+from ..build import locate
 from ..errors import ConfigError, DataError, first_line
-from ..partitions.cluster_mixture import PartitionImpossible
+from ..protocol.capabilities import PrecomputesPartitions, ReportsClusters
+from ..protocol.errors import PartitionImpossible
 from .base import LoadedData
-from .adult import load_adult_data
-from .builtin import load_digits_data, load_synthetic_data
-from .fair_synthetic import load_fair_synthetic_data
-from .hub import load_hub_data
-from .local import load_local_data
-from .random_images import load_random_data
 from .tensors import ArrayDataset
 
 # fedsim shows its own progress; the "Flattening the indices" bars that flwr-datasets' partitioners make `datasets`
@@ -36,61 +32,13 @@ from .tensors import ArrayDataset
 datasets.disable_progress_bars()
 
 INDEX_COLUMN = "__fedsim_index__"
-BUILTIN = ("digits", "synthetic", "fair_synthetic", "adult", "random")
 
 
 def load_data(dataset: Mapping[str, Any], seed: int) -> LoadedData:
-    """Load the data set a `dataset` config group entry describes."""
-    source, name = dataset.get("source"), dataset.get("name")
-    if source == "builtin":
-        if name == "digits":
-            return load_digits_data(float(dataset["test_fraction"]), seed)
-        if name == "synthetic":
-            return load_synthetic_data(
-                float(dataset["alpha"]),
-                float(dataset["beta"]),
-                bool(dataset["iid"]),
-                int(dataset["num_users"]),
-                float(dataset["train_fraction"]),
-                seed,
-            )
-        if name == "fair_synthetic":
-            return load_fair_synthetic_data(
-                int(dataset["num_samples"]),
-                int(dataset["dim"]),
-                float(dataset["correlation"]),
-                float(dataset["sensitive_share"]),
-                float(dataset["signal"]),
-                float(dataset["leak"]),
-                float(dataset["test_fraction"]),
-                seed,
-            )
-        if name == "random":
-            return load_random_data(int(dataset["num_samples"]), list(dataset["shape"]), int(dataset["num_classes"]),
-                                    int(dataset["test_samples"]), seed)
-        if name == "adult":
-            return load_adult_data(float(dataset["test_fraction"]), seed)
-        raise ConfigError("dataset.name", name, f"built-in data sets are {', '.join(BUILTIN)}")
-    if source == "hub":
-        return load_hub_data(
-            str(name),
-            str(dataset["hub_id"]),
-            str(dataset["image_column"]),
-            str(dataset["label_column"]),
-            str(dataset["train_split"]),
-            str(dataset["test_split"]),
-        )
-    if source == "local":
-        return load_local_data(
-            str(dataset["format"]),
-            str(dataset["path"]),
-            dataset.get("test_path"),
-            float(dataset["test_fraction"]),
-            str(dataset["image_column"]),
-            str(dataset["label_column"]),
-            seed,
-        )
-    raise ConfigError("dataset.source", source, "one of builtin, hub, local")
+    """Load the data set a `dataset` config group entry describes: its `_target_` loader (a `DatasetLoader`, as
+    configuration validation checks), built with the entry's other keys."""
+    arguments = {key: value for key, value in dataset.items() if key != "_target_"}
+    return locate(str(dataset["_target_"]))(**arguments).load(seed)
 
 
 @contextmanager
@@ -117,14 +65,15 @@ def partition_indices(train: datasets.Dataset, partitioner: Partitioner) -> list
     Dirichlet, shard, pathological and natural-id partitioners do) and partition 0 matches it, the rest are read from
     there instead of one `select` each (1.4 ms a partition: 14 s for 10,000 clients).
     """
-    if callable(getattr(partitioner, "all_partition_indices", None)):
+    if isinstance(partitioner, PrecomputesPartitions):
         partitioner.dataset = train
         return [np.asarray(rows, dtype=np.int64) for rows in partitioner.all_partition_indices()]
     partitioner.dataset = train.add_column(INDEX_COLUMN, np.arange(len(train))).with_format("arrow")
     with _without_natural_id_bar():
         first = np.asarray(partitioner.load_partition(0)[INDEX_COLUMN], dtype=np.int64)
     known = getattr(partitioner, "_partition_id_to_indices", None)
-    if isinstance(known, dict) and len(known) == partitioner.num_partitions and np.array_equal(np.asarray(known[0]), first):
+    if (isinstance(known, dict) and len(known) == partitioner.num_partitions
+            and np.array_equal(np.asarray(known[0]), first)):
         return [first] + [np.asarray(known[pid], dtype=np.int64) for pid in range(1, partitioner.num_partitions)]
     return [first] + [
         np.asarray(partitioner.load_partition(pid)[INDEX_COLUMN], dtype=np.int64)
@@ -190,7 +139,8 @@ def _partition_name(partition: Mapping[str, Any]) -> str:
 def _carve_proxy(data: LoadedData, proxy_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(proxy rows, client pool rows): the server's class-balanced proxy set leaves the pool before partitioning."""
     if proxy_size >= len(data.train):
-        raise ConfigError("server.proxy_size", proxy_size, f"fewer than the {len(data.train)} training samples of dataset={data.name}")
+        raise ConfigError("server.proxy_size", proxy_size,
+                          f"fewer than the {len(data.train)} training samples of dataset={data.name}")
     if proxy_size == 0:
         return np.zeros(0, dtype=np.int64), np.arange(len(data.train))
     proxy_rows = class_balanced_rows(data.train_arrays.y.numpy(), proxy_size, seed)
@@ -204,16 +154,19 @@ def build_federation(experiment: Mapping[str, Any]) -> Federation:
     proxy_rows, client_pool = _carve_proxy(data, int(experiment.get("server", {}).get("proxy_size", 0) or 0), seed)
     pool = data.train if len(proxy_rows) == 0 else data.train.select(client_pool)
     if num_clients > len(pool):
-        raise ConfigError("num_clients", num_clients, f"at most the {len(pool)} training samples of dataset={data.name}")
+        raise ConfigError("num_clients", num_clients,
+                          f"at most the {len(pool)} training samples of dataset={data.name}")
     partition = dict(experiment["partition"])
     partitioner = hydra.utils.instantiate(partition)
     by = partition.get("partition_by")
     if by is not None and by not in pool.column_names:
-        raise ConfigError("partition.partition_by", by, f"a column of dataset={data.name}: {', '.join(pool.column_names)}")
+        raise ConfigError("partition.partition_by", by,
+                          f"a column of dataset={data.name}: {', '.join(pool.column_names)}")
     if isinstance(partitioner, NaturalIdPartitioner):
         ids = len(set(pool[by]))
         if ids != num_clients:
-            raise ConfigError("num_clients", num_clients, f"partition=natural gives one client per {by}: use num_clients={ids}")
+            raise ConfigError("num_clients", num_clients,
+                              f"partition=natural gives one client per {by}: use num_clients={ids}")
     try:
         with warnings.catch_warnings():  # flwr-datasets warns on each retry; the outcome is reported below
             warnings.simplefilter("ignore", UserWarning)
@@ -233,11 +186,13 @@ def build_federation(experiment: Mapping[str, Any]) -> Federation:
             f"partition ({_partition_name(partition)}) leaves {len(empty)} of {num_clients} clients without data "
             f"(first: client {empty[0]}); use fewer clients or a less extreme partition"
         )
-    clusters = getattr(partitioner, "embedding_clusters", None)
+    clusters = partitioner.embedding_clusters if isinstance(partitioner, ReportsClusters) else None
     cluster_counts = None
     if clusters is not None:
-        cluster_counts = np.stack([np.bincount(clusters[rows], minlength=int(clusters.max()) + 1) for rows in positions])
-    return Federation(data, tuple(indices), float(experiment["client"]["val_fraction"]), seed, proxy_rows, cluster_counts)
+        cluster_counts = np.stack([np.bincount(clusters[rows], minlength=int(clusters.max()) + 1)
+                                   for rows in positions])
+    return Federation(data, tuple(indices), float(experiment["client"]["val_fraction"]), seed, proxy_rows,
+                      cluster_counts)
 
 
 def _federation_key(experiment: Mapping[str, Any]) -> str:

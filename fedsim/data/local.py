@@ -16,6 +16,7 @@ text feature's missing value is a category of its own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -23,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, first_line
-from .base import LABEL, LoadedData
+from ..protocol.constraints import Options
+from .base import LABEL, SPLIT_FRACTION, DatasetLoader, LoadedData
 from .hub import normalise_columns, num_classes_of
 from .tabular import encode_features, split_columns
 from .tensors import ArrayDataset, hf_to_arrays
@@ -231,7 +233,8 @@ def _check_same_columns(train_where: str, frame: pd.DataFrame, test_where: str, 
     lacking = [str(c) for c in frame.columns if c not in test_frame.columns]
     extra = [str(c) for c in test_frame.columns if c not in frame.columns]
     if lacking or extra:
-        parts = ([f"lacks {', '.join(lacking)}"] if lacking else []) + ([f"has {', '.join(extra)} besides"] if extra else [])
+        parts = (([f"lacks {', '.join(lacking)}"] if lacking else [])
+                 + ([f"has {', '.join(extra)} besides"] if extra else []))
         raise DataError(f"{test_where}: its columns differ from {train_where}'s: it {' and '.join(parts)}")
 
 
@@ -269,8 +272,8 @@ def _image_data(path: str, test_path: str | None, file_format: str, test_fractio
         train, test = parts["train"], parts["test"]
     train_arrays = hf_to_arrays(train, image_column)
     if len(np.unique(train_arrays.y.numpy())) < 2:
-        raise DataError(f"dataset.path={path}: the label column {label_column!r} has a single class; a classifier needs "
-                        "at least two")
+        raise DataError(f"dataset.path={path}: the label column {label_column!r} has a single class; "
+                        "a classifier needs at least two")
     return LoadedData(
         name=Path(path).stem,
         train=train,
@@ -282,7 +285,8 @@ def _image_data(path: str, test_path: str | None, file_format: str, test_fractio
 
 
 def load_local_data(
-    file_format: str, path: str, test_path: str | None, test_fraction: float, image_column: str, label_column: str, seed: int
+    file_format: str, path: str, test_path: str | None, test_fraction: float, image_column: str, label_column: str,
+    seed: int
 ) -> LoadedData:
     """Read `path` (and `test_path`, else a seeded `test_fraction` of `path`'s rows is the test split)."""
     for key, value in (("dataset.path", path), ("dataset.test_path", test_path)):
@@ -292,3 +296,29 @@ def load_local_data(
     if file_format == "imagefolder" or (file_format == "parquet" and _has_image_column(path, image_column)):
         return _image_data(path, test_path, file_format, test_fraction, image_column, label_column, seed)
     return _table_data(path, test_path, file_format, test_fraction, label_column, seed)
+
+
+@dataclass(frozen=True)
+class LocalFiles(DatasetLoader):
+    """`dataset=local`: a table or images from local files (`format` auto: read off the path)."""
+
+    path: str
+    name: str = "local"
+    format: str = "auto"
+    test_path: str | None = None
+    test_fraction: float = 0.2
+    image_column: str = "image"
+    label_column: str = LABEL
+
+    _parameter_constraints = {
+        "path": [str],
+        "format": [Options(FORMATS)],
+        "test_path": [str, None],
+        "test_fraction": [SPLIT_FRACTION],
+        "image_column": [str],
+        "label_column": [str],
+    }
+
+    def load(self, seed: int) -> LoadedData:
+        return load_local_data(str(self.format), str(self.path), self.test_path, float(self.test_fraction),
+                               str(self.image_column), str(self.label_column), seed)

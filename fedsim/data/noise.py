@@ -10,28 +10,18 @@ Two kinds, both seeded by (seed, partition id), so the same rows get the same no
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from .tensors import ArrayDataset
 
-if TYPE_CHECKING:
-    from .federation import Federation
-
 _LABEL_SALT, _FEATURE_SALT = 7919, 104729
 
 
-def client_data(federation: Federation, experiment: Mapping[str, Any], partition_id: int) -> tuple[ArrayDataset, ArrayDataset]:
-    """The client's (training, validation) rows with the configured noise applied."""
-    train_data, val_data = federation.client_split(partition_id)
-    train_data = with_label_noise(train_data, experiment, partition_id, federation.data.num_classes)
-    return (with_feature_noise(train_data, experiment, partition_id, split=0),
-            with_feature_noise(val_data, experiment, partition_id, split=1))
-
-
-def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int, num_classes: int) -> ArrayDataset:
+def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int,
+                     num_classes: int) -> ArrayDataset:
     """`data` with round(rate * n) seeded rows relabelled uniformly at random over all classes (symmetric noise, so
     about rate * (C-1)/C of the labels end up wrong) if this partition is in `label_noise.clients`; else `data`."""
     noise = experiment.get("label_noise") or {}
@@ -41,11 +31,13 @@ def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partitio
     rng = np.random.default_rng([int(experiment["seed"]), partition_id, _LABEL_SALT])
     rows = rng.choice(len(data), size=round(rate * len(data)), replace=False)
     labels = data.y.clone()
-    labels[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(rng.integers(0, num_classes, len(rows)), dtype=labels.dtype)
+    labels[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(rng.integers(0, num_classes, len(rows)),
+                                                                      dtype=labels.dtype)
     return ArrayDataset(data.x, labels, data.sensitive)
 
 
-def with_feature_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int, split: int) -> ArrayDataset:
+def with_feature_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int,
+                       split: int) -> ArrayDataset:
     """`data` + N(0, std²) on every input value if this partition is in `feature_noise.clients`; else `data`.
 
     `std` is in the data set's own input units (digits and image sets are scaled to [0, 1]). `split` keeps the

@@ -27,7 +27,8 @@ def encode_features(features: pd.DataFrame, train_rows: np.ndarray) -> np.ndarra
     numeric, categorical = split_columns(features)
     parts = [features[numeric].to_numpy(np.float64)]
     if categorical:
-        labels = features[categorical].apply(lambda column: column.astype(object).where(column.notna(), MISSING).astype(str))
+        labels = features[categorical].apply(
+            lambda column: column.astype(object).where(column.notna(), MISSING).astype(str))
         parts.append(pd.get_dummies(labels, dtype=np.float32).to_numpy(np.float64))
     values = np.concatenate(parts, axis=1)
     mean, std = values[train_rows, : len(numeric)].mean(0), values[train_rows, : len(numeric)].std(0)

@@ -107,7 +107,9 @@ class Credentials:
     def nodes(self) -> tuple[NodeCredentials, ...]:
         """Every node folder, in index order."""
         root = self.folder / NODES_FOLDER
-        found = [NodeCredentials(path) for path in root.iterdir() if path.is_dir() and NODE_NAME.fullmatch(path.name)] if root.is_dir() else []
+        if not root.is_dir():
+            return ()
+        found = [NodeCredentials(path) for path in root.iterdir() if path.is_dir() and NODE_NAME.fullmatch(path.name)]
         return tuple(sorted(found, key=lambda node: node.index))
 
     def node(self, name: str) -> NodeCredentials:
@@ -122,7 +124,8 @@ class Credentials:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedsim"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedsim"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _san_entry(host: str) -> x509.GeneralName:
@@ -143,7 +146,8 @@ def _write(path: Path, data: bytes, private: bool) -> None:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
@@ -161,8 +165,9 @@ def _usage(signing: bool) -> x509.KeyUsage:
                          encipher_only=False, decipher_only=False)
 
 
-def _leaf(subject: str, public_key: ec.EllipticCurvePublicKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
-          days: int, usage: x509.ObjectIdentifier, names: list[str] | None = None) -> x509.Certificate:
+def _leaf(subject: str, public_key: ec.EllipticCurvePublicKey, ca_cert: x509.Certificate,
+          ca_key: ec.EllipticCurvePrivateKey, days: int, usage: x509.ObjectIdentifier,
+          names: list[str] | None = None) -> x509.Certificate:
     start, end = _validity(days)
     end = min(end, ca_cert.not_valid_after_utc)  # nothing outlives the CA that signed it
     builder = (
@@ -174,7 +179,8 @@ def _leaf(subject: str, public_key: ec.EllipticCurvePublicKey, ca_cert: x509.Cer
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName([_san_entry(host) for host in names]), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName([_san_entry(host) for host in names]),
+                                        critical=False)
     return _signed(builder, ca_key)
 
 
@@ -193,14 +199,15 @@ def _write_crl(credentials: Credentials, ca_cert: x509.Certificate, ca_key: ec.E
     """The revocation list the proxy checks client certificates against; it stays valid as long as the CA, since
     an expired list would make the proxy refuse every node."""
     now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now - dt.timedelta(minutes=5))
-               .next_update(ca_cert.not_valid_after_utc))
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now - dt.timedelta(minutes=5)).next_update(ca_cert.not_valid_after_utc))
     for entry in revoked:
         builder = builder.add_revoked_certificate(entry)
     _write(credentials.crl, _signed_crl(builder, ca_key).public_bytes(serialization.Encoding.PEM), private=False)
 
 
-def _signed_crl(builder: x509.CertificateRevocationListBuilder, ca_key: ec.EllipticCurvePrivateKey) -> x509.CertificateRevocationList:
+def _signed_crl(builder: x509.CertificateRevocationListBuilder,
+                ca_key: ec.EllipticCurvePrivateKey) -> x509.CertificateRevocationList:
     return builder.sign(ca_key, hashes.SHA256())
 
 
@@ -230,9 +237,11 @@ def make_certificates(folder: str | Path, num_nodes: int = 0, hosts: tuple[str, 
         if not start_over:
             nodes = len(credentials.nodes)
             raise CertificateError(
-                f"{credentials.folder} already holds a CA and {nodes} node folder{'s' * (nodes != 1)}: pass --add-nodes N "
-                "to issue more nodes from that CA, or --force to start over (every machine then needs the new files)")
-        for path in (credentials.ca_cert, credentials.ca_key, credentials.server_cert, credentials.server_key, credentials.crl):
+                f"{credentials.folder} already holds a CA and {nodes} node folder{'s' * (nodes != 1)}: "
+                "pass --add-nodes N to issue more nodes from that CA, or --force to start over "
+                "(every machine then needs the new files)")
+        for path in (credentials.ca_cert, credentials.ca_key, credentials.server_cert, credentials.server_key,
+                     credentials.crl):
             path.unlink(missing_ok=True)
         shutil.rmtree(credentials.folder / NODES_FOLDER, ignore_errors=True)
     start, end = _validity(days)
@@ -276,7 +285,8 @@ def revoke_node(folder: str | Path, name: str) -> NodeCredentials:
     revoked = list(revoked_serials(credentials).items())
     if serial not in dict(revoked):
         revoked.append((serial, dt.datetime.now(dt.timezone.utc)))
-    entries = [x509.RevokedCertificateBuilder().serial_number(number).revocation_date(when).build() for number, when in revoked]
+    entries = [x509.RevokedCertificateBuilder().serial_number(number).revocation_date(when).build()
+               for number, when in revoked]
     _write_crl(credentials, ca_cert, ca_key, entries)
     return node
 
@@ -301,5 +311,6 @@ def expiry_lines(credentials: Credentials, nodes: tuple[NodeCredentials, ...] | 
         return f"{label}: {path} valid until {end:%Y-%m-%d %H:%M} UTC ({(end - now).days} days){state}"
 
     lines = [line("CA", credentials.ca_cert), line("SuperLink and proxy", credentials.server_cert)]
-    lines += [line(f"{node.name} client certificate", node.client_cert) for node in (credentials.nodes if nodes is None else nodes)]
+    lines += [line(f"{node.name} client certificate", node.client_cert)
+              for node in (credentials.nodes if nodes is None else nodes)]
     return lines

@@ -38,14 +38,18 @@ def _say(line: str) -> None:
 # --- fedsim certs ------------------------------------------------------------------------------------------
 
 def certs_command(args: Sequence[str]) -> None:
-    """`fedsim certs DIR [--nodes N] [--host NAME ...] [--days D] [--add-nodes N | --force | --revoke NODE | --show]`."""
+    """`fedsim certs DIR [--nodes N] [--host NAME ...] [--days D]
+    [--add-nodes N | --force | --revoke NODE | --show]`."""
     from .certs import VALID_DAYS, Credentials, add_nodes, expiry_lines, make_certificates, revoke_node
 
-    parser = _Parser(prog="fedsim certs", description="Keys and certificates of a federation (README: Several machines).")
+    parser = _Parser(prog="fedsim certs",
+                     description="Keys and certificates of a federation (README: Several machines).")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--nodes", type=int, default=0, help="node folders to issue with a new CA")
-    parser.add_argument("--host", action="append", default=[], help="a name or address of the server, as nodes reach it")
-    parser.add_argument("--days", type=int, default=VALID_DAYS, help=f"validity of new certificates (default {VALID_DAYS})")
+    parser.add_argument("--host", action="append", default=[],
+                        help="a name or address of the server, as nodes reach it")
+    parser.add_argument("--days", type=int, default=VALID_DAYS,
+                        help=f"validity of new certificates (default {VALID_DAYS})")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--add-nodes", type=int, metavar="N", help="issue N more node folders from the folder's CA")
     action.add_argument("--force", action="store_true", help="remove the folder's keys and start over")
@@ -55,7 +59,8 @@ def certs_command(args: Sequence[str]) -> None:
     for name in ("nodes", "days", "add_nodes"):
         value = getattr(options, name)
         if value is not None and value < (1 if name != "nodes" else 0):
-            raise DeployError(f"--{name.replace('_', '-')} {value}: must be {'at least 1' if name != 'nodes' else '0 or more'}")
+            least = "at least 1" if name != "nodes" else "0 or more"
+            raise DeployError(f"--{name.replace('_', '-')} {value}: must be {least}")
     credentials = Credentials(options.folder)
     if options.show:  # a report: stdout
         from ..progress import output
@@ -66,8 +71,9 @@ def certs_command(args: Sequence[str]) -> None:
     if options.revoke:
         node = revoke_node(options.folder, options.revoke)
         _say(f"revoked {node.name}'s client certificate in {credentials.crl}. Now, on the server: copy crl.pem to the "
-             "server's certificate folder if this is not it, make the proxy re-read it (`systemctl reload fedsim-server`, "
-             "or `kill -HUP` the `fedsim deploy server` process), and unregister the node's key: "
+             "server's certificate folder if this is not it, make the proxy re-read it "
+             "(`systemctl reload fedsim-server`, or `kill -HUP` the `fedsim deploy server` process), and unregister "
+             "the node's key: "
              f"`flwr supernode ls` shows its node id, `flwr supernode unregister <node-id> <connection>`")
         return
     if options.add_nodes:
@@ -77,7 +83,8 @@ def certs_command(args: Sequence[str]) -> None:
         nodes = credentials.nodes
         hosts = ", ".join(["localhost", "127.0.0.1", *options.host])
         _say(f"CA: {credentials.ca_cert} (ca.key stays with the operator; keep it offline when not issuing)")
-        _say(f"server: {credentials.server_cert}, {credentials.server_key} (valid for {hosts}), revocations: {credentials.crl}")
+        _say(f"server: {credentials.server_cert}, {credentials.server_key} (valid for {hosts}), "
+             f"revocations: {credentials.crl}")
     for node in nodes:
         _say(f"{node.name}: copy {node.folder}/ to that client machine; on the server, register it with "
              f"`flwr supernode register {node.auth_public_key} <connection> --name {node.name}`")
@@ -153,11 +160,13 @@ def server_command(args: list[str]) -> None:
     credentials = None
     if not options.insecure:
         if options.certs is None:
-            raise DeployError("fedsim deploy server needs --certs DIR (from `fedsim certs DIR --nodes N --host <this server>`)")
+            raise DeployError("fedsim deploy server needs --certs DIR "
+                              "(from `fedsim certs DIR --nodes N --host <this server>`)")
         credentials = Credentials(options.certs)
         for path in (credentials.ca_cert, credentials.server_cert, credentials.server_key, credentials.crl):
             if not path.is_file():
-                raise DeployError(f"--certs {options.certs} has no {path.name}: make it with `fedsim certs {options.certs} ...`")
+                raise DeployError(f"--certs {options.certs} has no {path.name}: "
+                                  f"make it with `fedsim certs {options.certs} ...`")
     layout = ServerLayout(options.state.resolve(), credentials, host, port, options.superlink_port)
     install_signal_handlers()
     processes = ProcessSet(layout.state_dir / "logs", write_flower_shims(layout.state_dir / "bin"))
@@ -169,9 +178,10 @@ def server_command(args: list[str]) -> None:
     signal.signal(signal.SIGHUP, reload_proxy)
     try:
         start_server(processes, layout, processes.path_prefix)
-        _say(f"SuperLink: {layout.control_address} (loopback: the operator's flwr connects here, with root-certificates "
-             f"{credentials.ca_cert if credentials else '-'}); state {layout.database}")
-        _say(f"client machines connect to {options.listen}" + ("" if options.insecure else " through the proxy (client certificate required)"))
+        _say(f"SuperLink: {layout.control_address} (loopback: the operator's flwr connects here, with "
+             f"root-certificates {credentials.ca_cert if credentials else '-'}); state {layout.database}")
+        through = "" if options.insecure else " through the proxy (client certificate required)"
+        _say(f"client machines connect to {options.listen}{through}")
         _say(f"logs: {processes.log_dir}")
         while all(process.poll() is None for process in processes.processes.values()):
             time.sleep(1.0)
@@ -185,8 +195,8 @@ def server_command(args: list[str]) -> None:
 
 
 def node_command(args: list[str]) -> None:
-    """`fedsim deploy node --superlink HOST:PORT --credentials DIR --node-config '...' [--check] [flower-supernode options]`:
-    check the link, then become the SuperNode (`fedsim.deploy.supernode`)."""
+    """`fedsim deploy node --superlink HOST:PORT --credentials DIR --node-config '...' [--check]
+    [flower-supernode options]`: check the link, then become the SuperNode (`fedsim.deploy.supernode`)."""
     from .certs import NodeCredentials
     from .preflight import check_superlink
     from .supernode import BOOTSTRAP, CLIENT_CERT_VARIABLE, CLIENT_KEY_VARIABLE, NODE_NAME_VARIABLE, PUBLIC_KEY_VARIABLE
@@ -198,8 +208,8 @@ def node_command(args: list[str]) -> None:
     parser.add_argument("--insecure", action="store_true", help="no TLS: only against a server started with --insecure")
     options, flower_args = parser.parse_known_args(args)
     if any(arg.startswith("--isolation") or arg.startswith("--superexec-auth-secret-file") for arg in flower_args):
-        raise DeployError("fedsim deploy node runs the SuperNode with its own warm ClientApp worker: leave out --isolation "
-                          "and --superexec-auth-secret-file")
+        raise DeployError("fedsim deploy node runs the SuperNode with its own warm ClientApp worker: "
+                          "leave out --isolation and --superexec-auth-secret-file")
     _address(options.superlink, "--superlink")
     env = {}
     supernode_args = ["--superlink", options.superlink, *flower_args]
@@ -208,16 +218,18 @@ def node_command(args: list[str]) -> None:
         supernode_args.append("--insecure")
     else:
         if options.credentials is None:
-            raise DeployError("fedsim deploy node needs --credentials <this node's folder from fedsim certs, e.g. node-0/> "
-                              "(or --insecure against a server started with --insecure)")
+            raise DeployError("fedsim deploy node needs --credentials <this node's folder from fedsim certs, "
+                              "e.g. node-0/> (or --insecure against a server started with --insecure)")
         node = NodeCredentials(options.credentials)
         for path in (node.ca_cert, node.client_cert, node.client_key, node.auth_key):
             if not path.is_file():
-                raise DeployError(f"--credentials {options.credentials} has no {path.name}: copy the whole nodes/node-<i> "
-                                  "folder that fedsim certs made")
+                raise DeployError(f"--credentials {options.credentials} has no {path.name}: "
+                                  "copy the whole nodes/node-<i> folder that fedsim certs made")
         if node.auth_key.stat().st_mode & 0o077:
-            raise DeployError(f"{node.auth_key} can be read by other users: `chmod 600 {node.auth_key} {node.client_key}`")
-        check_superlink(options.superlink, node.ca_cert, False, client_cert=node.client_cert, client_key=node.client_key)
+            raise DeployError(f"{node.auth_key} can be read by other users: "
+                              f"`chmod 600 {node.auth_key} {node.client_key}`")
+        check_superlink(options.superlink, node.ca_cert, False, client_cert=node.client_cert,
+                        client_key=node.client_key)
         supernode_args += ["--root-certificates", str(node.ca_cert), "--auth-supernode-private-key", str(node.auth_key)]
         env = {CLIENT_CERT_VARIABLE: str(node.client_cert), CLIENT_KEY_VARIABLE: str(node.client_key),
                NODE_NAME_VARIABLE: node.name, PUBLIC_KEY_VARIABLE: str(node.auth_public_key)}
@@ -264,8 +276,9 @@ def check_memory(nodes: int, available_gib: float | None = None) -> None:
     if available_gib is None:
         available_gib = _available_memory_gib()
     if available_gib is not None and nodes * NODE_MEMORY_GIB > available_gib:
-        raise DeployError(f"--nodes {nodes} needs about {nodes * NODE_MEMORY_GIB:.0f} GiB ({NODE_MEMORY_GIB} GiB per SuperNode "
-                          f"and its worker) but this machine has {available_gib:.1f} GiB available: use fewer --nodes")
+        raise DeployError(f"--nodes {nodes} needs about {nodes * NODE_MEMORY_GIB:.0f} GiB ({NODE_MEMORY_GIB} GiB per "
+                          f"SuperNode and its worker) but this machine has {available_gib:.1f} GiB available: "
+                          "use fewer --nodes")
 
 
 def _available_memory_gib() -> float | None:

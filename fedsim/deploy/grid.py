@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from ..grid_wrapper import GridWrapper
+from ..grid.wrapper import GridWrapper
 
 FIRST_LOOK = 0.01
 LONGEST_WAIT = 0.5

@@ -36,7 +36,8 @@ from .processes import ProcessSet, free_port, write_flower_shims
 from .server_app import OVERRIDES_KEY, RUN_DIR_KEY
 from .superlink import ServerLayout, start_server, wait_until_listening
 
-__all__ = ["CONNECTION", "DeployError", "LocalFederation", "deploy_local", "federation_overrides", "write_installed_app"]
+__all__ = ["CONNECTION", "DeployError", "LocalFederation", "deploy_local", "federation_overrides",
+           "write_installed_app"]
 
 CONNECTION = "fedsim-local"
 HOST = "127.0.0.1"
@@ -69,7 +70,8 @@ def write_installed_app(folder: Path) -> Path:
     from .. import __version__
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(version=__version__, overrides=OVERRIDES_KEY, run_dir=RUN_DIR_KEY))
+    pyproject = APP_PYPROJECT.format(version=__version__, overrides=OVERRIDES_KEY, run_dir=RUN_DIR_KEY)
+    (folder / "pyproject.toml").write_text(pyproject)
     return folder
 
 
@@ -85,10 +87,11 @@ def node_config_text(config: Mapping[str, Any]) -> str:
     return " ".join(f"{key}={value(item)}" for key, item in config.items())
 
 
-def node_command(superlink: str, node: NodeCredentials | None, node_config: Mapping[str, Any], runtime_port: int) -> list[str]:
+def node_command(superlink: str, node: NodeCredentials | None, node_config: Mapping[str, Any],
+                 runtime_port: int) -> list[str]:
     """`fedsim deploy node ...` for one SuperNode, as an operator types it on a client machine."""
-    command = [sys.executable, "-m", "fedsim.cli", "deploy", "node", "--superlink", superlink, "--port", str(runtime_port),
-               "--node-config", node_config_text(node_config)]
+    command = [sys.executable, "-m", "fedsim.cli", "deploy", "node", "--superlink", superlink,
+               "--port", str(runtime_port), "--node-config", node_config_text(node_config)]
     return command + (["--credentials", str(node.folder)] if node is not None else ["--insecure"])
 
 
@@ -161,12 +164,14 @@ class LocalFederation:
             self.start_supernode(index)
         protection = "insecure" if self.insecure else "TLS proxy with client certificates + SuperNode auth"
         self.say(f"federation up: nodes connect to {self.host}:{self.layout.listen_port} ({protection}), operator's "
-                 f"SuperLink {self.layout.control_address}; {self.num_nodes} SuperNodes; logs in {self.processes.log_dir}")
+                 f"SuperLink {self.layout.control_address}; {self.num_nodes} SuperNodes; "
+                 f"logs in {self.processes.log_dir}")
 
     def stop(self) -> None:
         """Stop the SuperNodes first, so they sign off while the SuperLink still listens (a node that did not stays
         "online" for a minute and could not activate at once in a restarted federation), then everything else."""
-        nodes = [process for name, process in self.processes.processes.items() if name.startswith("supernode") and process.poll() is None]
+        nodes = [process for name, process in self.processes.processes.items()
+                 if name.startswith("supernode") and process.poll() is None]
         for process in nodes:
             process.terminate()
         deadline = time.monotonic() + 15
@@ -209,7 +214,8 @@ class LocalFederation:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
                  f'address = "{self.layout.control_address}"']
-        lines.append(f'root-certificates = "{self.credentials.ca_cert}"' if self.credentials is not None else "insecure = true")
+        lines.append(f'root-certificates = "{self.credentials.ca_cert}"' if self.credentials is not None
+                     else "insecure = true")
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def environment(self) -> dict[str, str]:
@@ -233,24 +239,27 @@ class LocalFederation:
             raise DeployError(f"flwr supernode register {node.auth_public_key} failed: {output}")
 
     # --- client machines ---------------------------------------------------------------------------------
-    def start_supernode(self, index: int, node: NodeCredentials | None = None, node_config: Mapping[str, Any] | None = None,  # pylint: disable=too-many-arguments
+    def start_supernode(self, index: int, node: NodeCredentials | None = None,  # pylint: disable=too-many-arguments
+                        node_config: Mapping[str, Any] | None = None,
                         name: str | None = None, env: Mapping[str, str] | None = None,
                         prefix: Sequence[str] | None = None) -> subprocess.Popen:
         """Start one SuperNode with `fedsim deploy node`; by default node `index` with its credentials and partition,
         under `node_prefix(index)`."""
         assert self.layout is not None
         config = dict(node_config if node_config is not None else self.node_configs[index])
-        credentials = node if node is not None else (self.credentials.nodes[index] if self.credentials is not None else None)
-        command = node_command(f"{self.host}:{self.layout.listen_port}", credentials, config, free_port(HOST))
+        if node is None and self.credentials is not None:
+            node = self.credentials.nodes[index]
+        command = node_command(f"{self.host}:{self.layout.listen_port}", node, config, free_port(HOST))
         if prefix is None:
             prefix = list(self.node_prefix(index)) if self.node_prefix is not None else []
-        return self.processes.start(name or f"supernode-{index}", [*prefix, *command], {**self.environment(), **(env or {})},
-                                    cwd=self.work_dir)
+        return self.processes.start(name or f"supernode-{index}", [*prefix, *command],
+                                    {**self.environment(), **(env or {})}, cwd=self.work_dir)
 
     def _run_command(self, overrides: Sequence[str], run_dir: Path, stream: bool) -> list[str]:
         app = self.app_dir or write_installed_app(self.work_dir / "app")
         run_config = write_run_config(self.work_dir / f"run-config-{time.monotonic_ns()}.toml", overrides, run_dir)
-        command = ["flwr", "run", str(app), CONNECTION, "--run-config", str(run_config), *(["--stream"] if stream else [])]
+        command = ["flwr", "run", str(app), CONNECTION, "--run-config", str(run_config),
+                   *(["--stream"] if stream else [])]
         return [*self.server_prefix, *self._shimmed(command)]
 
     def submit(self, overrides: Sequence[str], run_dir: str | Path, on_line: Callable[[str], None] | None = None,
@@ -258,8 +267,8 @@ class LocalFederation:
         """Run one experiment (`flwr run ... --stream`), relay its log lines, and return the run's summary. A
         `run_dir` that holds an interrupted run of the same experiment continues from its checkpoint."""
         run_dir = Path(run_dir).resolve()
-        return submit_run(self._run_command(overrides, run_dir, stream=True), self.processes.environment(self.environment()),
-                          run_dir, self.work_dir, on_line, timeout,
+        return submit_run(self._run_command(overrides, run_dir, stream=True),
+                          self.processes.environment(self.environment()), run_dir, self.work_dir, on_line, timeout,
                           flwr=[*self.server_prefix, *self._shimmed(["flwr"])], connection=CONNECTION)
 
     def start_run(self, overrides: Sequence[str], run_dir: str | Path) -> str:
@@ -274,7 +283,8 @@ class LocalFederation:
 
 def write_run_config(path: Path, overrides: Sequence[str], run_dir: Path) -> Path:
     """The `--run-config` file of `flwr run` that submits an experiment (its overrides) into `run_dir`."""
-    path.write_text(f"{OVERRIDES_KEY} = {toml_string(shlex.join(overrides))}\n{RUN_DIR_KEY} = {toml_string(str(run_dir))}\n")
+    path.write_text(f"{OVERRIDES_KEY} = {toml_string(shlex.join(overrides))}\n"
+                    f"{RUN_DIR_KEY} = {toml_string(str(run_dir))}\n")
     return path
 
 
@@ -297,13 +307,15 @@ def submit_run(command: Sequence[str], env: Mapping[str, str], run_dir: Path, cw
         run_id = _follow(command, env, cwd, lines, on_line, started, timeout) or run_id
         if _summary_written(summary_file, earlier) or any("fedsim: error: " in line for line in lines):
             break
-        if flwr is None or run_id is None or follows >= MAX_FOLLOWS or not _still_running(flwr, connection, run_id, env, cwd):
+        if (flwr is None or run_id is None or follows >= MAX_FOLLOWS
+                or not _still_running(flwr, connection, run_id, env, cwd)):
             break
         follows += 1
         if on_line is not None:
             on_line(f"fedsim: the log stream of run {run_id} broke while it runs; following it again")
         command = [*flwr, "log", str(run_id), *([connection] if connection else []), "--stream"]
-    ours = [line.split("fedsim: error: ", 1)[1] for line in lines if "fedsim: error: " in line]  # the ServerApp's one line
+    # the ServerApp's one line
+    ours = [line.split("fedsim: error: ", 1)[1] for line in lines if "fedsim: error: " in line]
     if ours:
         raise DeployError(ours[-1])
     if not _summary_written(summary_file, earlier):
@@ -376,7 +388,8 @@ def federation_overrides(overrides: Sequence[str], num_nodes: int) -> list[str]:
         raise DeployError("--nodes needs a positive number of SuperNodes")
     given = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "num_clients"]
     if given and given[-1].split("=", 1)[1] != str(num_nodes):
-        raise DeployError(f"{given[-1]} but --nodes {num_nodes}: each SuperNode holds one partition, so use the same number")
+        raise DeployError(f"{given[-1]} but --nodes {num_nodes}: each SuperNode holds one partition, "
+                          "so use the same number")
     result = list(overrides) if given else [*overrides, f"num_clients={num_nodes}"]
     validate(compose_experiment(result))
     return result

@@ -38,7 +38,8 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000  # Flower's: 5,000
 TASK_HEARTBEAT_PATIENCE = 10  # heartbeats (30 s each) a task token outlives its last one; Flower's: 2
 
 
-def prompt_object_pulls(module: ModuleType, function: str = "pull_objects", retries: tuple[float, float] = FROM_SUPERLINK) -> None:
+def prompt_object_pulls(module: ModuleType, function: str = "pull_objects",
+                        retries: tuple[float, float] = FROM_SUPERLINK) -> None:
     """Make `module`'s calls of Flower's object-pulling `function` retry after `retries` = (first, longest wait)."""
     original = getattr(module, function)
     if isinstance(original, functools.partial):  # already done

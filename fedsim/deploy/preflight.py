@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import DeployError
 
-PROBE_PATH = "/v1/fleet/fedsim-preflight"  # a Fleet-shaped path: the proxy passes it on, the SuperLink has no such method
+# A Fleet-shaped path: the proxy passes it on, the SuperLink has no such method.
+PROBE_PATH = "/v1/fleet/fedsim-preflight"
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -34,8 +35,8 @@ def check_superlink(address: str, root_certificates: str | Path | None, insecure
         raise DeployError(f"cannot resolve the SuperLink host {host!r} (--superlink {address})") from None
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise DeployError(f"cannot reach the SuperLink at {address} ({reason}): check --superlink, that `fedsim deploy server` "
-                          f"listens there on port {port}, and the firewall") from None
+        raise DeployError(f"cannot reach the SuperLink at {address} ({reason}): check --superlink, "
+                          f"that `fedsim deploy server` listens there on port {port}, and the firewall") from None
     with raw:
         probe = ssl.create_default_context()
         probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE  # first: does it speak TLS at all?
@@ -50,8 +51,8 @@ def check_superlink(address: str, root_certificates: str | Path | None, insecure
     if insecure:
         return
     if not speaks_tls:
-        raise DeployError(f"the SuperLink at {address} does not speak TLS (started with --insecure?): start the server with "
-                          "`fedsim deploy server --certs DIR`, or this node with --insecure")
+        raise DeployError(f"the SuperLink at {address} does not speak TLS (started with --insecure?): "
+                          "start the server with `fedsim deploy server --certs DIR`, or this node with --insecure")
     if root_certificates is None:
         return  # Flower then uses the system's CAs; their verdict comes from Flower itself
     if not Path(root_certificates).is_file():
@@ -67,8 +68,9 @@ def check_superlink(address: str, root_certificates: str | Path | None, insecure
         connection.close()
     except ssl.SSLCertVerificationError as error:
         reason = error.verify_message or str(error)
-        raise DeployError(f"the SuperLink's certificate does not verify against {root_certificates} for {host!r} ({reason}): "
-                          f"use the ca.crt that signed it, and make its certificate with `fedsim certs --host {host}`") from None
+        raise DeployError(f"the SuperLink's certificate does not verify against {root_certificates} for {host!r} "
+                          f"({reason}): use the ca.crt that signed it, and make its certificate with "
+                          f"`fedsim certs --host {host}`") from None
     except (ssl.SSLError, OSError) as error:
         raise DeployError(f"the server at {address} broke off the TLS connection ({error}): its proxy may have refused "
                           "this node's client certificate") from None

@@ -62,9 +62,11 @@ def flower_command(name: str) -> list[str]:
     if name in ADJUSTED_ENTRY_POINTS:
         value = ADJUSTED_ENTRY_POINTS[name]
     else:
-        value = next(e for e in distribution(FLOWER_DISTRIBUTION).entry_points if e.group == "console_scripts" and e.name == name).value
+        value = next(e for e in distribution(FLOWER_DISTRIBUTION).entry_points
+                     if e.group == "console_scripts" and e.name == name).value
     module, _, function = value.partition(":")
-    return [sys.executable, "-c", f"import sys; from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"]
+    code = f"import sys; from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"
+    return [sys.executable, "-c", code]
 
 
 def _sh_quote(text: str) -> str:
@@ -155,7 +157,8 @@ class ProcessSet:
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         # Flower's telemetry would report every start to Flower's servers: off, as in an offline deployment.
-        env = {**os.environ, TOKEN_VARIABLE: self.token, "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0", **(extra or {})}
+        env = {**os.environ, TOKEN_VARIABLE: self.token, "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0",
+               **(extra or {})}
         if self.path_prefix is not None:
             env["PATH"] = f"{self.path_prefix}{os.pathsep}{env.get('PATH', '')}"
         return env
@@ -163,7 +166,8 @@ class ProcessSet:
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
-    def start(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    def start(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen:
         """Start `args` in a new session, output to `<log_dir>/<name>.log`."""
         log = open(self.log_path(name), "ab")  # pylint: disable=consider-using-with
         self._logs.append(log)

@@ -128,7 +128,8 @@ def _nobody_group() -> str:
 
 def nginx_binary() -> str:
     """The nginx executable, or a one-line error saying how to install it."""
-    found = shutil.which(NGINX) or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None)
+    found = shutil.which(NGINX) or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()),
+                                        None)
     if found is None:
         raise ProxyError("the proxy needs nginx, which is not installed: `sudo apt-get install nginx` (Debian/Ubuntu), "
                          "or run a trusted network only with --insecure")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeployError
-from .processes import flower_command
 from .local_federation import FEDERATION_FILE, LocalFederation, submit_run, write_installed_app, write_run_config
+from .processes import flower_command
 from .server_app import DEPLOYMENT_FILE
 
 REACH_TIMEOUT = 30.0
@@ -55,8 +55,8 @@ def resume_deployed(folder: Path, federation: str | None = None, say: Callable[[
     with tempfile.TemporaryDirectory(prefix="fedsim-resume-") as temporary:
         app = write_installed_app(Path(temporary) / "app")
         run_config = write_run_config(Path(temporary) / "run-config.toml", overrides, run_dir)
-        command = [*flower_command("flwr"), "run", str(app), *([connection] if connection else []), "--run-config", str(run_config),
-                   "--stream"]
+        command = [*flower_command("flwr"), "run", str(app), *([connection] if connection else []),
+                   "--run-config", str(run_config), "--stream"]
         return submit_run(command, {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}, run_dir, Path.cwd(), on_line=say,
                           flwr=flower_command("flwr"), connection=connection)
 
@@ -65,16 +65,18 @@ def _check_reachable(connection: str) -> None:
     """One line, and nothing submitted, when the operator's SuperLink does not answer `flwr ls`."""
     name = f"connection {connection!r}" if connection else "the default connection of $FLWR_HOME/config.toml"
     try:
-        completed = subprocess.run([*flower_command("flwr"), "ls", *([connection] if connection else []), "--format", "json"],
-                                   capture_output=True, text=True, timeout=REACH_TIMEOUT, check=False,
-                                   env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        completed = subprocess.run([*flower_command("flwr"), "ls", *([connection] if connection else []),
+                                    "--format", "json"], capture_output=True, text=True, timeout=REACH_TIMEOUT,
+                                   check=False, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
         answer = json.loads(completed.stdout) if completed.stdout.strip().startswith("{") else {}
-        problem = None if answer.get("success") else (answer.get("error-message") or completed.stderr or completed.stdout)
+        problem = (None if answer.get("success")
+                   else (answer.get("error-message") or completed.stderr or completed.stdout))
     except subprocess.TimeoutExpired:
         problem = f"no answer within {REACH_TIMEOUT:.0f} s"
     if problem is not None:
-        reason = [line.strip() for line in str(problem).splitlines() if line.strip() and not line.startswith("Using SuperLink")]
-        raise DeployError(f"cannot reach the federation's SuperLink through {name} ({reason[-1] if reason else problem}): "
-                          "this run was deployed, so it continues only on its federation: start the SuperLink "
-                          "(fedsim deploy server), check `flwr ls`, then run fedsim resume again (--federation NAME picks a "
-                          "connection)")
+        reason = [line.strip() for line in str(problem).splitlines()
+                  if line.strip() and not line.startswith("Using SuperLink")]
+        raise DeployError(f"cannot reach the federation's SuperLink through {name} "
+                          f"({reason[-1] if reason else problem}): this run was deployed, so it continues only on its "
+                          "federation: start the SuperLink (fedsim deploy server), check `flwr ls`, then run fedsim "
+                          "resume again (--federation NAME picks a connection)")

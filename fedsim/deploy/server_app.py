@@ -25,7 +25,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid
 
 from ..errors import FedsimError
-from ..results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Recorder, write_atomic
+from ..recorder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Recorder, RoundRecord, write_atomic
 
 OVERRIDES_KEY = "overrides"
 RUN_DIR_KEY = "run-dir"
@@ -57,12 +57,12 @@ class LoggingRecorder(Recorder):
         record = {"overrides": overrides, "run_dir": str(self.run_dir.resolve()), "flower_run_ids": [*previous, run_id]}
         write_atomic(path, json.dumps(record, indent=2).encode())
 
-    def record_round(self, server_round: int, test_accuracy: float, test_loss: float, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        row = super().record_round(server_round, test_accuracy, test_loss, *args, **kwargs)
+    def record_round(self, record: RoundRecord) -> dict[str, Any]:
+        row = super().record_round(record)
         total = int(self.experiment["num_rounds"])
         print(
-            f"fedsim: round {server_round}/{total} test_accuracy={test_accuracy:.4f} test_loss={test_loss:.4f} "
-            f"train_clients={row['train_clients']} failures={row['failures']}",
+            f"fedsim: round {record.server_round}/{total} test_accuracy={record.test_accuracy:.4f} "
+            f"test_loss={record.test_loss:.4f} train_clients={row['train_clients']} failures={row['failures']}",
             flush=True,
         )
         return row
@@ -81,7 +81,8 @@ def _lock(run_dir: Path) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise FedsimError(f"run-dir {run_dir} is in use by a run still going: wait for it (flwr ls), or choose another run-dir") from None
+        raise FedsimError(f"run-dir {run_dir} is in use by a run still going: wait for it (flwr ls), "
+                          "or choose another run-dir") from None
     _LOCKS.append(handle)
 
 
@@ -121,7 +122,8 @@ def _differing_keys(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
     if not isinstance(stored, dict) or not isinstance(wanted, dict):
         return [prefix] if stored != wanted else []
     keys = sorted(set(stored) | set(wanted))
-    return [path for key in keys for path in _differing_keys(stored.get(key), wanted.get(key), f"{prefix}{key}" if not prefix else f"{prefix}.{key}")]
+    return [path for key in keys
+            for path in _differing_keys(stored.get(key), wanted.get(key), f"{prefix}.{key}" if prefix else f"{key}")]
 
 
 def _finished_rounds(metrics: Path) -> int:
@@ -135,13 +137,13 @@ def _finished_rounds(metrics: Path) -> int:
 
 def run_deployed(grid: Grid, context: Context) -> dict[str, Any]:
     """Compose, validate and run (or continue) the experiment the run config names; returns the run's summary."""
+    from flwr.superlink.grid import http_grid
+
     from ..config import compose_experiment
     from ..run import describe_choices, prepare_run
     from ..server import run_server
     from .grid import PromptGrid
     from .pacing import prompt_object_pulls
-
-    from flwr.superlink.grid import http_grid
 
     prompt_object_pulls(http_grid)  # the replies' objects, pulled from the SuperLink (fedsim.deploy.pacing)
     run_dir = run_dir_from_run_config(context.run_config, context.run_id)
@@ -159,5 +161,6 @@ def run_deployed(grid: Grid, context: Context) -> dict[str, Any]:
     recorder.record_deployment(overrides, context.run_id)
     print(f"fedsim: {'continuing the run in' if resume else 'run folder'} {run_dir.resolve()}", flush=True)
     summary = run_server(PromptGrid(grid), experiment, recorder, show_progress=False, resume=resume)
-    print(f"fedsim: finished, final test accuracy {summary['final_accuracy']:.4f}; run folder {run_dir.resolve()}", flush=True)
+    print(f"fedsim: finished, final test accuracy {summary['final_accuracy']:.4f}; run folder {run_dir.resolve()}",
+          flush=True)
     return summary

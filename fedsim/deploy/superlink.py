@@ -56,7 +56,9 @@ class ServerLayout:
     @property
     def control_address(self) -> str:
         """Where the operator's `flwr` reaches the SuperLink (the Control API): the server's loopback."""
-        return f"{SUPERLINK_HOST}:{self.superlink_port}" if self.credentials is not None else f"{self.listen_host}:{self.listen_port}"
+        if self.credentials is not None:
+            return f"{SUPERLINK_HOST}:{self.superlink_port}"
+        return f"{self.listen_host}:{self.listen_port}"
 
     def superlink_command(self) -> list[str]:
         if self.credentials is None:
@@ -74,7 +76,8 @@ def listening(host: str, port: int, prefix: tuple[str, ...] = ()) -> bool:
     a network namespace)."""
     if prefix:
         code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=0.5)"
-        return subprocess.run([*prefix, sys.executable, "-S", "-c", code], capture_output=True, check=False).returncode == 0
+        probe = subprocess.run([*prefix, sys.executable, "-S", "-c", code], capture_output=True, check=False)
+        return probe.returncode == 0
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -101,7 +104,8 @@ def wait_until_listening(processes: ProcessSet, name: str, host: str, port: int,
         time.sleep(0.2)
 
 
-def start_server(processes: ProcessSet, layout: ServerLayout, shim: Path | None = None, prefix: tuple[str, ...] = ()) -> None:
+def start_server(processes: ProcessSet, layout: ServerLayout, shim: Path | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
     """Start the SuperLink and, unless insecure, the proxy; return once both accept connections.
 
     `shim`: a folder of Flower console-script wrappers to run them with (see `processes.write_flower_shims`);
@@ -120,7 +124,8 @@ def start_server(processes: ProcessSet, layout: ServerLayout, shim: Path | None 
     settings = ProxySettings(layout.listen_host, layout.listen_port, layout.superlink_port, layout.credentials)
     config = write_standalone_config(settings, layout.proxy_dir)
     processes.start("proxy", [*prefix, *nginx_command(config)], cwd=layout.proxy_dir)
-    wait_until_listening(processes, "proxy", _reachable(layout.listen_host), layout.listen_port, "the proxy (nginx)", prefix)
+    wait_until_listening(processes, "proxy", _reachable(layout.listen_host), layout.listen_port, "the proxy (nginx)",
+                         prefix)
 
 
 def _reachable(host: str) -> str:

@@ -122,7 +122,8 @@ class WorkerWatchdog:
             if self.stopping.is_set():
                 return
             reason = " (SIGKILL: out of memory?)" if code == -9 else ""
-            print(f"fedsim: the ClientApp worker exited with code {code}{reason}; starting a new one", file=sys.stderr, flush=True)
+            print(f"fedsim: the ClientApp worker exited with code {code}{reason}; starting a new one", file=sys.stderr,
+                  flush=True)
             self.stopping.wait(WORKER_RESTART_DELAY)
 
     def stop(self) -> None:
@@ -172,16 +173,17 @@ def main(args: Sequence[str] | None = None) -> None:
         if not activation.refused:
             raise
         if time.time() < deadline:  # most likely this node's previous process, still counted online: try again
-            print(f"fedsim: the SuperLink refused to activate this node; trying again in {ACTIVATION_RETRY_DELAY:.0f} s "
+            print("fedsim: the SuperLink refused to activate this node; "
+                  f"trying again in {ACTIVATION_RETRY_DELAY:.0f} s "
                   "(a SuperNode with this key that stopped less than a minute ago still counts as online)",
                   file=sys.stderr, flush=True)
             os.environ[RETRY_VARIABLE] = "1"
             os.execv(sys.executable, [sys.executable, "-c", BOOTSTRAP, *args])  # before Flower's 5 s forced exit
         name = os.environ.get(NODE_NAME_VARIABLE, "node-<i>")
         public_key = os.environ.get(PUBLIC_KEY_VARIABLE, "<this node's node.pub>")
-        print(f"fedsim: error: the SuperLink refuses this node's key: on the server, register it with `flwr supernode "
-              f"register {public_key} <connection> --name {name}` (if it is registered, another SuperNode with this key "
-              "is running)", file=sys.stderr, flush=True)
+        print("fedsim: error: the SuperLink refuses this node's key: on the server, register it with "
+              f"`flwr supernode register {public_key} <connection> --name {name}` "
+              "(if it is registered, another SuperNode with this key is running)", file=sys.stderr, flush=True)
         raise
     except BaseException:
         clean_up()

@@ -91,7 +91,8 @@ def _task_client(address: str, token: str) -> RuntimeHttpClient:
 
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)],
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(token)],
         retry_invoker=make_simple_http_retry_invoker(),
     )
 
@@ -145,7 +146,8 @@ def run_task(address: str, token: str, warm: WarmApp) -> None:
 
         status, details = SubStatus.COMPLETED, ""
     except Exception as error:  # pylint: disable=broad-exception-caught  # as flwr-clientapp: the server gets an error reply
-        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(error, LoadClientAppError) else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        code = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(error, LoadClientAppError)
+                else ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
         details = f"{type(error)}:<'{error}'>"
         logger.error("ClientApp raised an exception", exc_info=error)
         if message is not None:
@@ -207,8 +209,8 @@ def serve(address: str, secret: bytes, pacing: Pacing | None = None) -> None:
         # SuperNode, say, after the SuperLink crashed mid-transfer) does not hold up the tasks after it, as a
         # separate `flwr-clientapp` process would not. The SuperNode hands out one message at a time, so tasks
         # do not otherwise overlap.
-        threading.Thread(target=_run_task_logged, args=(address, answer.token, warm), name=f"task-{answer.task.task_id}",
-                         daemon=True).start()
+        threading.Thread(target=_run_task_logged, args=(address, answer.token, warm),
+                         name=f"task-{answer.task.task_id}", daemon=True).start()
         pacing.after_task()
 
 
@@ -229,7 +231,8 @@ def _prompt_object_pulls() -> None:
 def worker_command(runtime_address: str, secret_file: Path, parent_pid: int | None = None) -> list[str]:
     """How to start a worker: by its file, not `-m fedsim...`, so that no `fedsim` package is imported before the
     FAB's ClientApp is (a FAB built from a clone carries its own `fedsim`)."""
-    command = [sys.executable, str(WORKER_SCRIPT), "--runtime-api-address", runtime_address, "--secret-file", str(secret_file)]
+    command = [sys.executable, str(WORKER_SCRIPT), "--runtime-api-address", runtime_address,
+               "--secret-file", str(secret_file)]
     return command + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])
 
 

@@ -1,32 +1,48 @@
 """Train a cohort of clients at once: parameters stacked along a client dimension, one `vmap(grad)` per step.
 
-Each client's arithmetic is what `fedsim.training.train_local` does for it alone (same data order, same minibatches,
-PyTorch SGD's momentum and weight decay, the FedProx term), so results match the one-client-at-a-time path up to
-float rounding. Clients with fewer steps (smaller data, stragglers' fewer epochs) stop updating once their steps are
-done; their padded minibatch rows carry a zero mask, so no sample is dropped or repeated.
+The kernel trains the ClientApp's own description of a round (`fedsim.client_plan.LocalTraining`) and says which it
+can (`supports`, `unbatchable_reason`): the objective terms it computes (`OBJECTIVES`), no per-row sample weights, a
+model vmap can batch. Each client's arithmetic is what `fedsim.training.train_local` does for it alone (same data
+order, same minibatches, PyTorch SGD's momentum and weight decay, the same `LocalObjective` terms), so results match
+the one-client-at-a-time path up to float rounding. Clients with fewer steps (smaller data, stragglers' fewer
+epochs) stop updating once their steps are done; their padded minibatch rows carry a zero mask, so no sample is
+dropped or repeated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..data.tensors import ArrayDataset
-from ..training import TrainResult, TrainSettings
+from ..client_plan import LocalTraining
+from ..training import ProximalTerm, TrainResult
 
 # Layers whose training-mode forward vmap cannot batch per client, or whose randomness would differ from the
 # one-client path: a model holding one trains client by client.
 _UNBATCHABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)  # pylint: disable=protected-access
+# The objective terms the kernel computes per client (each with its own coefficient).
+OBJECTIVES = (ProximalTerm,)
+
+
+def supports(training: LocalTraining) -> str | None:
+    """Why the kernel cannot train this round as the ClientApp would, or None when it can."""
+    unknown = [type(term).__name__ for term in training.objectives if type(term) not in OBJECTIVES]
+    if unknown:
+        return f"objective term {unknown[0]} is not one the cohort kernel computes"
+    if training.sample_weights is not None:
+        return "per-row sample weights (local debiasing) are not batched"
+    return None
 
 
 def unbatchable_reason(model: nn.Module) -> str | None:
     """Why this model cannot train as a stacked cohort, or None when it can."""
     for name, module in model.named_modules():
         if isinstance(module, _UNBATCHABLE):
-            return f"layer {name or type(model).__name__} ({type(module).__name__}) cannot be batched per client by vmap"
+            return (f"layer {name or type(model).__name__} ({type(module).__name__}) "
+                    "cannot be batched per client by vmap")
     params = dict(model.named_parameters())
     if any(not p.requires_grad for p in params.values()):
         return "the model has frozen parameters"
@@ -38,17 +54,7 @@ def unbatchable_reason(model: nn.Module) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class CohortMember:
-    """One client of the cohort: its data, its local settings, its data-order seed and its starting weights."""
-
-    data: ArrayDataset
-    settings: TrainSettings
-    seed: int
-    start: dict[str, torch.Tensor]
-
-
-def _schedule(member: CohortMember) -> list[torch.Tensor]:
+def _schedule(member: LocalTraining) -> list[torch.Tensor]:
     """The client's minibatches (row indices) in the order `train_local` visits them."""
     generator = torch.Generator().manual_seed(member.seed)
     n, size = len(member.data), member.settings.batch_size
@@ -59,9 +65,24 @@ def _schedule(member: CohortMember) -> list[torch.Tensor]:
     return batches
 
 
-def train_cohort(model: nn.Module, members: list[CohortMember], device: torch.device
+def _proximal_mu(member: LocalTraining) -> float:
+    """The member's proximal coefficient: its proximal terms' mu summed (0 without one)."""
+    return sum(float(term.mu) for term in member.objectives if isinstance(term, ProximalTerm))
+
+
+def _starts(members: Sequence[LocalTraining]) -> list[dict[str, torch.Tensor]]:
+    """Each member's starting weights, converted once per ArrayRecord (strategies usually send one to every node)."""
+    converted: dict[int, dict[str, torch.Tensor]] = {}
+    for member in members:
+        if id(member.start) not in converted:
+            converted[id(member.start)] = member.start.to_torch_state_dict()
+    return [converted[id(member.start)] for member in members]
+
+
+def train_cohort(model: nn.Module, members: Sequence[LocalTraining], device: torch.device
                  ) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
-    """Train every member from its own starting weights; returns each one's trained weights (on CPU) and result.
+    """Train every member (each one `supports` accepts) from its own starting weights; returns each one's trained
+    weights (on CPU) and result.
 
     All members must share the batch size and weight decay (they come from the experiment config); epochs, lr,
     momentum and proximal mu may differ per member (strategies set them per node).
@@ -75,7 +96,8 @@ def train_cohort(model: nn.Module, members: list[CohortMember], device: torch.de
         raise ValueError("a cohort shares batch_size and weight_decay")
     model = model.to(device).train()
     names = [name for name, _ in model.named_parameters()]
-    params = {name: torch.stack([m.start[name] for m in members]).to(device=device) for name in names}
+    starts = _starts(members)
+    params = {name: torch.stack([start[name] for start in starts]).to(device=device) for name in names}
     dtype = params[names[0]].dtype
     anchor = {name: value.clone() for name, value in params.items()}
     buffers = {name: torch.zeros_like(value) for name, value in params.items()}
@@ -85,8 +107,8 @@ def train_cohort(model: nn.Module, members: list[CohortMember], device: torch.de
 
     lr = per_client([m.settings.lr for m in members])
     momentum = per_client([m.settings.momentum for m in members])
-    mu = per_client([m.settings.proximal_mu for m in members])
-    use_prox = any(m.settings.proximal_mu > 0 for m in members)
+    mu = per_client([_proximal_mu(m) for m in members])
+    use_prox = any(isinstance(term, ProximalTerm) for m in members for term in m.objectives)
 
     # Client data, padded to the largest client; padded rows are never unmasked.
     sizes = [len(m.data) for m in members]
@@ -117,9 +139,8 @@ def train_cohort(model: nn.Module, members: list[CohortMember], device: torch.de
         count = w.sum().clamp(min=1)
         loss_sum = (losses * w).sum()
         value = loss_sum / count
-        if use_prox:
-            proximal = sum(torch.sum((p[n] - a[n]) ** 2) for n in names)
-            value = value + 0.5 * client_mu * proximal
+        if use_prox:  # the ClientApp's term, with this client's mu
+            value = value + ProximalTerm(client_mu)([p[n] for n in names], [a[n] for n in names])
         correct = ((logits.argmax(1) == y).to(w.dtype) * w).sum()
         return value, (loss_sum.detach(), correct.detach())
 

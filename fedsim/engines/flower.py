@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from .base import Engine
-from .ray_resources import client_request
+from .ray_resources import check_client_resources, client_request, validate_flower_engine
 
 
 class _DropRunSimulationNotice(logging.Filter):
@@ -35,6 +35,17 @@ class FlowerEngine(Engine):
     """
 
     name = "flower"
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any]) -> None:
+        """`client_resources`, `address` and `ray_init_args`, each and together
+        (`ray_resources.validate_flower_engine`)."""
+        validate_flower_engine(arguments)
+
+    @classmethod
+    def check_resources(cls, arguments: Mapping[str, Any]) -> None:
+        """A request no Ray node can hold fails here, in one line, instead of a ServerApp waiting for nodes."""
+        check_client_resources(arguments)
 
     def __init__(self, client_resources: Mapping[str, float], ray_init_args: Mapping[str, Any] | None = None,
                  address: str | None = None) -> None:

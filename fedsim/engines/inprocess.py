@@ -16,19 +16,21 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from numbers import Integral
 from typing import Any
 from uuid import uuid4
 
 import torch
-from torch import nn
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
 
-from ..client import NUM_PARTITIONS, PARTITION_ID
+from ..protocol.constraints import Interval, Options
+from ..protocol.keys import NUM_PARTITIONS, PARTITION_ID
 from .base import Engine
 
 logger = logging.getLogger(__name__)
@@ -219,11 +221,19 @@ class InProcessEngine(Engine):
     worker the easiest to debug."""
 
     name = "inprocess"
+    _parameter_constraints = {"workers": [Options({AUTO}), Interval(Integral, 1, None, closed="left")]}
 
-    def __init__(self, workers: int | str = 1, device: str = AUTO, model: Callable[[], nn.Module] | None = None) -> None:
+    def __init__(self, workers: int | str = 1, device: str = AUTO,
+                 model: Callable[[], nn.Module] | None = None) -> None:
         self.workers = resolve_workers(workers, device, model)
         # Tests: partition -> extra node-config entries (e.g. a node told to `misbehave`); no config key sets it.
         self.node_config_extras: dict[int, dict[str, Any]] = {}
+
+    @classmethod
+    def from_config(cls, arguments: Mapping[str, Any], device: str = AUTO,
+                    model: Callable[[], nn.Module] | None = None) -> InProcessEngine:
+        """`workers: auto` settles on the experiment's device and model."""
+        return cls(**arguments, device=device, model=model)
 
     def run(self, server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
         grid = InProcessGrid(client_app, num_nodes, workers=self.workers, node_config_extras=self.node_config_extras)

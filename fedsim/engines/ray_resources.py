@@ -16,7 +16,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigError, FedsimError, first_line
+from ..errors import FedsimError, first_line
+from ..protocol.constraints import InvalidParameter
 
 RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU"}  # client_resources key -> Ray's resource name
 DEFAULT_CLIENT_RESOURCES = {"num_cpus": 1.0, "num_gpus": 0.0}
@@ -30,40 +31,43 @@ ADDRESS_ALLOWED = "null (start Ray on this machine), auto (the cluster `ray star
 
 def _quantity(key: str, value: Any, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, value, "a number")
+        raise InvalidParameter(key, value, "a number")
     if value < 0 or (positive and value == 0):
-        raise ConfigError(key, value, "a number > 0" if positive else "a number >= 0")
+        raise InvalidParameter(key, value, "a number > 0" if positive else "a number >= 0")
     if 0 < value < RAY_UNIT:
-        raise ConfigError(key, value, f"0 or at least {RAY_UNIT:g} (Ray's smallest share of a resource)")
+        raise InvalidParameter(key, value, f"0 or at least {RAY_UNIT:g} (Ray's smallest share of a resource)")
     return float(value)
 
 
-def validate_flower_engine(engine: Mapping[str, Any]) -> None:
-    """Types and ranges of `engine.client_resources`, `engine.address` and `engine.ray_init_args` (no Ray needed)."""
-    resources = engine.get("client_resources") or {}
+def validate_flower_engine(arguments: Mapping[str, Any]) -> None:
+    """Types and ranges of `client_resources`, `address` and `ray_init_args` (no Ray needed); an `InvalidParameter`
+    names the first bad one relative to the `engine` entry (`client_resources.num_cpus`)."""
+    resources = arguments.get("client_resources") or {}
     if not isinstance(resources, Mapping):
-        raise ConfigError("engine.client_resources", resources, "a mapping such as {num_cpus: 1, num_gpus: 0.0}")
+        raise InvalidParameter("client_resources", resources, "a mapping such as {num_cpus: 1, num_gpus: 0.0}")
     for key, value in resources.items():
         if key not in RESOURCE_NAMES:
-            raise ConfigError(f"engine.client_resources.{key}", value, "Flower's Ray backend reserves num_cpus and num_gpus only")
-        _quantity(f"engine.client_resources.{key}", value, positive=key == "num_cpus")
-    address = engine.get("address")
+            raise InvalidParameter(f"client_resources.{key}", value,
+                                   "Flower's Ray backend reserves num_cpus and num_gpus only")
+        _quantity(f"client_resources.{key}", value, positive=key == "num_cpus")
+    address = arguments.get("address")
     if address is not None and (not isinstance(address, str) or (address != "auto" and not _HOST_PORT.match(address))):
-        raise ConfigError("engine.address", address, ADDRESS_ALLOWED)
+        raise InvalidParameter("address", address, ADDRESS_ALLOWED)
     if address is not None and address != "auto" and not 0 < int(_HOST_PORT.match(address)["port"]) < 65536:
-        raise ConfigError("engine.address", address, "a port between 1 and 65535")
-    init_args = engine.get("ray_init_args") or {}
+        raise InvalidParameter("address", address, "a port between 1 and 65535")
+    init_args = arguments.get("ray_init_args") or {}
     if not isinstance(init_args, Mapping):
-        raise ConfigError("engine.ray_init_args", init_args, "a mapping of ray.init keyword arguments")
+        raise InvalidParameter("ray_init_args", init_args, "a mapping of ray.init keyword arguments")
     if "address" in init_args:
-        raise ConfigError("engine.ray_init_args.address", init_args["address"], "set engine.address instead")
+        raise InvalidParameter("ray_init_args.address", init_args["address"], "set engine.address instead")
     for key in JOIN_REFUSES:
         if address is not None and init_args.get(key) is not None:
-            raise ConfigError(f"engine.ray_init_args.{key}", init_args[key],
-                              f"not while joining a cluster (engine.address={address}): its nodes declare their resources")
+            raise InvalidParameter(f"ray_init_args.{key}", init_args[key],
+                                   f"not while joining a cluster (engine.address={address}): "
+                                   "its nodes declare their resources")
     for key in ("num_cpus", "num_gpus"):
         if init_args.get(key) is not None:
-            _quantity(f"engine.ray_init_args.{key}", init_args[key], positive=False)
+            _quantity(f"ray_init_args.{key}", init_args[key], positive=False)
 
 
 def client_request(engine: Mapping[str, Any]) -> dict[str, float]:
@@ -93,7 +97,8 @@ def local_node(init_args: Mapping[str, Any]) -> dict[str, float]:
 
             import torch
 
-            detected_cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+            detected_cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                  else os.cpu_count() or 1)
             detected_gpus = float(torch.cuda.device_count())
         cpus = detected_cpus if cpus is None else cpus
         gpus = detected_gpus if gpus is None else gpus
@@ -109,7 +114,8 @@ def _reachable(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
-        hint = "a Ray client server (ray start --head --ray-client-server-port" if address.startswith("ray://") else "a Ray head (ray start --head --port"
+        hint = ("a Ray client server (ray start --head --ray-client-server-port" if address.startswith("ray://")
+                else "a Ray head (ray start --head --port")
         raise FedsimError(f"engine.address={address}: nothing answers at {host}:{port} ({error.strerror or error}); "
                           f"start {hint} {port}) there, or check the address and the firewall") from None
 
@@ -129,7 +135,8 @@ def cluster_nodes(address: str) -> list[dict[str, float]]:
         try:
             ray.init(address=address, logging_level="error", log_to_driver=False)
         except Exception as error:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or ValueError here
-            raise FedsimError(f"engine.address={address}: cannot join a Ray cluster there ({first_line(error)})") from None
+            raise FedsimError(f"engine.address={address}: cannot join a Ray cluster there "
+                              f"({first_line(error)})") from None
     try:
         return live_nodes()
     finally:
@@ -149,18 +156,18 @@ def shortfall(request: Mapping[str, float], nodes: Sequence[Mapping[str, float]]
         asked = ", ".join(f"engine.client_resources.{key}={_amount(request[key])}" for key in short)
         most = ", ".join(f"{_amount(largest[key])} {RESOURCE_NAMES[key]}" for key in short)
         local = " (engine.address=null starts Ray here)" if address is None else ""
-        return f"{asked}: more than a Ray node can give; {where} {most}{local}: lower it, or join a larger Ray cluster with engine.address"
+        return (f"{asked}: more than a Ray node can give; {where} {most}{local}: lower it, "
+                "or join a larger Ray cluster with engine.address")
     asked = ", ".join(f"{key}={_amount(need)}" for key, need in request.items() if need > 0)
-    have = "; ".join(", ".join(f"{_amount(node.get(name, 0.0))} {name}" for name in RESOURCE_NAMES.values()) for node in nodes[:8])
-    return f"engine.client_resources {asked}: no single node of the Ray cluster at {address} has all of it (nodes: {have})"
+    have = "; ".join(", ".join(f"{_amount(node.get(name, 0.0))} {name}" for name in RESOURCE_NAMES.values())
+                     for node in nodes[:8])
+    return (f"engine.client_resources {asked}: no single node of the Ray cluster at {address} has all of it "
+            f"(nodes: {have})")
 
 
 def check_client_resources(engine: Mapping[str, Any]) -> int:
-    """Raise a FedsimError unless some Ray node can hold one client of `engine=flower`; return how many fit at once
-    (the size of Flower's actor pool). Engines other than flower pass with 0."""
-    if engine.get("name") != "flower":
-        return 0
-    validate_flower_engine(engine)
+    """Raise a FedsimError unless some Ray node can hold one client of the (validated) flower engine config; return
+    how many fit at once (the size of Flower's actor pool)."""
     request = client_request(engine)
     address = engine.get("address")
     nodes = [local_node(engine.get("ray_init_args") or {})] if address is None else cluster_nodes(address)

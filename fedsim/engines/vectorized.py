@@ -1,37 +1,42 @@
 """The vectorized engine: a round's training cohort trains together, parameters stacked along a client dimension.
 
-`VectorizedGrid` is the in-process Grid with one change: in `send_and_receive`, the TRAIN messages it can batch are
-trained at once by `fedsim.engines.cohort.train_cohort` (in chunks of `engine.max_cohort` clients) and answered with
-the same reply the ClientApp would send (arrays, num-examples, train_loss, train_accuracy). Everything else goes to
-the ClientApp one message at a time, exactly as on the in-process engine: queries, evaluation, and train messages
-that ask for a client request (`fedsim.client_requests`), use local debiasing or draw a fault this round. A model
-vmap cannot batch (BatchNorm, Dropout) trains client by client, with a one-line notice.
+`VectorizedGrid` is the in-process Grid with one change: it is a client of the ClientApp's own description of a
+round. For each TRAIN message it asks the ClientApp's `fedsim.client_plan.plan`; a round that is plain local
+training the cohort kernel supports (`fedsim.engines.cohort.supports`, a model vmap can batch) is trained with the
+others by `train_cohort` (in chunks of `engine.max_cohort` clients) and answered with the ClientApp's `reply`.
+Everything else goes to the ClientApp one message at a time, exactly as on the in-process engine: queries,
+evaluation, and train rounds the plan says need the full ClientApp (a client request asked, a fault drawn, a node
+told to misbehave) or that the kernel does not declare (local debiasing's sample weights, an objective term it does
+not compute). So a new client behaviour turns batching off instead of making the engines differ. The engine reads
+no strategy: what a strategy asks of clients reaches it only through the plan. A model vmap cannot batch
+(BatchNorm, Dropout) trains client by client, with a one-line notice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from numbers import Integral
 from typing import Any
 from uuid import uuid4
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from ..client import PARTITION_ID
-from ..client_requests import AFTER_TRAINING, BEFORE_TRAINING, asked
+from ..build import build_model
+from ..client_plan import LocalTraining, NeedsClientApp, plan, reply
 from ..data.federation import federation_for
-from ..data.noise import client_data
-from ..experiment import CONFIG_KEY, ROUND_KEY, build_model, experiment_from_record, train_settings
-from ..faults import Faults, draw_faults
-from ..training import client_seed, resolve_device
+from ..protocol.constraints import Interval, Options
+from ..protocol.experiment import experiment_from_record
+from ..protocol.keys import CONFIG_KEY, CONFIG_RECORD
+from ..training import resolve_device
 from .base import Engine
-from .cohort import CohortMember, train_cohort, unbatchable_reason
+from .cohort import supports, train_cohort, unbatchable_reason
 from .inprocess import RUN_ID, InProcessGrid
 
 logger = logging.getLogger(__name__)
@@ -78,51 +83,43 @@ def _activation_bytes(model: torch.nn.Module, sample_shape: tuple[int, ...], dev
 class VectorizedGrid(InProcessGrid):
     """An in-process Grid that trains each round's batchable TRAIN messages as one stacked cohort."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, max_cohort: int | str = AUTO, run_id: int = RUN_ID) -> None:
-        super().__init__(client_app, num_nodes, run_id)
+    def __init__(self, client_app: ClientApp, num_nodes: int, max_cohort: int | str = AUTO, run_id: int = RUN_ID,
+                 node_config_extras: Mapping[int, Mapping[str, Any]] | None = None) -> None:
+        super().__init__(client_app, num_nodes, run_id, node_config_extras=node_config_extras)
         self.max_cohort = max_cohort
         self._model_reasons: dict[str, str | None] = {}  # model config -> why it cannot batch (None: it can)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
         messages = list(messages)
-        batchable = [i for i, message in enumerate(messages) if self._batchable(message)]
-        if not batchable:
-            return super().send_and_receive(messages, timeout=timeout)
+        groups: dict[str, dict[int, LocalTraining]] = {}  # experiment -> message index -> its plan
+        for i, message in enumerate(messages):
+            training = self._batchable_plan(message)
+            if training is not None:
+                groups.setdefault(str(message.content[CONFIG_RECORD][CONFIG_KEY]), {})[i] = training
         replies: dict[int, Message] = {}
-        groups: dict[str, list[int]] = {}
-        for i in batchable:
-            groups.setdefault(str(messages[i].content["config"][CONFIG_KEY]), []).append(i)
         for group in groups.values():
-            for i, reply in zip(group, self._train_together([messages[i] for i in group], deadline), strict=True):
-                replies[i] = reply
+            batch = [messages[i] for i in group]
+            if self._model_batches(experiment_from_record(batch[0].content[CONFIG_RECORD])):
+                replies.update(zip(group, self._train_together(batch, list(group.values()), deadline), strict=True))
         rest = [i for i in range(len(messages)) if i not in replies]
         if rest:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            for i, reply in zip(rest, super().send_and_receive([messages[i] for i in rest], timeout=remaining),
-                                strict=True):
-                replies[i] = reply
+            replies.update(zip(rest, super().send_and_receive([messages[i] for i in rest], timeout=remaining),
+                               strict=True))
         return [replies[i] for i in range(len(messages))]
 
-    def _batchable(self, message: Message) -> bool:
-        """A TRAIN message whose reply is plain local training of a model vmap can batch."""
-        if message.metadata.message_type != MessageType.TRAIN or message.metadata.dst_node_id not in self._contexts:
-            return False
-        content = message.content
-        if "config" not in content.config_records or "arrays" not in content.array_records:
-            return False
-        config = content["config"]
-        if CONFIG_KEY not in config or ROUND_KEY not in config:
-            return False
-        if any(asked(config, key) for key in (*BEFORE_TRAINING, *AFTER_TRAINING)):
-            return False
-        experiment = experiment_from_record(config)
-        if experiment["client"].get("local_debiasing", "none") != "none":
-            return False
-        partition_id = int(self._contexts[message.metadata.dst_node_id].node_config[PARTITION_ID])
-        if draw_faults(experiment, int(config[ROUND_KEY]), partition_id) != Faults():
-            return False
-        return self._model_batches(experiment)
+    def _batchable_plan(self, message: Message) -> LocalTraining | None:
+        """The ClientApp's plan of a TRAIN message when it is plain local training the cohort kernel supports."""
+        context = self._contexts.get(message.metadata.dst_node_id)
+        if message.metadata.message_type != MessageType.TRAIN or context is None:
+            return None
+        planned = plan(message, context)
+        reason = planned.reason if isinstance(planned, NeedsClientApp) else supports(planned)
+        if reason is not None:
+            logger.debug("engine=vectorized: node %s trains in the ClientApp: %s", context.node_id, reason)
+            return None
+        return planned
 
     def _model_batches(self, experiment: Mapping[str, Any]) -> bool:
         key = str(experiment["model"])
@@ -136,51 +133,36 @@ class VectorizedGrid(InProcessGrid):
             logger.warning("engine=vectorized: model %s trains client by client (%s)", target, reason)
         return reason is None
 
-    def _train_together(self, messages: list[Message], deadline: float | None) -> list[Message]:
-        config = messages[0].content["config"]
-        experiment = experiment_from_record(config)
+    def _train_together(self, messages: list[Message], plans: Sequence[LocalTraining], deadline: float | None
+                        ) -> list[Message]:
+        """Replies to one experiment's batchable messages, trained chunk by chunk."""
+        experiment = experiment_from_record(messages[0].content[CONFIG_RECORD])
         federation = federation_for(experiment)
         device = resolve_device(experiment["device"])
-        seed = int(experiment["seed"])
-        members = []
-        starts: dict[int, dict[str, torch.Tensor]] = {}  # strategies usually send one ArrayRecord to every node
-        for message in messages:
-            arrays = message.content["arrays"]
-            if id(arrays) not in starts:
-                starts[id(arrays)] = arrays.to_torch_state_dict()
-            partition_id = int(self._contexts[message.metadata.dst_node_id].node_config[PARTITION_ID])
-            train_data, _ = client_data(federation, experiment, partition_id)
-            message_config = message.content["config"]
-            members.append(CohortMember(
-                data=train_data,
-                settings=train_settings(experiment, message_config),
-                seed=client_seed(seed, int(message_config[ROUND_KEY]), partition_id),
-                start=starts[id(arrays)],
-            ))
         model = build_model(experiment, federation.data)
         size = chunk_size(self.max_cohort, model, tuple(federation.data.train_arrays.x.shape[1:]),
-                          max(len(m.data) for m in members), members[0].settings.batch_size, device)
+                          max(len(p.data) for p in plans), plans[0].settings.batch_size, device)
         replies: list[Message] = []
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            if deadline is not None and time.monotonic() >= deadline:
-                reason = "the round timeout (server.round_timeout) passed before this node's cohort trained"
-                replies += [Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=message)
-                            for message in messages[start : start + size]]
-                continue
-            try:
-                trained, results = train_cohort(model, chunk, device)
-            except Exception as error:  # pylint: disable=broad-exception-caught  (out-of-memory included)
-                reason = f"cohort training failed: {type(error).__name__}: {error}"
-                replies += [Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
-                            for message in messages[start : start + size]]
-                continue
-            for message, weights, result in zip(messages[start : start + size], trained, results, strict=True):
-                metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
-                                        "train_accuracy": result.accuracy})
-                reply = Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics}), reply_to=message)
-                reply.metadata.__dict__["_message_id"] = uuid4().hex
-                replies.append(reply)
+        for start in range(0, len(plans), size):
+            replies += self._train_chunk(model, messages[start : start + size], plans[start : start + size], device,
+                                         deadline)
+        return replies
+
+    def _train_chunk(self, model: torch.nn.Module, messages: list[Message], plans: Sequence[LocalTraining],
+                     device: torch.device, deadline: float | None) -> list[Message]:
+        """The ClientApp's replies to one chunk trained as a cohort, or an error reply each."""
+        if deadline is not None and time.monotonic() >= deadline:
+            reason = "the round timeout (server.round_timeout) passed before this node's cohort trained"
+            return [Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=m) for m in messages]
+        try:
+            trained, results = train_cohort(model, plans, device)
+        except Exception as error:  # pylint: disable=broad-exception-caught  (out-of-memory included)
+            reason = f"cohort training failed: {type(error).__name__}: {error}"
+            return [Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=m) for m in messages]
+        replies = [reply(message, result, ArrayRecord(weights))
+                   for message, weights, result in zip(messages, trained, results, strict=True)]
+        for answer in replies:
+            answer.metadata.__dict__["_message_id"] = uuid4().hex
         return replies
 
 
@@ -188,6 +170,7 @@ class VectorizedEngine(Engine):
     """In-process simulation whose training rounds run the cohort stacked (vmap) on one device."""
 
     name = "vectorized"
+    _parameter_constraints = {"max_cohort": [Options({AUTO}), Interval(Integral, 1, None, closed="left")]}
 
     def __init__(self, max_cohort: int | str = AUTO) -> None:
         self.max_cohort = max_cohort

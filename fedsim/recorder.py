@@ -16,19 +16,27 @@ import platform
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
+
+from .protocol.keys import EVAL_ACCURACY, NUM_EXAMPLES, TRAIN_LOSS
+
+if TYPE_CHECKING:
+    from .grid.round_log import NodeRecord, Rejection
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 PLOT_FILE = "accuracy.png"
 MODEL_FILE = "model.pt"
-REJECTIONS_FILE = "rejections.csv"  # one line per client reply the server refused (round, partition, node, kind, reason)
-NODES_FILE = "nodes.csv"  # one line per node the server saw (node id, claimed partition, accepted/refused, reason, round)
+# one line per client reply the server refused (round, partition, node, kind, reason)
+REJECTIONS_FILE = "rejections.csv"
+# one line per node the server saw (node id, claimed partition, accepted/refused, reason, round)
+NODES_FILE = "nodes.csv"
 NODE_COLUMNS = ["node_id", "partition", "status", "reason", "round"]
 
 ROUND_COLUMNS = [
@@ -50,6 +58,27 @@ ROUND_COLUMNS = [
     "round_seconds",
     "wall_seconds",
 ]
+# The only columns in which two runs of one experiment differ (a resumed run, another engine, a re-run).
+TIMING_COLUMNS = ("round_seconds", "wall_seconds")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as the server saw it: the global model's test accuracy and loss, the clients' reply metrics by
+    partition id, the failed, rejected and skipped replies (`fedsim.grid.round_log`), the strategy's aggregation
+    weights by partition id and named scalars, and the nodes seen since the last round."""
+
+    server_round: int  # 0: the initial model, before any training
+    test_accuracy: float
+    test_loss: float
+    train: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+    evaluate: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+    failures: int = 0
+    weights: Mapping[int, float] = field(default_factory=dict)
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    rejections: Sequence[Rejection] = ()
+    skipped: bool = False  # too few valid training replies: nothing was aggregated
+    nodes: Sequence[NodeRecord] = ()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -106,7 +135,7 @@ def client_accuracy_stats(accuracies: Sequence[float]) -> dict[str, float | None
 
 
 def weighted_mean(per_client: Mapping[int, Mapping[str, float]], key: str) -> float | None:
-    pairs = [(m[key], m.get("num-examples", 1.0)) for m in per_client.values() if key in m]
+    pairs = [(m[key], m.get(NUM_EXAMPLES, 1.0)) for m in per_client.values() if key in m]
     total = sum(weight for _, weight in pairs)
     return sum(value * weight for value, weight in pairs) / total if total > 0 else None
 
@@ -126,7 +155,8 @@ def package_versions() -> dict[str, str]:
 class Recorder:
     """Collects one row per round and writes the run folder as it goes."""
 
-    def __init__(self, run_dir: Path, experiment: Mapping[str, Any], num_clients: int, choices: Mapping[str, str]) -> None:
+    def __init__(self, run_dir: Path, experiment: Mapping[str, Any], num_clients: int,
+                 choices: Mapping[str, str]) -> None:
         self.run_dir = Path(run_dir)
         self.experiment = experiment
         self.num_clients = num_clients
@@ -139,7 +169,8 @@ class Recorder:
         self.started = time.perf_counter()
         self._last_round_end = self.started
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(experiment), sort_keys=False).encode())
-        from .tracking import open_tracker  # light: the chosen tracker's library loads with the first row
+        # light: the chosen tracker's library loads with the first row
+        from .tracking import open_tracker
 
         self.tracker = open_tracker(self.run_dir, experiment, self.choices)
 
@@ -165,69 +196,50 @@ class Recorder:
         weights = [f"weight_client_{pid}" for pid in range(self.num_clients)] if self._has_weights else []
         return ROUND_COLUMNS + self._scalar_columns + clients + weights
 
-    def record_round(
-        self,
-        server_round: int,
-        test_accuracy: float,
-        test_loss: float,
-        train: Mapping[int, Mapping[str, float]],
-        evaluate: Mapping[int, Mapping[str, float]],
-        failures: int,
-        weights: Mapping[int, float] | None = None,
-        scalars: Mapping[str, float] | None = None,
-        rejections: Sequence[Any] = (),
-        skipped: bool = False,
-        nodes: Sequence[Any] = (),
-    ) -> dict[str, Any]:
-        """Add and write the row of `server_round` (round 0 is the initial model, before any training).
-
-        `weights` are the strategy's aggregation weights by partition id, `scalars` its named per-round numbers.
-        `rejections` are the replies the server refused (`fedsim.server_grid.Rejection`); `skipped` says the round
-        aggregated nothing because too few valid training replies came back. `nodes` are the nodes seen since the
-        last row (`fedsim.server_grid.NodeRecord`; see `record_nodes`).
-        """
+    def record_round(self, record: RoundRecord) -> dict[str, Any]:
+        """Add and write the row of `record.server_round`, its rejections (`rejections.csv`) and its nodes
+        (`nodes.csv`, see `record_nodes`); returns the row."""
         now = time.perf_counter()
-        accuracies = {pid: m["eval_acc"] for pid, m in evaluate.items() if "eval_acc" in m}
-        stats = client_accuracy_stats(list(accuracies.values()))
-        row: dict[str, Any] = {
-            "round": server_round,
-            "test_accuracy": test_accuracy,
-            "test_loss": test_loss,
-            "train_loss": weighted_mean(train, "train_loss"),
-            "train_clients": len(train),
-            "sampled": " ".join(str(pid) for pid in sorted(train)),
-            "eval_clients": len(accuracies),
-            "failures": failures,
-            "rejected": len(rejections),
-            "skipped": int(skipped),
-            "client_acc_mean": stats["mean"],
-            "client_acc_std": stats["std"],
-            "client_acc_worst10": stats["worst10"],
-            "client_acc_best10": stats["best10"],
-            "client_acc_jain": stats["jain"],
-            "round_seconds": now - self._last_round_end,
-            "wall_seconds": now - self.started,
-        }
-        row.update({f"acc_client_{pid}": acc for pid, acc in accuracies.items()})
-        row.update({f"weight_client_{pid}": w for pid, w in (weights or {}).items()})
-        self._has_weights = self._has_weights or bool(weights)
-        for name, value in (scalars or {}).items():
-            if name not in self._scalar_columns:
-                self._scalar_columns.append(name)
-            row[name] = value
+        row = self._row(record, now)
+        self._has_weights = self._has_weights or bool(record.weights)
+        self._scalar_columns += [name for name in record.scalars if name not in self._scalar_columns]
         self._last_round_end = now
         self.rows.append(row)
         self._write_metrics()
         tracking_started = time.perf_counter()
         self.tracker.log_round(row)
-        self._last_round_end += time.perf_counter() - tracking_started  # a tracker's time (opening one: seconds) is no round's
-        if rejections:
-            self._rejections.extend((server_round, r.partition, r.node_id, r.kind, r.reason) for r in rejections)
+        # a tracker's time (opening one: seconds) is no round's
+        self._last_round_end += time.perf_counter() - tracking_started
+        if record.rejections:
+            self._rejections.extend((record.server_round, r.partition, r.node_id, r.kind, r.reason)
+                                    for r in record.rejections)
             self._write_rejections()
-        self.record_nodes(nodes, server_round)
+        self.record_nodes(record.nodes, record.server_round)
         return row
 
-    def record_nodes(self, nodes: Sequence[Any], server_round: int) -> None:
+    def _row(self, record: RoundRecord, now: float) -> dict[str, Any]:
+        accuracies = {pid: m[EVAL_ACCURACY] for pid, m in record.evaluate.items() if EVAL_ACCURACY in m}
+        stats = client_accuracy_stats(list(accuracies.values()))
+        return {
+            "round": record.server_round,
+            "test_accuracy": record.test_accuracy,
+            "test_loss": record.test_loss,
+            "train_loss": weighted_mean(record.train, TRAIN_LOSS),
+            "train_clients": len(record.train),
+            "sampled": " ".join(str(pid) for pid in sorted(record.train)),
+            "eval_clients": len(accuracies),
+            "failures": record.failures,
+            "rejected": len(record.rejections),
+            "skipped": int(record.skipped),
+            **{f"client_acc_{name}": stats[name] for name in ("mean", "std", "worst10", "best10", "jain")},
+            "round_seconds": now - self._last_round_end,
+            "wall_seconds": now - self.started,
+            **{f"acc_client_{pid}": accuracy for pid, accuracy in accuracies.items()},
+            **{f"weight_client_{pid}": weight for pid, weight in record.weights.items()},
+            **record.scalars,
+        }
+
+    def record_nodes(self, nodes: Sequence[NodeRecord], server_round: int) -> None:
         """Add the nodes seen at `server_round` (0: node discovery) to `nodes.csv`, one row per node id: a node
         already there (a resumed run discovers its nodes again) keeps its first row."""
         known = {row[0] for row in self._nodes}
@@ -266,7 +278,8 @@ class Recorder:
         torch.save({**dict(state_dict), "__fedsim__": meta}, buffer)
         write_atomic(self.run_dir / MODEL_FILE, buffer.getvalue())
 
-    def finish(self, final_client_accuracy: Mapping[int, float], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, final_client_accuracy: Mapping[int, float],
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write `summary.json` and `accuracy.png`; return the summary."""
         trained = [row for row in self.rows if row["round"] > 0] or self.rows
         best = max(trained, key=lambda row: row["test_accuracy"])

@@ -51,15 +51,16 @@ def summarise(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     summary = {}
     for key in ("size", "classes", "entropy", "js_divergence", "emd"):
         values = np.array([row[key] for row in rows], dtype=np.float64)
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                        "max": float(values.max())}
     return summary
 
 
 def heterogeneity_report(label_counts: np.ndarray, cluster_counts: np.ndarray | None = None) -> dict[str, Any]:
     """The report as plain data: per-client rows and a summary, over labels (and over clusters when given)."""
     rows = client_statistics(label_counts)
-    report: dict[str, Any] = {"num_clients": len(rows), "labels": {"clients": rows, "summary": summarise(rows),
-                                                                   "counts": np.asarray(label_counts).astype(int).tolist()}}
+    labels = {"clients": rows, "summary": summarise(rows), "counts": np.asarray(label_counts).astype(int).tolist()}
+    report: dict[str, Any] = {"num_clients": len(rows), "labels": labels}
     if cluster_counts is not None:
         cluster_rows = client_statistics(cluster_counts)
         report["clusters"] = {"clients": cluster_rows, "summary": summarise(cluster_rows),
@@ -69,9 +70,10 @@ def heterogeneity_report(label_counts: np.ndarray, cluster_counts: np.ndarray | 
 
 def plot_heatmap(counts: np.ndarray, path: Path, what: str = "label", title: str = "") -> None:
     """Clients x classes heatmap of each client's share of each class (rows normalised), with client sizes."""
-    from fedsim.plots import save_figure  # selects the headless Agg backend before pyplot loads
+    from .plots import save_figure  # selects the headless Agg backend before pyplot loads
 
-    import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+    # isort: split
+    import matplotlib.pyplot as plt  # after the backend choice
 
     counts = np.asarray(counts, dtype=np.float64)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -88,9 +90,10 @@ def plot_heatmap(counts: np.ndarray, path: Path, what: str = "label", title: str
     save_figure(figure, path, title)
 
 
-def write_report(folder: Path, label_counts: np.ndarray, title: str = "", cluster_counts: np.ndarray | None = None) -> dict[str, Any]:
+def write_report(folder: Path, label_counts: np.ndarray, title: str = "",
+                 cluster_counts: np.ndarray | None = None) -> dict[str, Any]:
     """Write `partition.json` and the clients x labels heatmap (and clients x clusters, when given) into `folder`."""
-    from fedsim.results import write_atomic
+    from .recorder import write_atomic
 
     report = heterogeneity_report(label_counts, cluster_counts)
     write_atomic(Path(folder) / REPORT_FILE, json.dumps(report, indent=1).encode())

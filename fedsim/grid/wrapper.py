@@ -1,7 +1,7 @@
 """A Grid that hands every call to another Grid: the base of the Grids fedsim puts around an engine's.
 
-`FedsimGrid` (node discovery, reply checks) and the deployed ServerApp's `PromptGrid` (prompt reply collection)
-each change a few calls and pass the rest through unchanged; this keeps the pass-through in one place.
+`FedsimGrid` (node ordering, reply filtering, the round log) and the deployed ServerApp's `PromptGrid` (prompt reply
+collection) each change a few calls and pass the rest through unchanged; this keeps the pass-through in one place.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ class GridWrapper(Grid):
 
     def __init__(self, inner: Grid) -> None:
         self._inner = inner
+
+    @property
+    def inner(self) -> Grid:
+        """The wrapped Grid: what checkpoints ask for node state (`fedsim.protocol.capabilities.KeepsNodeState`)."""
+        return self._inner
 
     def set_run(self, run: Run) -> None:
         self._inner.set_run(run)

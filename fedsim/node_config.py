@@ -27,13 +27,12 @@ import torch
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
-from ..errors import DataError, FedsimError
+from .errors import DataError, FedsimError
+from .protocol.keys import NUM_PARTITIONS, PARTITION_ID
 
 if TYPE_CHECKING:
-    from ..data.federation import Federation
+    from .data.federation import Federation
 
-PARTITION_ID = "partition-id"
-NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"
 DEVICE = "device"
 MISBEHAVE = "misbehave"
@@ -63,13 +62,14 @@ def node_device(context: Context, experiment: Mapping[str, Any]) -> torch.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NodeConfigError(f"device={name} but this node sees no CUDA device; use device=auto or --node-config 'device=\"cpu\"'")
+        raise NodeConfigError(f"device={name} but this node sees no CUDA device; "
+                              "use device=auto or --node-config 'device=\"cpu\"'")
     return torch.device(name)
 
 
 def misbehavior(context: Context) -> tuple[str, float] | None:
     """(kind, scale) of the node's `misbehave` instruction, or None for an honest node."""
-    from ..faults import MISBEHAVIORS
+    from .faults import MISBEHAVIORS
 
     kind = context.node_config.get(MISBEHAVE)
     if kind is None:
@@ -88,23 +88,27 @@ def misbehavior(context: Context) -> tuple[str, float] | None:
 
 def node_federation(experiment: Mapping[str, Any], context: Context) -> Federation:
     """The federation as this node sees it: the configured one, or, with `data-path`, its own rows alone."""
-    from ..data.federation import federation_for  # imported here: it pulls in datasets and scikit-learn
+    from .data.federation import federation_for  # imported here: it pulls in datasets and scikit-learn
 
     pid = partition_id(context)
     num_clients = int(experiment["num_clients"])
     if not 0 <= pid < num_clients:
-        raise NodeConfigError(f"--node-config {PARTITION_ID}={pid} is outside this run's 0..{num_clients - 1} (num_clients={num_clients})")
+        raise NodeConfigError(f"--node-config {PARTITION_ID}={pid} is outside this run's 0..{num_clients - 1} "
+                              f"(num_clients={num_clients})")
     declared = context.node_config.get(NUM_PARTITIONS)
     if declared is not None and int(declared) != num_clients:
         raise NodeConfigError(f"--node-config {NUM_PARTITIONS}={declared} but the run has num_clients={num_clients}")
     path = context.node_config.get(DATA_PATH)
     if path is None:
         return federation_for(experiment)
+    from .build import locate
+    from .data.local import LocalFiles
+
     dataset = experiment["dataset"]
-    local = dataset if dataset.get("source") == "local" else {}
-    return _local_federation(str(path), str(local.get("format") or _format_of(str(path))), str(local.get("image_column", "image")),
-                             str(local.get("label_column", "label")), pid, float(experiment["client"]["val_fraction"]),
-                             int(experiment["seed"]))
+    local = dataset if issubclass(locate(str(dataset["_target_"])), LocalFiles) else {}
+    return _local_federation(str(path), str(local.get("format") or _format_of(str(path))),
+                             str(local.get("image_column", "image")), str(local.get("label_column", "label")), pid,
+                             float(experiment["client"]["val_fraction"]), int(experiment["seed"]))
 
 
 def _format_of(path: str) -> str:
@@ -120,8 +124,8 @@ def _format_of(path: str) -> str:
 def _local_federation(path: str, file_format: str, image_column: str, label_column: str, pid: int,  # pylint: disable=too-many-arguments
                       val_fraction: float, seed: int) -> Federation:
     """A federation in which this node's partition is every row of its own file (the other partitions are empty)."""
-    from ..data.federation import Federation
-    from ..data.local import load_local_data
+    from .data.federation import Federation
+    from .data.local import load_local_data
 
     if not Path(path).exists():
         raise NodeConfigError(f"--node-config {DATA_PATH}={path!r} does not exist on this node")
@@ -136,10 +140,11 @@ def load_global_model(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "Missing" in line), "")
+        first = next((line.strip() for line in str(error).splitlines()
+                      if "size mismatch" in line or "Missing" in line), str(error).splitlines()[0])
         raise DataError(
             f"this node's data ({federation.data.name}: input shape {list(federation.data.input_shape)}, "
-            f"{federation.data.num_classes} classes) does not fit the server's model: {first or str(error).splitlines()[0]}"
+            f"{federation.data.num_classes} classes) does not fit the server's model: {first}"
         ) from None
 
 

@@ -1,0 +1,122 @@
+"""How fedsim's ClientApp describes a train round and shapes its reply: one description for every engine.
+
+`plan(message, context)` says what a TRAIN message asks of this client: plain local training (`LocalTraining`, every
+input of it) or a round that `NeedsClientApp`, with the reason. `reply` builds the one train reply. The ClientApp
+(`fedsim.client`) trains a plain plan itself and answers anything else in full; an engine that batches clients
+(`fedsim.engines.vectorized`) trains the plans its kernel supports and hands the rest to the ClientApp. A client
+behaviour the plan does not describe must therefore make it `NeedsClientApp`: then no engine can skip it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from .build import train_settings, traits_of
+from .data.client_data import client_data
+from .data.tensors import ArrayDataset
+from .fairness import reweighing_weights
+from .faults import Faults, draw_faults
+from .node_config import MISBEHAVE, node_federation
+from .node_config import partition_id as _partition_id
+from .protocol.experiment import experiment_from_record
+from .protocol.keys import (
+    ARRAYS_RECORD,
+    CONFIG_KEY,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    NUM_EXAMPLES,
+    ROUND_KEY,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+)
+from .protocol.requests import ClientRequest
+from .training import LocalObjective, TrainResult, TrainSettings, client_seed, local_objectives
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """A train round that is plain local training: `train_local` from `start` on `data`, and nothing else."""
+
+    data: ArrayDataset  # the client's training rows, noise applied
+    settings: TrainSettings
+    seed: int  # of the data order (`client_seed`)
+    start: ArrayRecord  # the global model as received
+    objectives: tuple[LocalObjective, ...] = ()  # terms added to cross-entropy (FedProx's proximal term)
+    sample_weights: torch.Tensor | None = None  # per-row loss weights (local debiasing), or None
+
+
+@dataclass(frozen=True)
+class NeedsClientApp:
+    """A train round only the full ClientApp answers, and why."""
+
+    reason: str
+
+
+def plan(message: Message, context: Context) -> LocalTraining | NeedsClientApp:
+    """What this TRAIN message asks of the client `context` describes (its data is loaded only for plain training)."""
+    reason = _beyond_local_training(message, context)
+    if reason is not None:
+        return NeedsClientApp(reason)
+    experiment = experiment_from_record(message.content[CONFIG_RECORD])
+    partition_id = _partition_id(context)
+    train_data, _ = client_data(node_federation(experiment, context), experiment, partition_id)
+    return local_training(message, experiment, partition_id, train_data)
+
+
+def _beyond_local_training(message: Message, context: Context) -> str | None:
+    """Why the round is more than local training (None: it is not): checks cheap enough to run before loading data."""
+    content = message.content
+    if CONFIG_RECORD not in content.config_records or ARRAYS_RECORD not in content.array_records:
+        return "the message carries no train config or no model"
+    config = content[CONFIG_RECORD]
+    if CONFIG_KEY not in config or ROUND_KEY not in config:
+        return "the config carries no experiment or no round"
+    if MISBEHAVE in context.node_config:
+        return f"the node is told to misbehave (node config '{MISBEHAVE}')"
+    experiment = experiment_from_record(config)
+    asked = asked_requests(experiment, config)
+    if asked:
+        return f"the strategy asks for {', '.join(request.key for request in asked)}"
+    faults = draw_faults(experiment, int(config[ROUND_KEY]), _partition_id(context))
+    if faults != Faults():
+        return f"a fault is drawn this round ({faults})"
+    return None
+
+
+def asked_requests(experiment: Mapping[str, Any], config: ConfigRecord) -> list[ClientRequest]:
+    """The configured strategy's client requests that this train config asks, in the order the strategy lists them."""
+    return [request for request in traits_of(experiment).client_requests if request.asked(config)]
+
+
+def local_training(message: Message, experiment: Mapping[str, Any], partition_id: int, train_data: ArrayDataset
+                   ) -> LocalTraining:
+    """The local training a TRAIN message asks of the client holding partition `partition_id` and `train_data`."""
+    config = message.content[CONFIG_RECORD]
+    settings = train_settings(experiment, config)
+    return LocalTraining(
+        data=train_data,
+        settings=settings,
+        seed=client_seed(int(experiment["seed"]), int(config[ROUND_KEY]), partition_id),
+        start=message.content[ARRAYS_RECORD],
+        objectives=local_objectives(settings),
+        sample_weights=_sample_weights(experiment, train_data),
+    )
+
+
+def _sample_weights(experiment: Mapping[str, Any], data: ArrayDataset) -> torch.Tensor | None:
+    """Per-row loss weights of the configured local debiasing (`client.local_debiasing`), or None."""
+    if experiment["client"].get("local_debiasing", "none") != "reweighing" or data.sensitive is None:
+        return None
+    return reweighing_weights(data.y, data.sensitive)
+
+
+def reply(message: Message, result: TrainResult, arrays: ArrayRecord) -> Message:
+    """The train reply: the trained `arrays`, `num-examples` (n_k, the FedAvg weight), training loss and accuracy."""
+    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, TRAIN_LOSS: result.loss,
+                            TRAIN_ACCURACY: result.accuracy})
+    return Message(RecordDict({ARRAYS_RECORD: arrays, METRICS_RECORD: metrics}), reply_to=message)

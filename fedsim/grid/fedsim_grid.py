@@ -1,0 +1,78 @@
+"""`FedsimGrid`: the Grid a strategy sees, the engine's Grid behind node ordering, reply filtering and a round log.
+
+A strategy lists nodes and exchanges messages as with any Grid; it sees only the accepted nodes, in partition
+order (`fedsim.grid.nodes`), and each batch of replies in partition order and filtered (`fedsim.grid.filtering`).
+The server takes the round's log (`fedsim.grid.round_log`) after each central evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from flwr.app import Message
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
+from flwr.serverapp import Grid
+
+from ..reply_checks import ReplyLimits
+from .filtering import filter_replies
+from .nodes import NodeRoster
+from .round_log import RoundLog
+from .wrapper import GridWrapper
+
+
+class FedsimGrid(GridWrapper):
+    """Delegates to an engine's Grid; `set_run`, `run` and `create_message` pass through unchanged."""
+
+    def __init__(self, inner: Grid, excluded: Iterable[int] = (), limits: ReplyLimits | None = None) -> None:
+        super().__init__(inner)
+        self._roster = NodeRoster(excluded)
+        self._limits = limits or ReplyLimits()
+        self._log = RoundLog()
+
+    def discover(self, expected_nodes: int, timeout: float, poll_interval: float = 1.0,
+                 retry_interval: float = 10.0) -> dict[int, int]:
+        """Node discovery on the engine's Grid (`NodeRoster.discover`): node id -> partition id."""
+        return self._roster.discover(self._inner, expected_nodes, timeout, poll_interval, retry_interval)
+
+    def partition_of(self, node_id: int) -> int:
+        return self._roster.partition_of(node_id)
+
+    def all_node_ids(self) -> list[int]:
+        """Every accepted node the engine still lists, excluded ones included, in partition order."""
+        return self._roster.in_run(self._inner.get_node_ids())
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._roster.listed(self._inner.get_node_ids())
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return self._roster.listed_nodes(self._inner.get_nodes())
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(self._roster.addressed(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._received(self._inner.pull_messages(message_ids), {})
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        sent = self._roster.addressed(messages)
+        replies = self._inner.send_and_receive(sent, timeout=timeout)  # it gives each message its id
+        return self._received(replies, {message.metadata.message_id: message for message in sent})
+
+    def check_replies(self, replies: list[Message], sent: Mapping[str, Message]) -> list[Message]:
+        """`replies` filtered (`fedsim.grid.filtering`); their rejections and a skipped round go to the log."""
+        filtered = filter_replies(replies, sent, self._limits, self.partition_of)
+        self._log.rejections += filtered.rejections
+        self._log.skipped = self._log.skipped or filtered.skipped
+        return filtered.replies
+
+    def take_round_log(self) -> RoundLog:
+        """What came back since the last call, and the nodes seen for the first time."""
+        log, self._log = self._log, RoundLog()
+        log.nodes = self._roster.take_fresh()
+        return log
+
+    def _received(self, replies: Iterable[Message], sent: Mapping[str, Message]) -> list[Message]:
+        received = self._roster.in_partition_order(replies)
+        handed = self.check_replies(received, sent)
+        self._log.add_replies(received, handed, self.partition_of)
+        return handed

@@ -1,0 +1,88 @@
+"""Reply filtering: what of one batch of replies a strategy may see.
+
+Every train and evaluate reply goes through `fedsim.reply_checks`; the relative update-norm bound compares each
+reply with the rest of its batch, so filtering works on whole batches. A bad reply is replaced by an error reply
+that names the problem (every Flower strategy skips error replies, and fedsim's log their reason). When fewer than
+`min_valid_replies` training replies are valid, the valid ones are replaced too: the round is skipped, the
+strategy aggregates nothing and the global model stays. What was replaced comes back as data (`Filtered`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Error, Message, MessageType
+
+from ..reply_checks import ReplyLimits, check_reply, outsized_updates, reply_kind
+from .round_log import Rejection
+
+logger = logging.getLogger("fedsim")
+
+# The start of the reason an error reply carries in place of a replaced reply: for people reading a strategy's log.
+REJECTED_PREFIX = "rejected by fedsim: "
+SKIPPED_PREFIX = "round skipped by fedsim: "
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """A filtered batch: the replies for the strategy (in the order given), the rejected ones, and whether too few
+    valid training replies were left (then every valid one was withheld)."""
+
+    replies: list[Message]
+    rejections: list[Rejection]
+    skipped: bool
+
+
+def as_error(reply: Message, reason: str) -> Message:
+    """An error reply with `reply`'s metadata (same sender, same message it answers)."""
+    return Message(error=Error(code=0, reason=reason), metadata=copy.deepcopy(reply.metadata))
+
+
+def filter_replies(replies: Sequence[Message], sent: Mapping[str, Message], limits: ReplyLimits,
+                   partition_of: Callable[[int], int]) -> Filtered:
+    """`replies` with each bad one replaced by an error reply, and every valid one when too few training replies
+    are valid. `sent` are the messages answered, by message id (an answer to none is not compared with one)."""
+    problems = _problems(replies, sent, limits, partition_of)
+    rejections = [_rejection(reply, problem, partition_of(reply.metadata.src_node_id))
+                  for reply, problem in zip(replies, problems, strict=True) if problem is not None]
+    checked = [reply if problem is None else as_error(reply, REJECTED_PREFIX + problem)
+               for reply, problem in zip(replies, problems, strict=True)]
+    valid = sum(reply_kind(reply) == MessageType.TRAIN and not reply.has_error() for reply in checked)
+    trained = any(reply_kind(reply) == MessageType.TRAIN for reply in checked)
+    if not trained or valid >= limits.min_valid_replies:
+        return Filtered(checked, rejections, skipped=False)
+    return Filtered(_withheld(checked, valid, limits.min_valid_replies), rejections, skipped=True)
+
+
+def _problems(replies: Sequence[Message], sent: Mapping[str, Message], limits: ReplyLimits,
+              partition_of: Callable[[int], int]) -> list[str | None]:
+    """Each reply's problem, or None; the relative norm bound applies to the replies whose norm was measured."""
+    references: dict[int, np.ndarray] = {}  # the sent arrays' values, decoded once per batch
+    verdicts = [check_reply(reply, sent.get(reply.metadata.reply_to_message_id), limits,
+                            partition_of(reply.metadata.src_node_id), references) for reply in replies]
+    problems = [problem for problem, _ in verdicts]
+    if limits.update_norm_factor is not None:  # norms are only measured for finite, well-shaped training replies
+        measured = {i: norm for i, (problem, norm) in enumerate(verdicts) if problem is None and norm is not None}
+        outsized = outsized_updates(list(measured.values()), limits.update_norm_factor)
+        for i, problem in zip(measured, outsized, strict=True):
+            problems[i] = problem
+    return problems
+
+
+def _rejection(reply: Message, problem: str, partition: int) -> Rejection:
+    rejection = Rejection(partition, reply.metadata.src_node_id, reply_kind(reply), problem)
+    logger.warning("rejected the %s reply of partition %s (node %s): %s", rejection.kind, partition,
+                   rejection.node_id, problem)
+    return rejection
+
+
+def _withheld(checked: list[Message], valid: int, minimum: int) -> list[Message]:
+    """`checked` with its valid training replies replaced: too few of them to aggregate."""
+    reason = f"{valid} valid training replies < server.min_valid_replies = {minimum}"
+    logger.warning("%s%s; the global model is kept", SKIPPED_PREFIX, reason)
+    return [as_error(reply, SKIPPED_PREFIX + reason)
+            if reply_kind(reply) == MessageType.TRAIN and not reply.has_error() else reply for reply in checked]

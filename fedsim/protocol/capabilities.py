@@ -1,0 +1,79 @@
+"""What a plug-in can do beyond its upstream contract, declared on the plug-in and read by fedsim's core.
+
+Two kinds:
+- instance capabilities, `typing.Protocol`s checked with `isinstance` at run time: a strategy that reports its
+  round (`ReportsRound`), an engine Grid that keeps node state in this process (`KeepsNodeState`), a partitioner
+  that computes every partition at once (`PrecomputesPartitions`) or reports clusters (`ReportsClusters`);
+- class declarations of a strategy, read before it is built (config validation, the ClientApp, the server's
+  builder) through `strategy_traits`, the one place that knows their names and defaults. A Flower strategy that
+  declares nothing gets the defaults: no client requests, no stragglers, no server data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .constraints import Allowed, parameter_constraints
+from .requests import ClientRequest
+
+
+@runtime_checkable
+class ReportsRound(Protocol):
+    """A strategy that tells the recorder, after each aggregation, its per-node weights and named scalars."""
+
+    client_weights: dict[int, float]  # node id -> aggregation weight
+    round_scalars: dict[str, float]  # e.g. FedLAW's gamma, the number of stragglers
+
+
+@runtime_checkable
+class KeepsNodeState(Protocol):
+    """An engine Grid whose nodes' `context.state` lives in this process, so that checkpoints can hold it."""
+
+    def node_states(self) -> dict: ...
+
+    def restore_node_states(self, states: dict) -> None: ...
+
+
+@runtime_checkable
+class PrecomputesPartitions(Protocol):
+    """A partitioner that computes every partition in one pass (loading them one by one would redo it)."""
+
+    def all_partition_indices(self) -> list[list[int]]: ...
+
+
+@runtime_checkable
+class ReportsClusters(Protocol):
+    """A partitioner that groups rows into clusters first; the heterogeneity report shows clusters per client."""
+
+    embedding_clusters: Any  # one cluster id per row of the partitioned data set
+
+
+@dataclass(frozen=True)
+class StrategyTraits:
+    """A strategy class's declarations (class attributes of the same names), with the defaults of a plain Flower
+    strategy."""
+
+    parameter_constraints: Mapping[str, list[Allowed]] = field(default_factory=dict)
+    client_requests: Sequence[ClientRequest] = ()
+    supports_stragglers: bool = False  # takes `stragglers_fraction`, `straggler_mode`, `local_epochs`, `seed`
+    requires_sensitive_attribute: bool = False  # its clients report group counts: data needs a sensitive attribute
+    requires_server_data: bool = False  # built with `model`, `proxy_data` (the server's proxy set) and `device`
+    # train keys it sends every round (q-FFL: momentum 0)
+    client_settings: Mapping[str, float] = field(default_factory=dict)
+    rebuilt_from_config: Sequence[str] = ()  # attributes a checkpoint leaves out: the config builds them again
+
+
+def strategy_traits(cls: type) -> StrategyTraits:
+    """The declarations of strategy class `cls`."""
+    defaults = StrategyTraits()
+    return StrategyTraits(
+        parameter_constraints=parameter_constraints(cls),
+        client_requests=tuple(getattr(cls, "client_requests", defaults.client_requests)),
+        supports_stragglers=bool(getattr(cls, "supports_stragglers", defaults.supports_stragglers)),
+        requires_sensitive_attribute=bool(getattr(cls, "requires_sensitive_attribute", False)),
+        requires_server_data=bool(getattr(cls, "requires_server_data", False)),
+        client_settings=dict(getattr(cls, "client_settings", {})),
+        rebuilt_from_config=tuple(getattr(cls, "rebuilt_from_config", ())),
+    )
