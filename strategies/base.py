@@ -128,6 +128,7 @@ class WeightedAggregation(FlowerFedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's reply checks, then the weights, the average and the report; nothing when no reply is valid."""
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
             return None, None
