@@ -259,7 +259,7 @@ def _sensitive_datasets() -> list[str]:
     folder = config_dir() / "dataset"
     targets = {option: OmegaConf.load(folder / f"{option}.yaml").get("_target_") for option in group_options("dataset")}
     return [option for option, target in targets.items()
-            if getattr(locate(str(target)), "has_sensitive_attribute", False)]
+            if locate(str(target)).has_sensitive_attribute]
 
 
 def _validate_sensitive_attribute(experiment: Mapping[str, Any], traits: StrategyTraits, loader: type) -> None:
@@ -269,7 +269,7 @@ def _validate_sensitive_attribute(experiment: Mapping[str, Any], traits: Strateg
     _choice("client.local_debiasing", debiasing, LOCAL_DEBIASING)
     needs = [f"strategy {_strategy_name(experiment)}"] if traits.requires_sensitive_attribute else []
     needs += [f"client.local_debiasing={debiasing}"] if debiasing != "none" else []
-    if needs and not getattr(loader, "has_sensitive_attribute", False):
+    if needs and not loader.has_sensitive_attribute:
         allowed = f"{needs[0]} needs a sensitive attribute: one of {', '.join(_sensitive_datasets())}"
         raise ConfigError("dataset", experiment["dataset"].get("name"), allowed)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import random
-from functools import cache
 
 import numpy as np
 import pytest
@@ -31,20 +30,14 @@ from fedsim.protocol.experiment import experiment_record
 from fedsim.protocol.keys import LOCAL_EPOCHS_KEY
 from fedsim.server import build_strategy
 
+from .conftest import data_for
+
 STRATEGIES = group_options("strategy")
 SMALL = ["num_clients=4", "num_rounds=2", "client.local_epochs=1", "device=cpu", "progress=false"]
 
 
-@cache
-def _data_for(name: str) -> tuple[str, ...]:
-    """The data a strategy needs: fair_synthetic for one that declares it needs a sensitive attribute."""
-    if traits_of(compose_experiment([f"strategy={name}"])).requires_sensitive_attribute:
-        return ("dataset=fair_synthetic", "dataset.num_samples=400", "model=logreg")
-    return ()
-
-
 def _experiment(name: str, *overrides: str) -> dict:
-    return compose_experiment([f"strategy={name}", *SMALL, *_data_for(name), *overrides])
+    return compose_experiment([f"strategy={name}", *SMALL, *data_for(name), *overrides])
 
 
 class Federation:
