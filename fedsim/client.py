@@ -13,20 +13,31 @@ a train round belongs in the full round, behind a reason in the plan, so that no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .build import build_model
-from .client_plan import LocalTraining, NeedsClientApp, asked_requests, local_training, plan, reply
+from .attacks import Attack, attacked_update
+from .build import build_model, traits_of
+from .client_plan import (
+    LocalTraining,
+    NeedsClientApp,
+    asked_requests,
+    client_attack,
+    local_training,
+    plan,
+    reply,
+    training_rows,
+)
 from .data.client_data import client_data
 from .data.tensors import ArrayDataset
+from .errors import FedsimError
 from .fairness import model_group_counts
-from .faults import before_training, draw_faults, misbehaved, poisoned
-from .node_config import load_global_model, misbehavior, node_device, node_federation, one_line_errors
+from .faults import before_training, draw_faults, poisoned
+from .node_config import load_global_model, node_device, node_federation, one_line_errors
 from .node_config import partition_id as _partition_id
 from .protocol.experiment import experiment_from_record
 from .protocol.keys import (
@@ -40,6 +51,7 @@ from .protocol.keys import (
     PARTITION_ID,
     ROUND_KEY,
 )
+from .protocol.stages import STAGE_ACTION, STAGE_KEY
 from .training import TrainResult, evaluate, train_local
 
 if TYPE_CHECKING:
@@ -69,17 +81,18 @@ class ClientRound:
     received: ArrayRecord
     experiment: dict[str, Any]
     federation: Federation
-    model: nn.Module  # holds the received model until training starts
+    model: nn.Module | None  # holds the received model until training starts (None in a strategy's stage)
     train_data: ArrayDataset
     val_data: ArrayDataset
     device: torch.device
+    partition_id: int
 
     def evaluate(self, arrays: ArrayRecord | None = None, split: str = "train", group_counts: bool = False
                  ) -> dict[str, float]:
         model = self.model
-        if arrays is not None:
+        if arrays is not None or model is None:
             model = build_model(self.experiment, self.federation.data)
-            model.load_state_dict(arrays.to_torch_state_dict())
+            model.load_state_dict((arrays or self.received).to_torch_state_dict())
         data = self.train_data if split == "train" or not len(self.val_data) else self.val_data
         result = evaluate(model, data, self.device)
         metrics = {"loss": result.loss, "accuracy": result.accuracy}
@@ -88,7 +101,15 @@ class ClientRound:
         return metrics
 
     def label_counts(self) -> list[int]:
-        return torch.bincount(self.train_data.y, minlength=self.federation.data.num_classes).tolist()
+        return torch.bincount(self.train_data.y, minlength=self.num_classes).tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return self.federation.data.num_classes
+
+    def rows(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        data = self.train_data if split == "train" else self.val_data
+        return data.x, data.y
 
 
 @app.train()
@@ -107,12 +128,12 @@ def train(msg: Message, context: Context) -> Message:
 
 def _full_round(msg: Message, context: Context) -> Message:
     """A train round beyond plain local training: the strategy's client requests around it, an injected fault, a
-    node's misbehaviour."""
+    Byzantine client's attack (`fedsim.attacks`)."""
     config = msg.content[CONFIG_RECORD]
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
-    told = misbehavior(context)  # read before training, so that a bad value costs no training
-    local = _client_round(msg, context, experiment, partition_id)
+    attack = client_attack(experiment, context)  # read before training, so that a bad value costs no training
+    local = _client_round(msg, context, experiment, partition_id, attack)
     requests = asked_requests(experiment, config)
     answers: dict[str, float] = {}
     for request in requests:
@@ -120,12 +141,13 @@ def _full_round(msg: Message, context: Context) -> Message:
             answers.update(request.before(local))
     faults = draw_faults(experiment, int(config[ROUND_KEY]), partition_id)
     before_training(faults)
-    result = _train(local.model, local_training(msg, experiment, partition_id, local.train_data), local.device)
+    training = local_training(msg, experiment, partition_id, local.train_data)
+    result = _train(local.model, training, local.device)
     arrays = _arrays(local.model)
     if faults.nan:
         arrays = poisoned(arrays)
-    if told is not None:  # a node told to misbehave in its own node config (experiments with a malicious node)
-        arrays = misbehaved(arrays, msg.content[ARRAYS_RECORD], *told)
+    if attack is not None and not attack.on_data:
+        arrays = _attacked(attack, arrays, msg, experiment, local, training)
     response = reply(msg, result, arrays)
     response.content[METRICS_RECORD].update(answers)
     for request in requests:
@@ -134,13 +156,29 @@ def _full_round(msg: Message, context: Context) -> Message:
     return response
 
 
-def _client_round(msg: Message, context: Context, experiment: dict[str, Any], partition_id: int) -> ClientRound:
+def _attacked(attack: Attack, arrays: ArrayRecord, msg: Message, experiment: dict[str, Any], local: ClientRound,
+              training: LocalTraining) -> ArrayRecord:
+    """What the attacker sends in place of its trained `arrays`; ALIE and FoE first train `attack.estimates - 1`
+    more honest models on other batch orders (the colluders' updates the attack is built from)."""
+    estimates = [arrays]
+    if attack.kind in ("alie", "foe"):
+        for extra in range(1, attack.estimates):
+            model = _received_model(msg, experiment, local.federation)
+            _train(model, replace(training, seed=training.seed + extra), local.device)
+            estimates.append(_arrays(model))
+    return attacked_update(attack, arrays, msg.content[ARRAYS_RECORD], int(experiment["seed"]),
+                           int(local.config[ROUND_KEY]), local.partition_id, estimates)
+
+
+def _client_round(msg: Message, context: Context, experiment: dict[str, Any], partition_id: int,
+                  attack: Attack | None = None) -> ClientRound:
     """The round as the strategy's request functions see it, holding the received model."""
     federation = node_federation(experiment, context)
-    train_data, val_data = client_data(federation, experiment, partition_id)
+    _, val_data = client_data(federation, experiment, partition_id)
+    train_data = training_rows(federation, experiment, partition_id, attack)
     model = _received_model(msg, experiment, federation)
     return ClientRound(msg.content[CONFIG_RECORD], context.state, msg.content[ARRAYS_RECORD], experiment, federation,
-                       model, train_data, val_data, node_device(context, experiment))
+                       model, train_data, val_data, node_device(context, experiment), partition_id)
 
 
 def _received_model(msg: Message, experiment: dict[str, Any], federation: Federation) -> nn.Module:
@@ -159,6 +197,27 @@ def _train(model: nn.Module, training: LocalTraining, device: torch.device) -> T
 
 def _arrays(model: nn.Module) -> ArrayRecord:
     return ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+
+
+@app.query(STAGE_ACTION)
+@one_line_errors
+def strategy_stage(msg: Message, context: Context) -> Message:
+    """The client half of a strategy's stage before training (`fedsim.protocol.stages`): the function the configured
+    strategy declares under the message's stage name, on this client's rows."""
+    config = msg.content[CONFIG_RECORD]
+    experiment = experiment_from_record(config)
+    name = str(config[STAGE_KEY])
+    stages = traits_of(experiment).client_stages
+    if name not in stages:
+        raise FedsimError(f"strategy {experiment['strategy']['_target_']} declares no client stage {name!r}")
+    partition_id = _partition_id(context)
+    federation = node_federation(experiment, context)
+    _, val_data = client_data(federation, experiment, partition_id)
+    train_data = training_rows(federation, experiment, partition_id, client_attack(experiment, context))
+    received = msg.content.array_records.get(ARRAYS_RECORD, ArrayRecord())
+    local = ClientRound(config, context.state, received, experiment, federation, None, train_data, val_data,
+                        node_device(context, experiment), partition_id)
+    return Message(stages[name](local), reply_to=msg)
 
 
 @app.evaluate()

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from .attacks import Attack, attacked_data, configured_attack
 from .build import train_settings, traits_of
 from .data.client_data import client_data
 from .data.tensors import ArrayDataset
 from .fairness import reweighing_weights
 from .faults import Faults, draw_faults
-from .node_config import MISBEHAVE, node_federation
+from .node_config import MISBEHAVE, misbehavior, node_federation
 from .node_config import partition_id as _partition_id
 from .protocol.experiment import experiment_from_record
 from .protocol.keys import (
@@ -36,6 +37,9 @@ from .protocol.keys import (
 )
 from .protocol.requests import ClientRequest
 from .training import LocalObjective, TrainResult, TrainSettings, client_seed, local_objectives
+
+if TYPE_CHECKING:
+    from .data.federation import Federation
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,21 @@ def plan(message: Message, context: Context) -> LocalTraining | NeedsClientApp:
         return NeedsClientApp(reason)
     experiment = experiment_from_record(message.content[CONFIG_RECORD])
     partition_id = _partition_id(context)
-    train_data, _ = client_data(node_federation(experiment, context), experiment, partition_id)
+    federation = node_federation(experiment, context)
+    train_data = training_rows(federation, experiment, partition_id, configured_attack(experiment, partition_id))
     return local_training(message, experiment, partition_id, train_data)
+
+
+def client_attack(experiment: Mapping[str, Any], context: Context) -> Attack | None:
+    """This client's attack (`fedsim.attacks`): its node's own `misbehave` instruction, else the experiment's."""
+    return misbehavior(context) or configured_attack(experiment, _partition_id(context))
+
+
+def training_rows(federation: Federation, experiment: Mapping[str, Any], partition_id: int,
+                  attack: Attack | None) -> ArrayDataset:
+    """The rows the client trains on: its partition's, noise applied (`client_data`), then a data attack's."""
+    train_data, _ = client_data(federation, experiment, partition_id)
+    return attacked_data(train_data, attack, federation.data.num_classes, int(experiment["seed"]), partition_id)
 
 
 def _beyond_local_training(message: Message, context: Context) -> str | None:
@@ -79,6 +96,9 @@ def _beyond_local_training(message: Message, context: Context) -> str | None:
     if MISBEHAVE in context.node_config:
         return f"the node is told to misbehave (node config '{MISBEHAVE}')"
     experiment = experiment_from_record(config)
+    attack = configured_attack(experiment, _partition_id(context))
+    if attack is not None and not attack.on_data:
+        return f"the client is a Byzantine attacker (attack.kind={attack.kind})"
     asked = asked_requests(experiment, config)
     if asked:
         return f"the strategy asks for {', '.join(request.key for request in asked)}"

@@ -106,6 +106,21 @@ def resolve_auto_values(experiment: Mapping[str, Any]) -> dict[str, Any]:
     return {**experiment, "server": server}
 
 
+def attacker_count(attack: Any, num_clients: Any, seed: Any) -> int:
+    """How many clients the experiment's `attack.*` makes attackers (0 without an attack): the `${attackers:...}`
+    resolver, which gives the robust rules' f (`num_malicious_nodes`) its default."""
+    from .attacks import attackers
+
+    config = OmegaConf.to_container(attack, resolve=True) if isinstance(attack, DictConfig) else dict(attack or {})
+    try:
+        return len(attackers({"attack": config, "num_clients": int(num_clients), "seed": int(seed)}))
+    except (TypeError, ValueError):  # a bad attack setting: validation names it in one line
+        return 0
+
+
+OmegaConf.register_new_resolver("attackers", attacker_count, replace=True)
+
+
 def compose_experiment(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Compose configs/config.yaml with Hydra overrides, as the CLI does, for use from Python and tests."""
     from hydra import compose, initialize_config_dir
@@ -252,6 +267,30 @@ def _validate_stragglers(experiment: Mapping[str, Any], traits: StrategyTraits) 
                           f"0 with strategy {_strategy_name(experiment)}, which does not declare supports_stragglers")
 
 
+def _validate_attack(attack: Mapping[str, Any], num_clients: int) -> None:
+    """`attack.*`: a known kind, attackers named when it is set, and that kind's settings (`fedsim.attacks`)."""
+    from .attacks import KINDS, parse_attack
+
+    kind = attack.get("kind", "none")
+    _choice("attack.kind", kind, ("none", *KINDS))
+    clients = attack.get("clients") or []
+    _partition_ids("attack.clients", clients, num_clients, leave_one=False)
+    fraction = _in_range("attack.fraction", attack.get("fraction", 0.0), 0, 1, high_open=True)
+    if kind == "none":
+        if clients or fraction > 0:
+            raise ConfigError("attack.kind", kind, f"one of {', '.join(KINDS)} when attack.clients or attack.fraction "
+                                                   "names attackers")
+        return
+    if not clients and round(fraction * num_clients) == 0:
+        raise ConfigError("attack.clients", clients, f"at least one attacker for attack.kind={kind} "
+                                                     "(or attack.fraction with round(fraction * num_clients) >= 1)")
+    settings = {key: value for key, value in attack.items() if key not in ("kind", "clients", "fraction")}
+    try:
+        parse_attack(kind, settings, num_clients, max(len(clients), 1))
+    except InvalidParameter as error:
+        raise ConfigError(f"attack.{error.name}", error.value, error.allowed) from None
+
+
 def _sensitive_datasets() -> list[str]:
     """The `dataset` options whose loader declares rows with a sensitive attribute."""
     from .build import locate
@@ -393,6 +432,7 @@ def validate(experiment: Mapping[str, Any]) -> None:
     feature_noise = experiment.get("feature_noise") or {}
     _partition_ids("feature_noise.clients", feature_noise.get("clients") or [], num_clients, leave_one=False)
     _non_negative("feature_noise.std", feature_noise.get("std", 0.0))
+    _validate_attack(experiment.get("attack") or {}, num_clients)
     _validate_stragglers(experiment, traits)
     server = experiment["server"]
     proxy_size = _integer("server.proxy_size", server.get("proxy_size", 0), 0)

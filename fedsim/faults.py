@@ -56,24 +56,3 @@ def poisoned(arrays: ArrayRecord) -> ArrayRecord:
         out[key] = Array(values)
     return ArrayRecord(out)
 
-
-MISBEHAVIORS = ("scale", "sign-flip", "nan")
-
-
-def misbehaved(arrays: ArrayRecord, global_arrays: ArrayRecord, kind: str, scale: float = 1000.0) -> ArrayRecord:
-    """What a node told to misbehave (node config `misbehave`) sends in place of its trained `arrays` w_k: `scale`:
-    w_global + scale (w_k - w_global), the scaled-update attack; `sign-flip`: w_global - (w_k - w_global); `nan`:
-    every float NaN. Integer arrays stay as trained."""
-    if kind not in MISBEHAVIORS:
-        raise ValueError(f"misbehave={kind!r}: one of {', '.join(MISBEHAVIORS)}")
-    if kind == "nan":
-        return poisoned(arrays)
-    factor = scale if kind == "scale" else -1.0
-    out = {}
-    for key, array in arrays.items():
-        values = array.numpy()
-        if np.issubdtype(values.dtype, np.floating):
-            start = global_arrays[key].numpy().astype(np.float64)
-            values = (start + factor * (values.astype(np.float64) - start)).astype(values.dtype)
-        out[key] = Array(values)
-    return ArrayRecord(out)

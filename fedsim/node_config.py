@@ -8,10 +8,12 @@ Keys (all read on the node, never sent by the server):
   `partition-id` of the configured data set: the cross-silo case, where no machine sees another's rows;
 - `device` (optional): `auto` (default: the experiment's `device`), `cpu`, `cuda` or `cuda:1`; resolved here, so
   each node uses its own GPU or runs on CPU when it has none;
-- `misbehave` (optional, experiments only): `"scale"`, `"sign-flip"` or `"nan"`: the node trains, then sends a
-  scaled update w_global + s (w_k - w_global), a sign-flipped one, or NaN weights (`fedsim.faults.misbehaved`),
-  so that a deployment can run one malicious node among honest ones;
-- `misbehave-scale` (optional): s for `misbehave="scale"`, a number > 0 (default 1000).
+- `misbehave` (optional, experiments only): an attack of `fedsim.attacks` (`random`, `reverse`, `alie`, `foe`,
+  `scale`, `sign-flip`, `nan`, `label-flip`, `noisy-data`), so that a deployment can run Byzantine nodes among
+  honest ones; the same kinds as the experiment's `attack.kind`;
+- `misbehave-scale`, `misbehave-z`, `misbehave-epsilon`, `misbehave-estimates`, `misbehave-noise-std` (optional):
+  that attack's settings, as `attack.scale` etc. (`auto` values take this node alone: ALIE's z_max for 2 clients,
+  2 estimates).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from .errors import DataError, FedsimError
 from .protocol.keys import NUM_PARTITIONS, PARTITION_ID
 
 if TYPE_CHECKING:
+    from .attacks import Attack
     from .data.federation import Federation
 
 DATA_PATH = "data-path"
 DEVICE = "device"
 MISBEHAVE = "misbehave"
-MISBEHAVE_SCALE = "misbehave-scale"
 SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv"}
 
 
@@ -67,23 +69,21 @@ def node_device(context: Context, experiment: Mapping[str, Any]) -> torch.device
     return torch.device(name)
 
 
-def misbehavior(context: Context) -> tuple[str, float] | None:
-    """(kind, scale) of the node's `misbehave` instruction, or None for an honest node."""
-    from .faults import MISBEHAVIORS
+def misbehavior(context: Context) -> Attack | None:
+    """The attack the node's own `misbehave` instruction names (`fedsim.attacks`), or None for an honest node."""
+    from .attacks import SETTINGS, parse_attack
+    from .protocol.constraints import InvalidParameter
 
     kind = context.node_config.get(MISBEHAVE)
     if kind is None:
         return None
-    if kind not in MISBEHAVIORS:
-        raise NodeConfigError(f"--node-config {MISBEHAVE}={kind!r}: one of {', '.join(MISBEHAVIORS)}")
-    raw = context.node_config.get(MISBEHAVE_SCALE, 1000.0)
+    keys = {name: f"{MISBEHAVE}-{name.replace('_', '-')}" for name in SETTINGS}  # misbehave-noise-std: noise_std
+    settings = {name: context.node_config[key] for name, key in keys.items() if key in context.node_config}
     try:
-        scale = float(raw) if not isinstance(raw, bool) else float("nan")
-    except (TypeError, ValueError):
-        scale = float("nan")
-    if not 0 < scale < float("inf"):
-        raise NodeConfigError(f"--node-config {MISBEHAVE_SCALE}={raw!r}: a number > 0")
-    return str(kind), scale
+        return parse_attack(kind, settings)
+    except InvalidParameter as error:
+        key = keys.get(error.name, MISBEHAVE)
+        raise NodeConfigError(f"--node-config {key}={error.value!r}: {error.allowed}") from None
 
 
 def node_federation(experiment: Mapping[str, Any], context: Context) -> Federation:

@@ -62,6 +62,7 @@ class RoundProgress:
     one (a log file, CI, `2> run.log`), nothing when disabled. Inside a `SweepProgress` it is the sweep's second bar."""
 
     def __init__(self, num_rounds: int, enabled: bool = True, description: str = "rounds") -> None:
+        self.enabled = enabled
         self._shared = _shared if enabled else None
         self._lines = enabled and not _in_sweep and not console.is_terminal
         self._num_rounds = num_rounds

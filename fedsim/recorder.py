@@ -269,14 +269,17 @@ class Recorder:
         writer.writerows(self._rejections)
         write_atomic(self.run_dir / REJECTIONS_FILE, buffer.getvalue().encode())
 
-    def save_model(self, state_dict: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> None:
-        """The final global model as a torch state dict, with what is needed to rebuild it under `__fedsim__`."""
+    def save_model(self, state_dict: Mapping[str, Any], input_shape: Sequence[int], num_classes: int,
+                   name: str = MODEL_FILE) -> None:
+        """A final model as a torch state dict, with what is needed to rebuild it under `__fedsim__`: the global
+        model in `model.pt`, a client's own (FedCollab's coalition model) in `models/client_<i>.pt`."""
         import torch
 
         buffer = io.BytesIO()
         meta = {"input_shape": list(input_shape), "num_classes": int(num_classes)}
         torch.save({**dict(state_dict), "__fedsim__": meta}, buffer)
-        write_atomic(self.run_dir / MODEL_FILE, buffer.getvalue())
+        (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / name, buffer.getvalue())
 
     def finish(self, final_client_accuracy: Mapping[int, float],
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import random
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,15 +32,16 @@ from .data.federation import Federation, federation_for
 from .fairness import GroupCounts, fairness_summary, model_group_counts
 from .grid.fedsim_grid import FedsimGrid
 from .progress import RoundProgress
-from .protocol.capabilities import ReportsRound
+from .protocol.capabilities import PersonalisesModels, PreparesFederation, ReportsRound
 from .protocol.experiment import experiment_record
 from .protocol.keys import ARRAYS_RECORD, CONFIG_RECORD, EVAL_ACCURACY, EVAL_LOSS, ROUND_KEY
-from .recorder import Recorder, RoundRecord
+from .recorder import Recorder, RoundRecord, write_atomic
 from .reply_checks import ReplyLimits
 from .rounds import run_rounds
 from .training import evaluate, resolve_device
 
 NODE_DISCOVERY_TIMEOUT = 600.0
+PREPARATION_FILE = "preparation.json"
 
 
 def build_strategy(experiment: Mapping[str, Any], federation: Federation | None = None,
@@ -112,10 +116,26 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         random.seed(int(self.experiment["seed"]))  # Flower's strategies sample the partition-ordered nodes with it
         checkpoint = self.checkpointer.resume() if resume else None
         if checkpoint is None:
+            self._prepare(show=progress.enabled)
             return self.initial_arrays, 1
         last = self.recorder.rows[-1]
         progress.update(checkpoint.server_round, last["test_accuracy"], last["test_loss"])
         return checkpoint.arrays, checkpoint.server_round + 1
+
+    def _prepare(self, show: bool) -> None:
+        """The strategy's stage before round 1, if it has one (`PreparesFederation`); what it found goes to the run
+        folder's `preparation.json`."""
+        if not isinstance(self.strategy, PreparesFederation):
+            return
+        started = time.monotonic()
+        name = type(self.strategy).__name__
+        if show:
+            print(f"{name}: preparing the federation before round 1 ...", file=sys.stderr, flush=True)
+        found = self.strategy.prepare(self.grid, experiment_record(self.experiment), self.timeout)
+        write_atomic(self.recorder.run_dir / PREPARATION_FILE, json.dumps(found, indent=1).encode())
+        if show:
+            print(f"{name}: prepared in {time.monotonic() - started:.1f} s ({PREPARATION_FILE})", file=sys.stderr,
+                  flush=True)
 
     def rounds(self, arrays: ArrayRecord, first_round: int, progress: RoundProgress) -> ArrayRecord:
         """Rounds `first_round`..`num_rounds`; returns the final global model."""
@@ -131,6 +151,10 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         """Save the final model, evaluate it on every client and on the test split's groups; write the summary."""
         data = self.federation.data
         self.recorder.save_model(arrays.to_torch_state_dict(), data.input_shape, data.num_classes)
+        if isinstance(self.strategy, PersonalisesModels):  # each client's own final model
+            for node in self.grid.all_node_ids():
+                self.recorder.save_model(self.strategy.model_for(node, arrays).to_torch_state_dict(), data.input_shape,
+                                         data.num_classes, f"models/client_{self.grid.partition_of(node)}.pt")
         validated = float(self.experiment["client"]["val_fraction"]) > 0  # clients hold a validation split
         accuracy, loss, groups = self._evaluate_every_client(arrays) if validated else ({}, {}, {})
         extra: dict[str, Any] = {"client_loss": _loss_stats(list(loss.values()))}
@@ -177,8 +201,9 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         fairness group counts) per partition id (group counts only for data with a sensitive attribute)."""
         config = experiment_record(self.experiment)
         config[ROUND_KEY] = self.num_rounds
-        content = RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config})
-        messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
+        personal = isinstance(self.strategy, PersonalisesModels)
+        messages = [Message(RecordDict({ARRAYS_RECORD: self.strategy.model_for(node, arrays) if personal else arrays,
+                                        CONFIG_RECORD: config}), dst_node_id=node, message_type=MessageType.EVALUATE)
                     for node in self.grid.all_node_ids()]
         self.grid.send_and_receive(messages, timeout=self.timeout)
         log = self.grid.take_round_log()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from .dirichlet import DirichletPartitioner
     from .embedding import EmbeddingPartitioner
+    from .label_clusters import LabelClusterPartitioner
     from .label_shards_with_iid import LabelShardsWithIidPartitioner
     from .quantity import QuantitySkewPartitioner
     from .semantic import SemanticPartitioner
@@ -38,6 +39,7 @@ __all__ = [
     "DirichletPartitioner",
     "EmbeddingPartitioner",
     "IidPartitioner",
+    "LabelClusterPartitioner",
     "LabelShardsWithIidPartitioner",
     "NaturalIdPartitioner",
     "PartitionImpossible",
@@ -58,6 +60,7 @@ _LAZY = {
     "PartitionImpossible": "fedsim.protocol.errors",
     "DirichletPartitioner": ".dirichlet",
     "EmbeddingPartitioner": ".embedding",
+    "LabelClusterPartitioner": ".label_clusters",
     "LabelShardsWithIidPartitioner": ".label_shards_with_iid",
     "QuantitySkewPartitioner": ".quantity",
     "SemanticPartitioner": ".semantic",

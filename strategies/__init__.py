@@ -22,12 +22,17 @@ if TYPE_CHECKING:
     from .fairfed import FairFed
     from .fedavg import FedAvg
     from .fedce import FedCE
+    from .fedcollab import FedCollab
     from .feddisco import FedDisco, disco_weights, discrepancy
     from .fedlaw import FedLAW
     from .fedprox import FedProx
+    from .flag import FlagAggregator
+    from .ida import IDA
     from .qffl import QFFL
+    from .robust import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
-__all__ = ["FairFed", "FedAvg", "FedCE", "FedDisco", "FedLAW", "FedProx", "QFFL", "Strategy", "WeightedAggregation",
+__all__ = ["IDA", "QFFL", "Bulyan", "FairFed", "FedAvg", "FedCE", "FedCollab", "FedDisco", "FedLAW", "FedMedian",
+           "FedProx", "FedTrimmedAvg", "FlagAggregator", "Krum", "MultiKrum", "Strategy", "WeightedAggregation",
            "discrepancy", "disco_weights"]
 
 # public name -> the module that defines it
@@ -41,6 +46,14 @@ _LAZY = {
     "FedLAW": ".fedlaw",
     "FedProx": ".fedprox",
     "QFFL": ".qffl",
+    "IDA": ".ida",
+    "FlagAggregator": ".flag",
+    "FedCollab": ".fedcollab",
+    "Krum": ".robust",
+    "MultiKrum": ".robust",
+    "Bulyan": ".robust",
+    "FedMedian": ".robust",
+    "FedTrimmedAvg": ".robust",
     "WeightedAggregation": ".base",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

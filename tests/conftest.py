@@ -60,12 +60,17 @@ def give_nodes_config(monkeypatch: pytest.MonkeyPatch, extras: dict[int, dict[st
     monkeypatch.setattr(fedsim.run, "make_engine", engine_with_node_config)
 
 
+# What keeps a strategy's test run short: FedCollab's distance stage stops after a few rounds and restarts.
+QUICK_SETTINGS = {"fedcollab": ("strategy.distance_rounds=6", "strategy.distance_eval_every=3",
+                                "strategy.solver_restarts=2")}
+
+
 @cache
 def data_for(strategy: str) -> tuple[str, ...]:
-    """Overrides that give `strategy` data it can run on: a sensitive attribute where its class declares it
-    needs one."""
+    """Overrides that give `strategy` data it can run on (a sensitive attribute where its class declares it needs
+    one) and keep its test runs short (`QUICK_SETTINGS`)."""
     needs = traits_of(compose_experiment([f"strategy={strategy}"])).requires_sensitive_attribute
-    return SENSITIVE_DATA if needs else ()
+    return (SENSITIVE_DATA if needs else ()) + QUICK_SETTINGS.get(strategy, ())
 
 
 # --- messages built outside an engine ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,6 +22,7 @@ from fedsim.compare.sweep import is_complete, run_folder, run_sweep
 from fedsim.compare.table import build_rows, load_run, markdown_table
 from fedsim.config import compose_experiment, group_options, resolve_auto_values
 from fedsim.data.federation import build_federation
+from fedsim.errors import FedsimError
 from fedsim.partition_report import HEATMAP_FILE, plot_heatmap
 from fedsim.recorder import client_accuracy_stats
 
@@ -102,6 +104,13 @@ def test_expand_understands_ranges_and_defaults():
     grid = expand(["seed=range(0,3)"])
     assert grid.strategies == ["fedavg"] and grid.seeds == [0, 1, 2] and grid.settings == [()]
     assert grid.points[0].setting_label == "default" and str(grid.points[0].folder) == "fedavg/default/seed=0"
+
+
+def test_a_strategys_own_keys_reach_its_points():
+    the_plan = plan(["strategy=flag", "seed=0,1", "strategy.update_scale=released", "num_clients=3"])
+    assert [e["strategy"]["update_scale"] for e in the_plan.experiments] == ["released", "released"]
+    with pytest.raises(FedsimError, match=r"^strategy fedavg: strategy\.update_scale is not a fedsim config key"):
+        plan(["strategy=flag,fedavg", "strategy.update_scale=released"])  # FedAvg has no such key
 
 
 def test_one_proxy_size_for_every_strategy_when_one_needs_a_proxy_set():
@@ -216,6 +225,14 @@ def test_exact_ties_are_ties_and_one_seed_never_wins():
     assert single[0].cells["final_accuracy"].best and single[0].cells["final_accuracy"].tie
     assert single[0].cells["final_accuracy"].text(3) == "0.900" and single[1].delta_text() == "-0.600"
     assert all(row.cells["rounds_to_target"].text(1) == "— (1/1 ✗)" for row in single)
+    # a diverged run (test loss NaN) is never the best, and its std is NaN rather than an error
+    diverged = metrics(0.1, None)
+    diverged.final_loss = float("nan")
+    finite = metrics(0.8, None)
+    finite.final_loss = 0.9
+    rows = build_rows([("A", "z", 0, diverged), ("B", "z", 0, finite), ("A", "z", 1, diverged), ("B", "z", 1, finite)])
+    assert [row.cells["final_loss"].best for row in rows] == [False, True]
+    assert math.isnan(rows[0].cells["final_loss"].std)
 
 
 def test_paired_difference_sees_what_unpaired_intervals_miss():
@@ -228,6 +245,10 @@ def test_paired_difference_sees_what_unpaired_intervals_miss():
     welch = welch_difference(list(b.values()), list(a.values()))
     assert welch.half_width > welch.mean and not welch.excludes_zero  # unpaired, the seed spread hides it
     assert mean_interval([0.5]).half_width is None and paired_difference({0: 1.0}, {1: 1.0}) is None
+    # a diverged run's loss (inf, NaN) has no interval rather than stopping the report
+    assert mean_interval([0.5, float("inf"), 0.7]).half_width is None
+    assert paired_difference({0: float("nan"), 1: 1.0}, {0: 1.0, 1: 2.0}).half_width is None
+    assert welch_difference([float("inf"), 1.0], [1.0, 2.0]).half_width is None
 
 
 def test_best_is_marked_within_each_setting_and_fairness_columns_appear_with_a_sensitive_attribute(tmp_path):

@@ -187,41 +187,7 @@ def test_with_an_absolute_bound_or_none_the_relative_one_is_off():
 
 # --- a node told to misbehave (node config `misbehave`) ---------------------------------------------------------
 
-def test_misbehaved_updates_are_what_the_attack_says():
-    from fedsim.faults import misbehaved
-
-    start = ArrayRecord({"w": Array(np.array([1.0, 2.0], dtype=np.float32)), "n": Array(np.array([4]))})
-    trained = ArrayRecord({"w": Array(np.array([1.5, 1.0], dtype=np.float32)), "n": Array(np.array([5]))})
-    scaled = misbehaved(trained, start, "scale", 10.0)
-    np.testing.assert_array_equal(scaled["w"].numpy(), [6.0, -8.0])  # 1 + 10 * 0.5, 2 + 10 * (-1)
-    assert scaled["w"].numpy().dtype == np.float32 and scaled["n"].numpy().tolist() == [5]
-    np.testing.assert_array_equal(misbehaved(trained, start, "sign-flip")["w"].numpy(), [0.5, 3.0])
-    poisoned = misbehaved(trained, start, "nan")
-    assert np.isnan(poisoned["w"].numpy()).all() and poisoned["n"].numpy().tolist() == [5]
-
-
-@pytest.mark.parametrize("config, expected", [
-    ({}, None),
-    ({"misbehave": "scale"}, ("scale", 1000.0)),
-    ({"misbehave": "scale", "misbehave-scale": 50}, ("scale", 50.0)),
-    ({"misbehave": "sign-flip"}, ("sign-flip", 1000.0)),
-    ({"misbehave": "lie"}, "--node-config misbehave='lie': one of scale, sign-flip, nan"),
-    ({"misbehave": "scale", "misbehave-scale": 0}, "--node-config misbehave-scale=0: a number > 0"),
-    ({"misbehave": "scale", "misbehave-scale": -2.5}, "--node-config misbehave-scale=-2.5: a number > 0"),
-    ({"misbehave": "scale", "misbehave-scale": "big"}, "--node-config misbehave-scale='big': a number > 0"),
-])
-def test_misbehave_is_read_from_the_node_config(config, expected):
-    from flwr.app import Context
-
-    from fedsim.node_config import NodeConfigError, misbehavior
-
-    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, **config}, state=RecordDict(), run_config={})
-    if isinstance(expected, str):
-        with pytest.raises(NodeConfigError) as raised:
-            misbehavior(context)
-        assert str(raised.value) == expected
-    else:
-        assert misbehavior(context) == expected
+# What each attack sends, and how a node's `misbehave` is read: tests/test_attacks.py.
 
 
 @pytest.fixture
@@ -266,8 +232,9 @@ def test_no_malformed_reply_reaches_any_strategys_global_model(round_setup, plan
     assert all(r.has_error() and REJECTED_PREFIX in r.error.reason
                for r, how in zip(checked, plan, strict=True) if how != "none")
     new_arrays, _ = strategy.aggregate_train(1, checked)  # must not raise
-    if new_arrays is None:
-        assert bad == len(plan)  # nothing valid: nothing aggregated, the caller keeps the global model
+    if new_arrays is None:  # too few valid: nothing aggregated, the caller keeps the global model
+        needed = strategy.min_replies() if hasattr(strategy, "min_replies") else 1  # Bulyan: 4f + 3
+        assert len(plan) - bad < needed
         return
     assert list(new_arrays.keys()) == list(arrays.keys())
     for key, array in new_arrays.items():

@@ -270,6 +270,9 @@ CLIENT_OPTIMIZERS = {
     "qffl": (0.0, 0.0, "paper"),  # qffedavg.py: plain gradient descent
     "fedce": (0.9, 0.0, "fedsim default"),  # the reference trains with Adam, which fedsim's clients do not offer
     "fairfed": (0.9, 0.0, "fedsim default"),  # neither the paper nor declearn names a client optimiser
+    # server-side rules that leave the clients' optimiser alone
+    **{name: (0.9, 0.0, "fedsim default") for name in ("ida", "flag", "krum", "multikrum", "bulyan", "median",
+                                                         "trimmedavg", "fedcollab")},
 }
 
 

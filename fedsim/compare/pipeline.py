@@ -33,12 +33,17 @@ class Plan:
 
 def plan(overrides: Sequence[str]) -> Plan:
     """Expand the grid and compose + validate every point; the first bad point is a FedsimError before any run."""
+    # the grid's fixed part, for its default seed: a strategy's own keys (`strategy.x=...`) need not exist in the
+    # default strategy, so they are left to each point's composition
     default = compose_experiment([o for o in overrides
-                                  if "," not in o and not o.lstrip("+~").startswith(("strategy=", "seed="))])
+                                  if "," not in o and not o.lstrip("+~").startswith(("strategy", "seed="))])
     grid = expand(overrides, default_seed=int(default["seed"]))
     needs = {}
     for strategy in grid.strategies:
-        probe = compose_experiment([f"strategy={strategy}", *grid.fixed])
+        try:
+            probe = compose_experiment([f"strategy={strategy}", *grid.fixed])
+        except FedsimError as error:
+            raise FedsimError(f"strategy {strategy}: {error}") from None
         needs[strategy] = traits_of(probe).requires_server_data
     grid = share_proxy_set(grid, needs, DEFAULT_PROXY_SIZE)
     experiments = []

@@ -45,7 +45,7 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Mean and Student-t interval of `values` (sample std, n−1 degrees of freedom)."""
     n = len(values)
     mean = statistics.fmean(values)
-    if n < 2:
+    if n < 2 or not all(math.isfinite(value) for value in values):  # a diverged run (loss inf or NaN): no interval
         return Interval(mean, None, n)
     return Interval(mean, t_quantile(n - 1, level) * statistics.stdev(values) / math.sqrt(n), n)
 
@@ -61,7 +61,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
 def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
     """mean(a) − mean(b) with Welch's interval (unequal variances), for values that cannot be paired."""
     mean = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 or len(b) < 2 or not all(math.isfinite(value) for value in (*a, *b)):
         return Interval(mean, None, min(len(a), len(b)))
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     se = math.sqrt(va + vb)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -163,7 +164,9 @@ class Cell:
     @property
     def std(self) -> float | None:
         """Sample std over seeds (n−1); None below two seeds."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
+        if len(self.values) < 2:
+            return None
+        return statistics.stdev(self.values) if all(math.isfinite(v) for v in self.values) else math.nan
 
     def text(self, digits: int) -> str:
         interval = self.interval
@@ -247,7 +250,9 @@ def mark_best(rows: Sequence[Row]) -> None:
         for column in COLUMNS:
             if not column.ranked:
                 continue
-            cells = [row.cells[column.key] for row in group if row.cells[column.key].values]
+            # a diverged run's value (loss inf or NaN) is never the best
+            cells = [row.cells[column.key] for row in group
+                     if row.cells[column.key].values and math.isfinite(row.cells[column.key].mean)]
             if not cells:
                 continue
             sign = -1.0 if column.higher_is_better else 1.0

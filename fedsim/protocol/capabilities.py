@@ -2,7 +2,8 @@
 
 Two kinds:
 - instance capabilities, `typing.Protocol`s checked with `isinstance` at run time: a strategy that reports its
-  round (`ReportsRound`), an engine Grid that keeps node state in this process (`KeepsNodeState`), a partitioner
+  round (`ReportsRound`), runs a stage before training (`PreparesFederation`) or gives nodes models of their own
+  (`PersonalisesModels`), an engine Grid that keeps node state in this process (`KeepsNodeState`), a partitioner
   that computes every partition at once (`PrecomputesPartitions`) or reports clusters (`ReportsClusters`);
 - class declarations of a strategy, read before it is built (config validation, the ClientApp, the server's
   builder) through `strategy_traits`, the one place that knows their names and defaults. A Flower strategy that
@@ -15,8 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
 from .constraints import Allowed, parameter_constraints
 from .requests import ClientRequest
+from .stages import ClientStage
 
 
 @runtime_checkable
@@ -25,6 +30,23 @@ class ReportsRound(Protocol):
 
     client_weights: dict[int, float]  # node id -> aggregation weight
     round_scalars: dict[str, float]  # e.g. FedLAW's gamma, the number of stragglers
+
+
+@runtime_checkable
+class PreparesFederation(Protocol):
+    """A strategy with a stage before its training rounds (`fedsim.protocol.stages`): fedsim's ServerApp calls
+    `prepare` once, before round 1 (not on resume: the checkpoint holds what it found), and saves what it returns
+    (plain data) as the run folder's `preparation.json`."""
+
+    def prepare(self, grid: Grid, config: ConfigRecord, timeout: float) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PersonalisesModels(Protocol):
+    """A strategy whose nodes do not all hold the global model (FedCollab's coalitions): the final evaluation gives
+    each node `model_for(node_id)`."""
+
+    def model_for(self, node_id: int, global_arrays: ArrayRecord) -> ArrayRecord: ...
 
 
 @runtime_checkable
@@ -57,6 +79,7 @@ class StrategyTraits:
 
     parameter_constraints: Mapping[str, list[Allowed]] = field(default_factory=dict)
     client_requests: Sequence[ClientRequest] = ()
+    client_stages: Mapping[str, ClientStage] = field(default_factory=dict)  # name -> client half of a stage
     supports_stragglers: bool = False  # takes `stragglers_fraction`, `straggler_mode`, `local_epochs`, `seed`
     requires_sensitive_attribute: bool = False  # its clients report group counts: data needs a sensitive attribute
     requires_server_data: bool = False  # built with `model`, `proxy_data` (the server's proxy set) and `device`
@@ -71,6 +94,7 @@ def strategy_traits(cls: type) -> StrategyTraits:
     return StrategyTraits(
         parameter_constraints=parameter_constraints(cls),
         client_requests=tuple(getattr(cls, "client_requests", defaults.client_requests)),
+        client_stages=dict(getattr(cls, "client_stages", {})),
         supports_stragglers=bool(getattr(cls, "supports_stragglers", defaults.supports_stragglers)),
         requires_sensitive_attribute=bool(getattr(cls, "requires_sensitive_attribute", False)),
         requires_server_data=bool(getattr(cls, "requires_server_data", False)),

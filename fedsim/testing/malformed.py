@@ -1,7 +1,7 @@
 """Malformed train replies, for robustness experiments on the server's reply checks (`fedsim.reply_checks`).
 
 `MALFORMATIONS` are the ways a faulty client or a torn transfer can break a reply (unlike the attacks of
-`fedsim.faults.misbehaved`, which stay well-formed); `first_round` gives one strategy's real, unchecked replies to
+`fedsim.attacks`, which stay well-formed); `first_round` gives one strategy's real, unchecked replies to
 break. The checks must reject every malformed reply before the strategy aggregates, and the global model must stay
 finite and of the model's shapes.
 """
