@@ -27,10 +27,10 @@ from .client_plan import (
     NeedsClientApp,
     asked_requests,
     client_attack,
+    client_rows,
     local_training,
     plan,
     reply,
-    training_rows,
 )
 from .data.client_data import client_data
 from .data.tensors import ArrayDataset
@@ -90,9 +90,9 @@ class ClientRound:
     def evaluate(self, arrays: ArrayRecord | None = None, split: str = "train", group_counts: bool = False
                  ) -> dict[str, float]:
         model = self.model
-        if arrays is not None or model is None:
+        if arrays is not None:
             model = build_model(self.experiment, self.federation.data)
-            model.load_state_dict((arrays or self.received).to_torch_state_dict())
+            model.load_state_dict(arrays.to_torch_state_dict())
         data = self.train_data if split == "train" or not len(self.val_data) else self.val_data
         result = evaluate(model, data, self.device)
         metrics = {"loss": result.loss, "accuracy": result.accuracy}
@@ -174,8 +174,7 @@ def _client_round(msg: Message, context: Context, experiment: dict[str, Any], pa
                   attack: Attack | None = None) -> ClientRound:
     """The round as the strategy's request functions see it, holding the received model."""
     federation = node_federation(experiment, context)
-    _, val_data = client_data(federation, experiment, partition_id)
-    train_data = training_rows(federation, experiment, partition_id, attack)
+    train_data, val_data = client_rows(federation, experiment, partition_id, attack)
     model = _received_model(msg, experiment, federation)
     return ClientRound(msg.content[CONFIG_RECORD], context.state, msg.content[ARRAYS_RECORD], experiment, federation,
                        model, train_data, val_data, node_device(context, experiment), partition_id)
@@ -212,8 +211,7 @@ def strategy_stage(msg: Message, context: Context) -> Message:
         raise FedsimError(f"strategy {experiment['strategy']['_target_']} declares no client stage {name!r}")
     partition_id = _partition_id(context)
     federation = node_federation(experiment, context)
-    _, val_data = client_data(federation, experiment, partition_id)
-    train_data = training_rows(federation, experiment, partition_id, client_attack(experiment, context))
+    train_data, val_data = client_rows(federation, experiment, partition_id, client_attack(experiment, context))
     received = msg.content.array_records.get(ARRAYS_RECORD, ArrayRecord())
     local = ClientRound(config, context.state, received, experiment, federation, None, train_data, val_data,
                         node_device(context, experiment), partition_id)

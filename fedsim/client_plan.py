@@ -69,7 +69,7 @@ def plan(message: Message, context: Context) -> LocalTraining | NeedsClientApp:
     experiment = experiment_from_record(message.content[CONFIG_RECORD])
     partition_id = _partition_id(context)
     federation = node_federation(experiment, context)
-    train_data = training_rows(federation, experiment, partition_id, configured_attack(experiment, partition_id))
+    train_data, _ = client_rows(federation, experiment, partition_id, configured_attack(experiment, partition_id))
     return local_training(message, experiment, partition_id, train_data)
 
 
@@ -78,11 +78,13 @@ def client_attack(experiment: Mapping[str, Any], context: Context) -> Attack | N
     return misbehavior(context) or configured_attack(experiment, _partition_id(context))
 
 
-def training_rows(federation: Federation, experiment: Mapping[str, Any], partition_id: int,
-                  attack: Attack | None) -> ArrayDataset:
-    """The rows the client trains on: its partition's, noise applied (`client_data`), then a data attack's."""
-    train_data, _ = client_data(federation, experiment, partition_id)
-    return attacked_data(train_data, attack, federation.data.num_classes, int(experiment["seed"]), partition_id)
+def client_rows(federation: Federation, experiment: Mapping[str, Any], partition_id: int,
+                attack: Attack | None) -> tuple[ArrayDataset, ArrayDataset]:
+    """The client's (training, validation) rows: its partition's, noise applied (`client_data`), and a data attack's
+    on the training rows (validation rows stay clean)."""
+    train_data, val_data = client_data(federation, experiment, partition_id)
+    seed = int(experiment["seed"])
+    return attacked_data(train_data, attack, federation.data.num_classes, seed, partition_id), val_data
 
 
 def _beyond_local_training(message: Message, context: Context) -> str | None:

@@ -342,7 +342,7 @@ def client_stage(local: StageRound) -> RecordDict:
         with torch.no_grad():
             logits = _logits(params, valid_x.expand(count, -1, -1), valid_y.expand(count, -1), classes)
             metrics["accuracy"] = ((logits >= 0).float() == sides.unsqueeze(1)).float().mean(dim=1).tolist()
-    if str(config["phase"]) == "step" and count and len(train_x):
+    if phase == "step" and count and len(train_x):
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
             [int(config["seed"]), local.partition_id, int(config["stage-round"]), _BATCH_SALT]).generate_state(1)[0]))
         batch = min(int(config["batch-size"]), len(train_x))
@@ -358,7 +358,7 @@ def client_stage(local: StageRound) -> RecordDict:
             params = {name: (params[name] if grad is None else params[name] - float(config["lr"]) * grad).detach()
                       for name, grad in zip(PARAMETERS, grads, strict=True)}
     content = RecordDict({METRICS_RECORD: MetricRecord(metrics)})
-    if str(config["phase"]) == "step":
+    if phase == "step":
         content[ARRAYS_RECORD] = ArrayRecord({name: Array(params[name].numpy()) for name in PARAMETERS})
     return content
 
