@@ -1,6 +1,7 @@
 """The `fedsim` command: `fedsim [override ...]` runs one Hydra-composed experiment (`-m` for a sweep);
 `fedsim partition [override ...]` only builds the partition and reports its heterogeneity;
 `fedsim contribution [override ...]` compares FedCE's client weights with leave-one-out contributions;
+`fedsim fairness-bounds [override ...]` solves the accuracy–fairness trade-off (AGLFOP) of the federation's data;
 `fedsim compare [override ...]` runs a grid of strategies × settings × seeds and writes a comparison report;
 `fedsim resume <run folder>` continues a run that stopped, from its last checkpoint;
 `fedsim certs DIR` makes a federation's keys; `fedsim deploy server|node` runs the server machine or a client machine
@@ -29,6 +30,7 @@ COMMANDS = {  # subcommand: what it does, in one line (`fedsim --help`)
     "partition": "build the partition only (no training) and report its heterogeneity",
     "compare": "run strategies × settings × seeds and write a comparison table, plots and an HTML report",
     "contribution": "compare FedCE's client weights with each client's leave-one-out contribution",
+    "fairness-bounds": "best accuracy under global and local disparity budgets (AGLFOP), runs marked against it",
     "resume": "continue a stopped run from its last checkpoint",
     "certs": "make and manage a federation's keys and certificates",
     "deploy": "run the server, a client machine, or a whole federation here (Flower's Deployment Runtime)",
@@ -174,6 +176,81 @@ def contribution_command(args: list[str]) -> None:
     output.print(f"report: {out / CONTRIBUTION_FILE}\nplot: {out / CONTRIBUTION_PLOT}", highlight=False, soft_wrap=True)
 
 
+FAIRNESS_BOUNDS_USAGE = """usage: fedsim fairness-bounds [override ...] [--grid N] [--max-bits B]
+                              [--rows all|validation] [--runs DIR ...] [--out DIR]
+
+The best accuracy any classifier can reach on the federation's rows (data set, partition, clients of the overrides;
+binary label, binary sensitive attribute) when its global disparity I(Z;Ŷ) and local disparity I(Z;Ŷ|S) are held
+under budgets, solved exactly (a convex program) on an N × N grid of budgets (default 10) from 0 to H(Z) and H(Z|S)
+bits, beyond which a budget cannot bind (--max-bits B: both axes up to B bits instead). --rows: each client's rows
+counted (all, the default, or validation: the rows a run's final audit uses). --runs: run folders, or folders holding
+them (a `fedsim compare` output), of the same data set and partition; each strategy's mean is marked with its accuracy
+and the bound at its disparities. Writes bounds.csv, bounds.json and bounds.png to DIR
+(default outputs/fairness_bounds/<time>).
+Example: fedsim fairness-bounds dataset=fair_synthetic partition=dirichlet partition.partition_by=sensitive"""
+
+
+def _runs_option(args: list[str]) -> tuple[list[str], list[str]]:
+    """The folders after `--runs` (up to the next option or `key=value` override that is not a folder), and the
+    remaining args."""
+    if "--runs" not in args:
+        return [], args
+    start = args.index("--runs")
+    end = start + 1
+    while end < len(args) and not args[end].startswith("-") and ("=" not in args[end] or Path(args[end]).exists()):
+        end += 1
+    if end == start + 1:
+        _fail(FedsimError("--runs needs at least one run folder"))
+    return args[start + 1 : end], args[:start] + args[end:]
+
+
+def fairness_bounds_command(args: list[str]) -> None:
+    """`fedsim fairness-bounds <overrides> [--grid N] [--max-bits B] [--rows R] [--runs DIR ...] [--out DIR]`: the
+    accuracy–fairness trade-off of the configured federation."""
+    from .config import compose_experiment, validate
+    from .fairness_bounds import bounds_tables, fairness_bounds, write_report
+
+    if _wants_help(args, FAIRNESS_BOUNDS_USAGE):
+        return
+    out, args = _output_folder(args, "fairness_bounds")
+    runs, args = _runs_option(args)
+    grid_text, args = _option(args, "--grid")
+    max_bits_text, args = _option(args, "--max-bits")
+    rows, args = _option(args, "--rows")
+    unknown = [arg for arg in args if arg.startswith("-")]
+    if unknown:
+        _fail(FedsimError(f"unknown option {unknown[0]} (fedsim fairness-bounds takes --grid, --max-bits, --rows, "
+                          "--runs, --out)"))
+    try:
+        grid = int(grid_text) if grid_text is not None else 10
+    except ValueError:
+        _fail(FedsimError(f"--grid {grid_text}: a whole number of budgets per axis"))
+    try:
+        max_bits = float(max_bits_text) if max_bits_text is not None else None
+    except ValueError:
+        _fail(FedsimError(f"--max-bits {max_bits_text}: a number of bits > 0"))
+
+    def on_row(index: int, total: int, seconds: float) -> None:
+        console.print(f"[{index}/{total}] budget rows solved ({seconds:.1f} s)", highlight=False)
+
+    def warn(line: str) -> None:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+
+    try:
+        experiment = compose_experiment(args)
+        validate(experiment)
+        report = fairness_bounds(experiment, grid, rows or "all", max_bits, runs, on_row, warn)
+    except FedsimError as error:
+        _fail(error)
+    paths = write_report(out, report)
+    from rich.console import Console
+
+    wide = output if output.is_terminal else Console(width=max(output.width, 140))  # piped: rows on one line each
+    for table in bounds_tables(report):
+        wide.print(table)
+    output.print("\n".join(f"{kind}: {path}" for kind, path in paths.items()), highlight=False, soft_wrap=True)
+
+
 def certs_command(args: list[str]) -> None:
     """`fedsim certs DIR ...`: a federation's keys and certificates (fedsim/deploy/commands.py)."""
     from .deploy.commands import certs_command as certs
@@ -316,7 +393,8 @@ def resume_command(args: list[str]) -> None:
 
 
 SUBCOMMANDS = {"partition": partition_command, "compare": compare_command, "contribution": contribution_command,
-               "resume": resume_command, "certs": certs_command, "deploy": deploy_command}
+               "fairness-bounds": fairness_bounds_command, "resume": resume_command, "certs": certs_command,
+               "deploy": deploy_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

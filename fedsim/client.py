@@ -26,6 +26,7 @@ from .client_plan import (
     LocalTraining,
     NeedsClientApp,
     asked_requests,
+    changed,
     client_attack,
     client_rows,
     local_training,
@@ -74,7 +75,8 @@ def identify(msg: Message, context: Context) -> Message:
 
 @dataclass
 class ClientRound:
-    """One train round on one client: what the strategy's request functions see (`fedsim.protocol.LocalRound`)."""
+    """One train round on one client: what the strategy's request functions see (`fedsim.protocol.LocalRound`), and
+    one stage message's client (`fedsim.protocol.stages.StageRound`)."""
 
     config: ConfigRecord
     state: RecordDict
@@ -111,6 +113,14 @@ class ClientRound:
         data = self.train_data if split == "train" else self.val_data
         return data.x, data.y
 
+    def sensitive(self, split: str = "train") -> torch.Tensor | None:
+        return (self.train_data if split == "train" else self.val_data).sensitive
+
+    def model_from(self, arrays: ArrayRecord) -> nn.Module:
+        model = build_model(self.experiment, self.federation.data)
+        load_global_model(model, arrays.to_torch_state_dict(), self.federation)
+        return model
+
 
 @app.train()
 @one_line_errors
@@ -127,8 +137,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _full_round(msg: Message, context: Context) -> Message:
-    """A train round beyond plain local training: the strategy's client requests around it, an injected fault, a
-    Byzantine client's attack (`fedsim.attacks`)."""
+    """A train round beyond plain local training: the strategy's client requests around it (and their changes to
+    it: sample weights, batch terms), an injected fault, a Byzantine client's attack (`fedsim.attacks`)."""
     config = msg.content[CONFIG_RECORD]
     experiment = experiment_from_record(config)
     partition_id = _partition_id(context)
@@ -142,6 +152,9 @@ def _full_round(msg: Message, context: Context) -> Message:
     faults = draw_faults(experiment, int(config[ROUND_KEY]), partition_id)
     before_training(faults)
     training = local_training(msg, experiment, partition_id, local.train_data)
+    for request in requests:
+        if request.training is not None:
+            training = changed(training, request.training(local))
     result = _train(local.model, training, local.device)
     arrays = _arrays(local.model)
     if faults.nan:
@@ -191,7 +204,7 @@ def _train(model: nn.Module, training: LocalTraining, device: torch.device) -> T
     """`train_local` as the plan describes it, from the model's current weights."""
     generator = torch.Generator().manual_seed(training.seed)
     return train_local(model, training.data, training.settings, generator, device, training.sample_weights,
-                       training.objectives)
+                       training.objectives, training.batch_terms)
 
 
 def _arrays(model: nn.Module) -> ArrayRecord:

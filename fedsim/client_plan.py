@@ -10,7 +10,7 @@ behaviour the plan does not describe must therefore make it `NeedsClientApp`: th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,7 +35,7 @@ from .protocol.keys import (
     TRAIN_ACCURACY,
     TRAIN_LOSS,
 )
-from .protocol.requests import ClientRequest
+from .protocol.requests import BatchTerm, ClientRequest, TrainingChange
 from .training import LocalObjective, TrainResult, TrainSettings, client_seed, local_objectives
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class LocalTraining:
     start: ArrayRecord  # the global model as received
     objectives: tuple[LocalObjective, ...] = ()  # terms added to cross-entropy (FedProx's proximal term)
     sample_weights: torch.Tensor | None = None  # per-row loss weights (local debiasing), or None
+    batch_terms: tuple[BatchTerm, ...] = ()  # terms of a minibatch's logits, from a strategy's request (full round)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,21 @@ def local_training(message: Message, experiment: Mapping[str, Any], partition_id
         objectives=local_objectives(settings),
         sample_weights=_sample_weights(experiment, train_data),
     )
+
+
+def changed(training: LocalTraining, change: TrainingChange) -> LocalTraining:
+    """`training` as a strategy's request changes it (`ClientRequest.training`): its sample weights times those
+    already there (local debiasing), its batch terms after those already there."""
+    weights = change.sample_weights
+    if weights is not None:
+        if weights.shape != (len(training.data),):
+            raise ValueError(f"a request's sample weights have shape {tuple(weights.shape)}, the client holds "
+                             f"{len(training.data)} training rows")
+        if training.sample_weights is not None:
+            weights = training.sample_weights * weights
+    else:
+        weights = training.sample_weights
+    return replace(training, sample_weights=weights, batch_terms=training.batch_terms + tuple(change.batch_terms))
 
 
 def _sample_weights(experiment: Mapping[str, Any], data: ArrayDataset) -> torch.Tensor | None:

@@ -291,7 +291,7 @@ def _validate_attack(attack: Mapping[str, Any], num_clients: int) -> None:
         raise ConfigError(f"attack.{error.name}", error.value, error.allowed) from None
 
 
-def _sensitive_datasets() -> list[str]:
+def sensitive_datasets() -> list[str]:
     """The `dataset` options whose loader declares rows with a sensitive attribute."""
     from .build import locate
 
@@ -309,7 +309,7 @@ def _validate_sensitive_attribute(experiment: Mapping[str, Any], traits: Strateg
     needs = [f"strategy {_strategy_name(experiment)}"] if traits.requires_sensitive_attribute else []
     needs += [f"client.local_debiasing={debiasing}"] if debiasing != "none" else []
     if needs and not loader.has_sensitive_attribute:
-        allowed = f"{needs[0]} needs a sensitive attribute: one of {', '.join(_sensitive_datasets())}"
+        allowed = f"{needs[0]} needs a sensitive attribute: one of {', '.join(sensitive_datasets())}"
         raise ConfigError("dataset", experiment["dataset"].get("name"), allowed)
 
 
@@ -429,6 +429,7 @@ def validate(experiment: Mapping[str, Any]) -> None:
     noise = experiment.get("label_noise") or {}
     _partition_ids("label_noise.clients", noise.get("clients") or [], num_clients, leave_one=False)
     _in_range("label_noise.rate", noise.get("rate", 0.0), 0, 1)
+    _choice("label_noise.profile", noise.get("profile", "constant"), ("constant", "linear"))  # fedsim.data.noise
     feature_noise = experiment.get("feature_noise") or {}
     _partition_ids("feature_noise.clients", feature_noise.get("clients") or [], num_clients, leave_one=False)
     _non_negative("feature_noise.std", feature_noise.get("std", 0.0))

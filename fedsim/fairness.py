@@ -13,8 +13,8 @@ from torch import nn
 from .data.tensors import ArrayDataset
 from .protocol.group_counts import METRICS, GroupCounts, pooled
 
-__all__ = ["METRICS", "GroupCounts", "fairness_summary", "group_counts", "model_group_counts", "pooled",
-           "reweighing_weights"]
+__all__ = ["METRICS", "GroupCounts", "fairness_summary", "federation_disparity", "group_counts",
+           "model_group_counts", "pooled", "reweighing_weights"]
 
 
 def group_counts(predictions: np.ndarray, labels: np.ndarray, sensitive: np.ndarray) -> GroupCounts:
@@ -52,6 +52,17 @@ def fairness_summary(global_counts: GroupCounts, client_counts: Mapping[int, Gro
         "clients": {str(pid): {"spd": _finite(c.spd()), "eod": _finite(c.eod()), "accuracy": _finite(c.accuracy)}
                     for pid, c in sorted(client_counts.items())},
     }
+
+
+def federation_disparity(counts: Mapping[int, GroupCounts]) -> dict[str, float]:
+    """The federation's global and local disparity and their partial information decomposition, in bits
+    (`fedsim.disparity`), from the clients' group counts of one model's predictions; {} without counts. Computed
+    on the rows the clients evaluated (their validation rows), pooled with each client's share of them."""
+    if not counts:
+        return {}
+    from .disparity import disparity, joint_from_counts  # scipy's optimiser loads with the first audit
+
+    return disparity(joint_from_counts(counts)).as_dict()
 
 
 def reweighing_weights(labels: torch.Tensor, sensitive: torch.Tensor) -> torch.Tensor:

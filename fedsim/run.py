@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from .build import build_model
+from .build import build_model, traits_of
 from .client import app as client_app
 from .config import GROUPS, resolve_auto_values, validate
 from .data.federation import federation_for
 from .engines import check_engine_resources, make_engine
+from .errors import ConfigError
 from .partition_report import write_report
 from .recorder import Recorder
 from .server import make_server_app
@@ -45,6 +46,7 @@ def prepare_run(
     experiment = resolve_auto_values(experiment)
     validate(experiment)
     federation = federation_for(experiment)  # data and partition errors surface here, before training
+    _check_binary_labels(experiment, federation.data.num_classes)
     flower_logger = logging.getLogger("flwr")
     flower_logger.setLevel(str(experiment.get("log_level", "WARNING")).upper())
     flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
@@ -53,6 +55,15 @@ def prepare_run(
     title = f"partition={choices['partition']} · dataset={choices['dataset']}"
     write_report(Path(run_dir), federation.label_counts(), title, federation.cluster_counts)
     return experiment, recorder
+
+
+def _check_binary_labels(experiment: Mapping[str, Any], num_classes: int) -> None:
+    """A strategy that declares `requires_binary_labels` (AgnosticFair's boundary distance) on a two-class task only:
+    known once the data set has loaded, still before any training."""
+    if traits_of(experiment).requires_binary_labels and num_classes != 2:
+        raise ConfigError("dataset", experiment["dataset"].get("name"),
+                          f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} needs a two-class task; "
+                          f"this data set has {num_classes} classes (fair_synthetic and adult have two)")
 
 
 def _model_builder(experiment: Mapping[str, Any]) -> Callable[[], torch.nn.Module]:

@@ -29,10 +29,10 @@ from flwr.serverapp.strategy import Strategy
 from .build import build_model, strategy_arguments, traits_of
 from .checkpoint import Checkpointer
 from .data.federation import Federation, federation_for
-from .fairness import GroupCounts, fairness_summary, model_group_counts
+from .fairness import GroupCounts, fairness_summary, federation_disparity, model_group_counts, pooled
 from .grid.fedsim_grid import FedsimGrid
 from .progress import RoundProgress
-from .protocol.capabilities import PersonalisesModels, PreparesFederation, ReportsRound
+from .protocol.capabilities import PersonalisesModels, PreparesFederation, ReportsClients, ReportsRound
 from .protocol.experiment import experiment_record
 from .protocol.keys import ARRAYS_RECORD, CONFIG_RECORD, EVAL_ACCURACY, EVAL_LOSS, ROUND_KEY
 from .recorder import Recorder, RoundRecord, write_atomic
@@ -161,6 +161,9 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         if data.test_arrays.sensitive is not None:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             extra["fairness"] = fairness_summary(self._test_group_counts(), groups)
+            if groups:
+                extra["fairness"]["disparity"] = {**federation_disparity(groups), "accuracy": pooled(
+                    list(groups.values())).accuracy}
         return self.recorder.finish(accuracy, extra)
 
     def _evaluate_round(self, server_round: int, arrays: ArrayRecord, progress: RoundProgress) -> MetricRecord:
@@ -176,7 +179,10 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         weights, scalars = self._round_report() if server_round > 0 else ({}, {})
         if self.federation.data.test_arrays.sensitive is not None:  # global model's group fairness on the test split
             groups = self._test_group_counts()
-            scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **scalars}
+            clients = {pid: counts for pid, metrics in log.evaluate.items()
+                       if (counts := GroupCounts.from_metrics(metrics)) is not None}
+            audit = {f"disparity_{name}": value for name, value in federation_disparity(clients).items()}
+            scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **audit, **scalars}
         return RoundRecord(server_round, accuracy, loss, train=log.train, evaluate=log.evaluate,
                            failures=len(log.failures), weights=weights, scalars=scalars, rejections=log.rejections,
                            skipped=log.skipped, nodes=log.nodes)
@@ -186,7 +192,12 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         if not isinstance(self.strategy, ReportsRound):
             return {}, {}
         weights = {self.grid.partition_of(node): float(w) for node, w in self.strategy.client_weights.items()}
-        return weights, {name: float(value) for name, value in self.strategy.round_scalars.items()}
+        scalars = {name: float(value) for name, value in self.strategy.round_scalars.items()}
+        if isinstance(self.strategy, ReportsClients):
+            for name, values in self.strategy.client_scalars.items():
+                by_partition = sorted((self.grid.partition_of(node), float(value)) for node, value in values.items())
+                scalars.update({f"{name}_client_{pid}": value for pid, value in by_partition})
+        return weights, scalars
 
     def _test_group_counts(self) -> GroupCounts:
         return model_group_counts(self.model, self.federation.data.test_arrays, self.device, self._batch_size)

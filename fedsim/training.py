@@ -2,20 +2,25 @@
 
 A term a client adds to its training loss (FedProx's proximal term) is a `LocalObjective`: `train_local` calls it
 on the model's parameters, and the cohort kernel (`fedsim.engines.cohort`) on each client's stacked parameters under
-vmap, so the term is written once.
+vmap, so the term is written once. A term of a minibatch's outputs instead (AgnosticFair's fairness penalty) is a
+`fedsim.protocol.requests.BatchTerm`, which a strategy's client request hands to the round; only `train_local`
+computes those.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data.tensors import ArrayDataset
+
+if TYPE_CHECKING:
+    from .protocol.requests import BatchTerm
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,16 @@ class EvalResult:
 def train_local(
     model: nn.Module, data: ArrayDataset, settings: TrainSettings, generator: torch.Generator, device: torch.device,
     sample_weights: torch.Tensor | None = None, objectives: Sequence[LocalObjective] | None = None,
+    batch_terms: Sequence[BatchTerm] = (),
 ) -> TrainResult:
-    """Minimise cross-entropy plus the `objectives` terms (default: `local_objectives(settings)`) with SGD, starting
-    from the model's current weights.
+    """Minimise cross-entropy plus the `objectives` terms (default: `local_objectives(settings)`) and the
+    `batch_terms` with SGD, starting from the model's current weights.
 
     The terms' anchor is the model as received (FedProx's w_global). Each epoch visits every sample once in an
     order drawn from `generator`; the last minibatch may be smaller. Weight decay and momentum are PyTorch SGD's.
     `sample_weights` (one per row, e.g. fairness reweighing) turn a minibatch's loss into mean(w_i · CE_i); the
-    reported loss stays the unweighted cross-entropy. Image models train in channels-last memory format (faster
+    reported loss stays the unweighted cross-entropy. Each batch term gets the minibatch's logits and its rows'
+    positions in `data` (on `device`). Image models train in channels-last memory format (faster
     kernels, same arithmetic up to float rounding) and are handed back in the usual layout.
     """
     images = data.x.dim() == 4
@@ -106,6 +113,8 @@ def train_local(
                 loss, objective = losses.mean(), (weights_all[batch] * losses).mean()
             for term in terms:
                 objective = objective + term(trainable, anchor)
+            for batch_term in batch_terms:
+                objective = objective + batch_term(logits, batch)
             objective.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * len(batch)

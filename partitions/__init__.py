@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .label_shards_with_iid import LabelShardsWithIidPartitioner
     from .quantity import QuantitySkewPartitioner
     from .semantic import SemanticPartitioner
+    from .synergy import SynergyPartitioner
 
 __all__ = [
     "DirichletPartitioner",
@@ -48,6 +49,7 @@ __all__ = [
     "QuantitySkewPartitioner",
     "SemanticPartitioner",
     "ShardPartitioner",
+    "SynergyPartitioner",
 ]
 
 # public name -> the module that defines it
@@ -64,5 +66,6 @@ _LAZY = {
     "LabelShardsWithIidPartitioner": ".label_shards_with_iid",
     "QuantitySkewPartitioner": ".quantity",
     "SemanticPartitioner": ".semantic",
+    "SynergyPartitioner": ".synergy",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -18,7 +18,9 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.protocol.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from .agnosticfair import AgnosticFair
     from .base import WeightedAggregation
+    from .fairequal import FairYetEqual
     from .fairfed import FairFed
     from .fedavg import FedAvg
     from .fedce import FedCE
@@ -31,9 +33,9 @@ if TYPE_CHECKING:
     from .qffl import QFFL
     from .robust import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
-__all__ = ["IDA", "QFFL", "Bulyan", "FairFed", "FedAvg", "FedCE", "FedCollab", "FedDisco", "FedLAW", "FedMedian",
-           "FedProx", "FedTrimmedAvg", "FlagAggregator", "Krum", "MultiKrum", "Strategy", "WeightedAggregation",
-           "discrepancy", "disco_weights"]
+__all__ = ["IDA", "QFFL", "AgnosticFair", "Bulyan", "FairFed", "FairYetEqual", "FedAvg", "FedCE", "FedCollab",
+           "FedDisco", "FedLAW", "FedMedian", "FedProx", "FedTrimmedAvg", "FlagAggregator", "Krum", "MultiKrum",
+           "Strategy", "WeightedAggregation", "discrepancy", "disco_weights"]
 
 # public name -> the module that defines it
 _LAZY = {
@@ -49,6 +51,8 @@ _LAZY = {
     "IDA": ".ida",
     "FlagAggregator": ".flag",
     "FedCollab": ".fedcollab",
+    "AgnosticFair": ".agnosticfair",
+    "FairYetEqual": ".fairequal",
     "Krum": ".robust",
     "MultiKrum": ".robust",
     "Bulyan": ".robust",

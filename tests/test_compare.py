@@ -525,3 +525,39 @@ def test_two_sweeps_never_write_one_folder_at_once(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(FedsimError, match="another fedsim compare"):
             run_sweep(the_plan.grid.points, the_plan.experiments, tmp_path, run=fake_run([]), show_progress=False)
+
+
+def test_disparity_and_contribution_correlations_reach_the_table(tmp_path):
+    folder = tmp_path / "fye"
+    disparity = {"global": 0.2, "local": 0.3, "unique": 0.15, "redundant": 0.05, "masked": 0.15, "z_s": 0.1,
+                 "yhat_s": 0.1, "accuracy": 0.8}
+    write_fake_run(folder, [0.1, 0.8], [0.9, 0.8, 0.7, 0.6],
+                   fairness={"test_spd": 0.1, "test_eod": 0.1, "clients": {}, "disparity": disparity})
+    (folder / "config.yaml").write_text(yaml.safe_dump(
+        {"label_noise": {"clients": [0, 1, 2, 3], "rate": 0.6, "profile": "linear"}}))
+    metrics = (folder / "metrics.csv").read_text().splitlines()
+    contribution, selected = [0.4, 0.3, 0.2, 0.1], [9, 7, 2, 3]
+    metrics[0] += "," + ",".join([f"contribution_client_{k}" for k in range(4)] + [f"selected_client_{k}"
+                                                                                     for k in range(4)])
+    metrics = [metrics[0]] + [line + "," + ",".join(map(str, contribution + selected)) for line in metrics[1:]]
+    (folder / "metrics.csv").write_text("\n".join(metrics) + "\n")
+
+    run = load_run(folder, 0.5)
+    assert (run.disparity_global, run.disparity_local, run.disparity_masked) == (0.2, 0.3, 0.15)
+    assert run.corr_contribution_noise == pytest.approx(-1.0)  # noise 0, .2, .4, .6 against falling contributions
+    assert run.corr_contribution_accuracy == pytest.approx(1.0)
+    assert run.corr_contribution_selected == pytest.approx(float(np.corrcoef(contribution, selected)[0, 1]))
+    text = markdown_table(build_rows([("fairequal", "x", 0, run)]), 0.5)
+    assert "I(Z;Ŷ\\|S), bits" in text and "r(contribution, label noise)" in text and "-1.00" in text
+
+    plain = tmp_path / "plain"
+    write_fake_run(plain, [0.1, 0.8], [0.9, 0.8])
+    assert load_run(plain, 0.5).corr_contribution_noise is None and load_run(plain, 0.5).disparity_global is None
+
+    from fedsim.compare.plots import plot_disparity
+
+    assert plot_disparity({"x": {"fairequal": [run], "fedavg": [load_run(plain, 0.5)]}}, ["fairequal", "fedavg"],
+                          tmp_path / "disparity.png")
+    assert (tmp_path / "disparity.png").read_bytes().startswith(PNG_MAGIC)
+    assert not plot_disparity({"x": {"fedavg": [load_run(plain, 0.5)]}}, ["fedavg"], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

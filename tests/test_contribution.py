@@ -104,6 +104,21 @@ def test_label_noise_relabels_a_seeded_share_of_the_listed_clients_rows():
     assert torch.equal(with_label_noise(fair, experiment, 2, 10).sensitive, fair.sensitive)  # A is kept
 
 
+def test_linear_label_noise_spreads_the_rate_from_zero_to_the_last_listed_client():
+    import torch
+
+    from fedsim.data import ArrayDataset
+    from fedsim.data.noise import label_noise_rates, with_label_noise
+
+    experiment = {"seed": 0, "label_noise": {"clients": [3, 0, 1, 2, 4], "rate": 0.8, "profile": "linear"}}
+    assert label_noise_rates(experiment) == pytest.approx({3: 0.0, 0: 0.2, 1: 0.4, 2: 0.6, 4: 0.8})
+    assert label_noise_rates({"label_noise": {"clients": [1, 2], "rate": 0.3}}) == {1: 0.3, 2: 0.3}
+    data = ArrayDataset(torch.zeros(1000, 1), torch.zeros(1000, dtype=torch.long))
+    assert with_label_noise(data, experiment, 3, 2) is data  # the first listed client stays clean
+    wrong = [int((with_label_noise(data, experiment, pid, 2).y != 0).sum()) for pid in (0, 1, 2, 4)]
+    assert wrong == sorted(wrong) and 350 <= wrong[-1] <= 450  # 800 relabelled, half of them to the other class
+
+
 def test_feature_noise_adds_seeded_gaussian_noise_to_every_split_of_the_listed_clients():
     import torch
 
@@ -140,6 +155,7 @@ def test_a_noisy_client_trains_and_is_scored_on_its_noisy_data():
 
 @pytest.mark.parametrize("override, key", [("label_noise.rate=1.5", "label_noise.rate"),
                                            ("label_noise.clients=[4]", "label_noise.clients"),
+                                           ("label_noise.profile=steps", "label_noise.profile"),
                                            ("feature_noise.std=-1", "feature_noise.std"),
                                            ("feature_noise.clients=[0,0]", "feature_noise.clients")])
 def test_label_noise_is_validated(override, key):

@@ -27,7 +27,7 @@ from fedsim.deploy.processes import TOKEN_VARIABLE, processes_with_token
 from fedsim.errors import DeployError
 from fedsim.run import run_experiment
 
-from .conftest import QUICK_SETTINGS, give_nodes_config
+from .conftest import data_for, give_nodes_config, read_metrics
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]  # not in the default run (see addopts): `pytest -m deploy`
 
@@ -88,12 +88,12 @@ def federation(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("strategy", "client_evaluation"), [("fedavg", "1.0"), ("feddisco", "0.0"),
-                                                              ("fedcollab", "1.0")])
+                                                              ("fedcollab", "1.0"), ("agnosticfair", "1.0")])
 def test_deployed_run_matches_the_in_process_simulation(federation, tmp_path, strategy, client_evaluation):
-    """Same metrics as `engine=inprocess` (FedCollab: its distance stage's queries through the SuperLink too); then
-    the finished run folder cannot be submitted to again."""
-    overrides = [*COMMON, f"strategy={strategy}", f"fraction_evaluate={client_evaluation}", *QUICK_SETTINGS.get(
-        strategy, ())]
+    """Same metrics as `engine=inprocess` (FedCollab: its distance stage's queries through the SuperLink too;
+    AgnosticFair: a stage between rounds, and the disparity audit); then the finished run folder cannot be submitted
+    to again."""
+    overrides = [*COMMON, f"strategy={strategy}", f"fraction_evaluate={client_evaluation}", *data_for(strategy)]
     lines: list[str] = []
     started = time.monotonic()
     summary = federation.submit(overrides, tmp_path / "deployed", on_line=lines.append, timeout=RUN_TIMEOUT)
@@ -101,6 +101,11 @@ def test_deployed_run_matches_the_in_process_simulation(federation, tmp_path, st
     assert any("round 3/3" in line for line in lines), lines[-10:]
     _assert_same_run(tmp_path / "deployed", _simulate(overrides, tmp_path / "simulated"))
     assert json.loads((tmp_path / "deployed" / "deployment.json").read_text())["overrides"] == overrides
+    if strategy == "agnosticfair":  # the α steps and the audit of the sensitive attribute, as simulated
+        deployed, simulated = (read_metrics(tmp_path / run) for run in ("deployed", "simulated"))
+        for ours, theirs in zip(deployed[1:], simulated[1:], strict=True):
+            for column in ("alpha_fairness_row", "alpha_weighted_ratio", "disparity_global", "disparity_local"):
+                assert _close(ours[column], theirs[column]), (ours["round"], column, ours[column], theirs[column])
     if strategy == "fedcollab":  # the stage before round 1 found the same distances and coalitions
         found = [json.loads((tmp_path / run / "preparation.json").read_text()) for run in ("deployed", "simulated")]
         assert found[0]["coalitions"] == found[1]["coalitions"]

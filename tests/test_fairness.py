@@ -94,6 +94,21 @@ def test_fair_synthetic_statistics():
     assert np.linalg.norm(gap_a) > 1.0  # 2 leak = 2, diluted by the label direction only through Y's dependence on A
 
 
+def test_fair_synthetic_can_shift_its_test_split():
+    from fedsim.data.fair_synthetic import load_fair_synthetic_data
+
+    same = load_fair_synthetic_data(20000, 10, 0.6, 0.5, 1.0, 2.0, 0.25, seed=1)
+    shifted = load_fair_synthetic_data(20000, 10, 0.6, 0.5, 1.0, 2.0, 0.25, seed=1, test_correlation=0.0,
+                                       test_sensitive_share=0.2)
+    assert torch.equal(same.train_arrays.x, shifted.train_arrays.x)  # training rows untouched
+    assert len(shifted.test_arrays) == len(same.test_arrays) == 5000
+    a, y = shifted.test_arrays.sensitive.numpy(), shifted.test_arrays.y.numpy()
+    assert a.mean() == pytest.approx(0.2, abs=0.02)
+    assert y[a == 0].mean() == pytest.approx(0.5, abs=0.03) and y[a == 1].mean() == pytest.approx(0.5, abs=0.05)
+    a0, y0 = same.test_arrays.sensitive.numpy(), same.test_arrays.y.numpy()
+    assert y0[a0 == 0].mean() == pytest.approx(0.8, abs=0.03)  # unshifted: P(Y=1 | A=0) = 0.5 + 0.6/2
+
+
 def test_fair_synthetic_partitions_by_the_sensitive_attribute():
     experiment = compose_experiment(["dataset=fair_synthetic", "partition.partition_by=sensitive",
                                      "partition.alpha=0.1", "num_clients=5"])
@@ -111,7 +126,8 @@ def test_fair_synthetic_partitions_by_the_sensitive_attribute():
 
 
 @pytest.mark.parametrize("key,value", [("dataset.correlation", 1.0), ("dataset.sensitive_share", 0.0),
-                                       ("dataset.dim", 1)])
+                                       ("dataset.dim", 1), ("dataset.test_correlation", 1.0),
+                                       ("dataset.test_sensitive_share", 0.0)])
 def test_fair_synthetic_config_is_validated(key, value):
     experiment = compose_experiment(["dataset=fair_synthetic", f"{key}={value}"])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -161,11 +177,66 @@ def test_runs_record_test_spd_and_eod(run_quietly):
     assert float(rows[-1]["test_spd"]) > 0.1  # measured 0.53: group 0's higher base rate leaks into predictions
 
 
+def _mutual_information_bits(joint: np.ndarray) -> float:
+    """I(A;B) of a 2-D joint distribution, written out for this test."""
+    joint = joint / joint.sum()
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    cells = joint > 0
+    return float((joint[cells] * np.log2(joint[cells] / outer[cells])).sum())
+
+
+def test_runs_audit_global_and_local_disparity_every_round(run_quietly):
+    import torch
+
+    from fedsim.build import build_model
+    from fedsim.config import resolve_auto_values
+    from fedsim.data.client_data import client_data
+    from fedsim.data.federation import federation_for
+    from tests.conftest import read_metrics
+
+    summary, run_dir = run_quietly("dataset=fair_synthetic", "dataset.num_samples=2000", "partition=dirichlet",
+                                   "partition.partition_by=sensitive", "partition.alpha=0.3", "num_clients=4",
+                                   "num_rounds=2", "model=logreg")
+    rows = read_metrics(run_dir)
+    names = ("global", "local", "unique", "redundant", "masked", "z_s", "yhat_s")
+    assert all(row[f"disparity_{name}"] == "" for name in names for row in rows[:1])  # round 0: no client evaluated
+    for row in rows[1:]:
+        terms = {name: float(row[f"disparity_{name}"]) for name in names}
+        assert min(terms.values()) >= -1e-6
+        assert terms["global"] == pytest.approx(terms["unique"] + terms["redundant"], abs=1e-5)
+        assert terms["local"] == pytest.approx(terms["unique"] + terms["masked"], abs=1e-5)
+
+    # the summary's audit is the final model's predictions on every client's validation rows, pooled as P(S, Z, Ŷ)
+    experiment = resolve_auto_values(compose_experiment(["dataset=fair_synthetic", "dataset.num_samples=2000",
+                                                         "partition=dirichlet", "partition.partition_by=sensitive",
+                                                         "partition.alpha=0.3", "num_clients=4", "model=logreg"]))
+    federation = federation_for(experiment)
+    model = build_model(experiment, federation.data)
+    state = torch.load(run_dir / "model.pt")
+    state.pop("__fedsim__")
+    model.load_state_dict(state)
+    joint = np.zeros((4, 2, 2))
+    with torch.no_grad():
+        for pid in range(4):
+            _, val = client_data(federation, experiment, pid)
+            predicted = model(val.x).argmax(1).numpy()
+            np.add.at(joint[pid], (val.sensitive.numpy(), predicted), 1)
+    audit = summary["fairness"]["disparity"]
+    assert audit["global"] == pytest.approx(_mutual_information_bits(joint.sum(0)), abs=1e-6)
+    local = sum(joint[k].sum() / joint.sum() * _mutual_information_bits(joint[k]) for k in range(4))
+    assert audit["local"] == pytest.approx(local, abs=1e-6)
+    assert audit["z_s"] == pytest.approx(_mutual_information_bits(joint.sum(2).T), abs=1e-6)
+    correct = sum(float(summary["fairness"]["clients"][str(k)]["accuracy"]) * joint[k].sum() for k in range(4))
+    assert audit["accuracy"] == pytest.approx(correct / joint.sum())
+    assert audit["z_s"] > 0.05  # the partition by A gives clients different group mixes
+
+
 def test_other_data_has_no_fairness_columns(run_quietly):
     summary, run_dir = run_quietly("num_clients=3", "num_rounds=1", "partition=iid")
     from tests.conftest import read_metrics
 
     assert "test_spd" not in read_metrics(run_dir)[0] and "fairness" not in summary
+    assert not any(column.startswith("disparity_") for column in read_metrics(run_dir)[0])
 
 
 def test_reweighing_weights_match_kamiran_calders_by_hand():

@@ -270,6 +270,8 @@ CLIENT_OPTIMIZERS = {
     "qffl": (0.0, 0.0, "paper"),  # qffedavg.py: plain gradient descent
     "fedce": (0.9, 0.0, "fedsim default"),  # the reference trains with Adam, which fedsim's clients do not offer
     "fairfed": (0.9, 0.0, "fedsim default"),  # neither the paper nor declearn names a client optimiser
+    "agnosticfair": (0.0, 0.0, "paper"),  # the reference's theta step: full-batch plain SGD, lr 0.1
+    "fairequal": (0.9, 0.0, "paper"),  # run_2stages_exp_stream.py: SGD momentum 0.9
     # server-side rules that leave the clients' optimiser alone
     **{name: (0.9, 0.0, "fedsim default") for name in ("ida", "flag", "krum", "multikrum", "bulyan", "median",
                                                          "trimmedavg", "fedcollab")},

@@ -99,6 +99,9 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
                    "name different data in different seeds, so they are not averaged over seeds") + (
             f" ({', '.join(unweighted)} report no per-client weights)" if unweighted else "")
         plots.append((folder / compare_plots.WEIGHTS_PLOT, caption))
+    if compare_plots.plot_disparity(grouped, grid.strategies, folder / compare_plots.DISPARITY_PLOT):
+        plots.append((folder / compare_plots.DISPARITY_PLOT, "global and local disparity of the final model, split "
+                      "into unique, redundant and masked disparity (bits, mean over seeds; 0 = fair)"))
     partitions = _partition_heatmaps(grid, out, runs)
     configs = {}
     for point, experiment in zip(grid.points, plan_.experiments, strict=True):

@@ -16,6 +16,7 @@ from .table import RunMetrics
 CURVES_PLOT = "accuracy_curves.png"
 CLIENTS_PLOT = "client_accuracy.png"
 WEIGHTS_PLOT = "aggregation_weights.png"
+DISPARITY_PLOT = "disparity.png"
 
 # setting label -> strategy -> one RunMetrics per seed
 Runs = Mapping[str, Mapping[str, Sequence[RunMetrics]]]
@@ -129,3 +130,40 @@ def plot_weights(runs: Runs, strategies: Sequence[str], path: Path) -> list[Weig
                     "scale; blank = not sampled", fontsize=10)
     save_figure(figure, path)
     return drawn
+
+
+def plot_disparity(runs: Runs, strategies: Sequence[str], path: Path) -> bool:
+    """Each strategy's global and local disparity (bits, mean over seeds) as two stacked bars: global = unique +
+    redundant, local = unique + masked (`fedsim.disparity`), so which kind of unfairness a strategy leaves reads at a
+    glance. Returns False (and draws nothing) when no run has a sensitive attribute."""
+    parts = ("disparity_unique", "disparity_redundant", "disparity_masked")
+    panels = [(setting, [s for s in strategies
+                         if any(getattr(m, parts[0]) is not None for m in by_strategy.get(s, []))], by_strategy)
+              for setting, by_strategy in runs.items()]
+    panels = [panel for panel in panels if panel[1]]
+    if not panels:
+        return False
+    colors = {"unique": "#4c72b0", "redundant": "#dd8452", "masked": "#55a868"}
+    figure, axes = _panels(len(panels))
+    for axis, (setting, names, by_strategy) in zip(axes, panels, strict=True):
+        means = {part: [float(np.mean([getattr(m, f"disparity_{part}") for m in by_strategy[s]
+                                       if getattr(m, f"disparity_{part}") is not None])) for s in names]
+                 for part in colors}
+        x = np.arange(len(names))
+        width = 0.34
+        axis.bar(x - 0.2, means["unique"], width, color=colors["unique"], label="unique")
+        axis.bar(x - 0.2, means["redundant"], width, bottom=means["unique"], color=colors["redundant"],
+                 label="redundant (global only)")
+        axis.bar(x + 0.2, means["unique"], width, color=colors["unique"])
+        axis.bar(x + 0.2, means["masked"], width, bottom=means["unique"], color=colors["masked"],
+                 label="masked (local only)")
+        labels = [f"{name}\nglobal | local" for name in names]
+        axis.set_xticks(x, labels, fontsize=8)
+        axis.set_ylabel("disparity (bits)")
+        axis.set_title(setting, fontsize=9)
+        axis.grid(alpha=0.3, axis="y")
+        axis.legend(fontsize=7)
+    figure.suptitle("disparity of the final model on the clients' validation rows, mean over seeds: left bar "
+                    "I(Z;Ŷ) global, right bar I(Z;Ŷ|S) local", fontsize=10)
+    save_figure(figure, path)
+    return True

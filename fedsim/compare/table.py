@@ -20,10 +20,13 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import yaml
 from rich.table import Table
 
-from ..recorder import METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
+from ..recorder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
 from .stats import CI_NOTE, Interval, difference, mean_interval, paired_difference
 
 TABLE_MD = "comparison.md"
@@ -55,6 +58,17 @@ class RunMetrics:
     jain: float | None = None  # Jain's index of the final client accuracies (1 = all equal)
     test_spd: float | None = None  # |statistical parity difference| of the final model on the test split
     test_eod: float | None = None  # |equal opportunity difference|, same
+    # the final model's disparity over the clients' validation rows, in bits (`fedsim.disparity`)
+    disparity_global: float | None = None  # I(Z;Ŷ)
+    disparity_local: float | None = None  # I(Z;Ŷ|S)
+    disparity_unique: float | None = None
+    disparity_redundant: float | None = None
+    disparity_masked: float | None = None
+    # a strategy that reports contributions (`contribution_client_*`, Fair-yet-Equal): Pearson correlations over
+    # clients of the final contribution with the client's label-noise rate, its times selected, its final accuracy
+    corr_contribution_noise: float | None = None
+    corr_contribution_selected: float | None = None
+    corr_contribution_accuracy: float | None = None
     seed: int | None = None
 
 
@@ -91,6 +105,7 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
     stats = summary.get("client_accuracy", {})
     tail = [float(row["test_accuracy"]) for row in trained[-last_k:]]
     fairness = summary.get("fairness") or {}
+    disparity = fairness.get("disparity") or {}
     loss = summary.get("final_loss")
     return RunMetrics(
         final_accuracy=float(summary["final_accuracy"]),
@@ -108,8 +123,54 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
         jain=stats.get("jain", jain_index(clients) if clients else None),
         test_spd=_abs(fairness.get("test_spd")),
         test_eod=_abs(fairness.get("test_eod")),
+        **{f"disparity_{name}": _number(disparity.get(name))
+           for name in ("global", "local", "unique", "redundant", "masked")},
+        **contribution_correlations(rows[-1], summary, _config(folder)),
         seed=None if summary.get("seed") is None else int(summary["seed"]),
     )
+
+
+def _number(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's r; None with fewer than three clients or a constant side (no correlation to speak of)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def contribution_correlations(last_row: Mapping[str, str], summary: Mapping[str, Any], config: Mapping[str, Any]
+                              ) -> dict[str, float | None]:
+    """Fair-yet-Equal's fairness checks (Lin et al., ICML 2023) from a run's last metrics row: the Pearson
+    correlation over clients of each client's contribution with its label-noise rate (expected negative), with how
+    often it was selected (positive: more contribution, more reward) and with its final accuracy (positive)."""
+    contribution = {int(key.rsplit("_", 1)[1]): float(value) for key, value in last_row.items()
+                    if key.startswith("contribution_client_") and value not in ("", None)}
+    empty = {"corr_contribution_noise": None, "corr_contribution_selected": None, "corr_contribution_accuracy": None}
+    if not contribution:
+        return empty
+    clients = sorted(contribution)
+    psi = [contribution[pid] for pid in clients]
+    from ..data.noise import label_noise_rates
+
+    rates = label_noise_rates(config)
+    selected = {int(key.rsplit("_", 1)[1]): float(value) for key, value in last_row.items()
+                if key.startswith("selected_client_") and value not in ("", None)}
+    accuracy = {int(pid): float(value) for pid, value in (summary.get("final_client_accuracy") or {}).items()}
+    return {
+        "corr_contribution_noise": _pearson(psi, [rates.get(pid, 0.0) for pid in clients]),
+        "corr_contribution_selected": _pearson(psi, [selected[pid] for pid in clients])
+        if all(pid in selected for pid in clients) else None,
+        "corr_contribution_accuracy": _pearson(psi, [accuracy[pid] for pid in clients])
+        if all(pid in accuracy for pid in clients) else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -136,6 +197,17 @@ COLUMNS = (
     Column("jain", "Jain's index (client acc)", True, short="Jain"),
     Column("test_spd", "|SPD| (test)", False, optional=True, short="|SPD|"),
     Column("test_eod", "|EOD| (test)", False, optional=True, short="|EOD|"),
+    Column("disparity_global", "global disparity I(Z;Ŷ), bits", False, 4, optional=True, short="I(Z;Ŷ)"),
+    Column("disparity_local", "local disparity I(Z;Ŷ|S), bits", False, 4, optional=True, short="I(Z;Ŷ|S)"),
+    Column("disparity_unique", "unique disparity, bits", False, 4, optional=True, compact=False),
+    Column("disparity_redundant", "redundant disparity, bits", False, 4, optional=True, compact=False),
+    Column("disparity_masked", "masked disparity, bits", False, 4, optional=True, compact=False),
+    Column("corr_contribution_noise", "r(contribution, label noise)", False, 2, ranked=False, optional=True,
+           terminal=False),
+    Column("corr_contribution_selected", "r(contribution, times selected)", True, 2, ranked=False, optional=True,
+           terminal=False),
+    Column("corr_contribution_accuracy", "r(contribution, client acc)", True, 2, ranked=False, optional=True,
+           terminal=False),
     Column("rounds_to_target", "rounds to target", False, 1, short="rounds→target"),
     Column("seconds_per_round", "s / round", False, 2, ranked=False, terminal=False),
 )
@@ -314,6 +386,14 @@ def legend(rows: Sequence[Row], target: float, compact: bool = False) -> list[st
     if columns & {"test_spd", "test_eod"}:
         notes.append("|SPD|, |EOD|: statistical parity and equal opportunity differences of the final global model on "
                      "the test split between the sensitive groups (0 = parity).")
+    if any(key.startswith("disparity_") for key in columns):
+        notes.append("Disparity (bits), the final model's predictions Ŷ on the clients' validation rows, Z the "
+                     "sensitive attribute, S the client: global I(Z;Ŷ) = unique + redundant, local I(Z;Ŷ|S) = "
+                     "unique + masked (partial information decomposition, Hamman & Dutta 2024; 0 = fair).")
+    if any(key.startswith("corr_contribution_") for key in columns):
+        notes.append("r(contribution, ·): Pearson correlation over clients of each client's estimated contribution "
+                     "with its label-noise rate (a fair estimate is negative), times selected and final accuracy "
+                     "(a fair reward is positive); not ranked.")
     notes += [
         f"Rounds to target: first round whose global test accuracy is ≥ {target:g}, averaged over the seeds that "
         f"reached it; {MISSING_NOTE}.",

@@ -20,13 +20,27 @@ from .tensors import ArrayDataset
 _LABEL_SALT, _FEATURE_SALT = 7919, 104729
 
 
+LABEL_NOISE_PROFILES = ("constant", "linear")
+
+
+def label_noise_rates(experiment: Mapping[str, Any]) -> dict[int, float]:
+    """Each noisy client's label-noise rate: `label_noise.rate` for every listed client (`profile: constant`), or
+    rates spread evenly from 0 for the first listed client to `rate` for the last (`profile: linear`, Fair-yet-Equal's
+    "label_noise_different" clients); clients not listed are absent (rate 0)."""
+    noise = experiment.get("label_noise") or {}
+    clients = [int(pid) for pid in noise.get("clients") or []]
+    rate = float(noise.get("rate", 0.0))
+    if noise.get("profile", "constant") == "linear" and len(clients) > 1:
+        return {pid: rate * position / (len(clients) - 1) for position, pid in enumerate(clients)}
+    return dict.fromkeys(clients, rate)
+
+
 def with_label_noise(data: ArrayDataset, experiment: Mapping[str, Any], partition_id: int,
                      num_classes: int) -> ArrayDataset:
     """`data` with round(rate * n) seeded rows relabelled uniformly at random over all classes (symmetric noise, so
-    about rate * (C-1)/C of the labels end up wrong) if this partition is in `label_noise.clients`; else `data`."""
-    noise = experiment.get("label_noise") or {}
-    rate = float(noise.get("rate", 0.0))
-    if partition_id not in (noise.get("clients") or []) or rate == 0 or len(data) == 0:
+    about rate * (C-1)/C of the labels end up wrong), rate this partition's (`label_noise_rates`); else `data`."""
+    rate = label_noise_rates(experiment).get(partition_id, 0.0)
+    if rate == 0 or len(data) == 0:
         return data
     rng = np.random.default_rng([int(experiment["seed"]), partition_id, _LABEL_SALT])
     rows = rng.choice(len(data), size=round(rate * len(data)), replace=False)

@@ -1,12 +1,12 @@
 """Train a cohort of clients at once: parameters stacked along a client dimension, one `vmap(grad)` per step.
 
 The kernel trains the ClientApp's own description of a round (`fedsim.client_plan.LocalTraining`) and says which it
-can (`supports`, `unbatchable_reason`): the objective terms it computes (`OBJECTIVES`), no per-row sample weights, a
-model vmap can batch. Each client's arithmetic is what `fedsim.training.train_local` does for it alone (same data
-order, same minibatches, PyTorch SGD's momentum and weight decay, the same `LocalObjective` terms), so results match
-the one-client-at-a-time path up to float rounding. Clients with fewer steps (smaller data, stragglers' fewer
-epochs) stop updating once their steps are done; their padded minibatch rows carry a zero mask, so no sample is
-dropped or repeated.
+can (`supports`, `unbatchable_reason`): the objective terms it computes (`OBJECTIVES`), no per-row sample weights or
+batch terms, a model vmap can batch. Each client's arithmetic is what `fedsim.training.train_local` does for it
+alone (same data order, same minibatches, PyTorch SGD's momentum and weight decay, the same `LocalObjective` terms),
+so results match the one-client-at-a-time path up to float rounding. Clients with fewer steps (smaller data,
+stragglers' fewer epochs) stop updating once their steps are done; their padded minibatch rows carry a zero mask, so
+no sample is dropped or repeated.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def supports(training: LocalTraining) -> str | None:
         return f"objective term {unknown[0]} is not one the cohort kernel computes"
     if training.sample_weights is not None:
         return "per-row sample weights (local debiasing) are not batched"
+    if training.batch_terms:
+        return "batch terms (a strategy's request) are not batched"
     return None
 
 

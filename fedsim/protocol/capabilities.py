@@ -2,9 +2,10 @@
 
 Two kinds:
 - instance capabilities, `typing.Protocol`s checked with `isinstance` at run time: a strategy that reports its
-  round (`ReportsRound`), runs a stage before training (`PreparesFederation`) or gives nodes models of their own
-  (`PersonalisesModels`), an engine Grid that keeps node state in this process (`KeepsNodeState`), a partitioner
-  that computes every partition at once (`PrecomputesPartitions`) or reports clusters (`ReportsClusters`);
+  round (`ReportsRound`, `ReportsClients`), runs a stage before training (`PreparesFederation`) or gives nodes
+  models of their own (`PersonalisesModels`), an engine Grid that keeps node state in this process
+  (`KeepsNodeState`), a partitioner that computes every partition at once (`PrecomputesPartitions`) or reports
+  clusters (`ReportsClusters`);
 - class declarations of a strategy, read before it is built (config validation, the ClientApp, the server's
   builder) through `strategy_traits`, the one place that knows their names and defaults. A Flower strategy that
   declares nothing gets the defaults: no client requests, no stragglers, no server data.
@@ -30,6 +31,14 @@ class ReportsRound(Protocol):
 
     client_weights: dict[int, float]  # node id -> aggregation weight
     round_scalars: dict[str, float]  # e.g. FedLAW's gamma, the number of stragglers
+
+
+@runtime_checkable
+class ReportsClients(Protocol):
+    """A strategy that also tells the recorder, after each round, named per-node values (Fair-yet-Equal's
+    contributions and selection counts): `client_scalars[name][node_id]`, recorded as `<name>_client_<partition>`."""
+
+    client_scalars: dict[str, dict[int, float]]
 
 
 @runtime_checkable
@@ -83,6 +92,7 @@ class StrategyTraits:
     supports_stragglers: bool = False  # takes `stragglers_fraction`, `straggler_mode`, `local_epochs`, `seed`
     requires_sensitive_attribute: bool = False  # its clients report group counts: data needs a sensitive attribute
     requires_server_data: bool = False  # built with `model`, `proxy_data` (the server's proxy set) and `device`
+    requires_binary_labels: bool = False  # a two-class task only (AgnosticFair's boundary distance)
     # train keys it sends every round (q-FFL: momentum 0)
     client_settings: Mapping[str, float] = field(default_factory=dict)
     rebuilt_from_config: Sequence[str] = ()  # attributes a checkpoint leaves out: the config builds them again
@@ -98,6 +108,7 @@ def strategy_traits(cls: type) -> StrategyTraits:
         supports_stragglers=bool(getattr(cls, "supports_stragglers", defaults.supports_stragglers)),
         requires_sensitive_attribute=bool(getattr(cls, "requires_sensitive_attribute", False)),
         requires_server_data=bool(getattr(cls, "requires_server_data", False)),
+        requires_binary_labels=bool(getattr(cls, "requires_binary_labels", False)),
         client_settings=dict(getattr(cls, "client_settings", {})),
         rebuilt_from_config=tuple(getattr(cls, "rebuilt_from_config", ())),
     )

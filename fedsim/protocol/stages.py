@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 STAGE_ACTION = "stage"
 STAGE_MESSAGE_TYPE = f"query.{STAGE_ACTION}"
@@ -35,6 +36,12 @@ class StageRound(Protocol):
     def rows(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """The client's (inputs, labels) on its `train` or `validation` rows, attacks and noise applied as in
         training."""
+
+    def sensitive(self, split: str = "train") -> torch.Tensor | None:
+        """The binary sensitive attribute (0/1) of the same rows; None on data without one."""
+
+    def model_from(self, arrays: ArrayRecord) -> nn.Module:
+        """The experiment's model holding `arrays` (e.g. a global model the stage message carries), on the CPU."""
 
 
 ClientStage = Callable[[StageRound], RecordDict]
