@@ -128,6 +128,7 @@ def test_one_proxy_size_for_every_strategy_when_one_needs_a_proxy_set():
 # --- fairness -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # every strategy's federation: 18 s
 def test_every_strategy_of_a_seed_gets_the_same_partition_and_proxy_set():
     on_digits = [strategy for strategy in group_options("strategy") if not data_for(strategy)]  # FairFed: other data
     the_plan = plan([f"strategy={','.join(on_digits)}", "seed=0,1"])

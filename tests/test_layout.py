@@ -69,6 +69,7 @@ def test_wheel_carries_the_mapped_folders(tmp_path):
     assert completed.stdout.split()[1].startswith(str(site / "fedsim" / "strategies"))
 
 
+@pytest.mark.slow  # builds a FAB and runs flwr: 19 s on 2 cores
 def test_a_real_flower_app_bundle_runs_from_its_own_folder(tmp_path):
     """`flwr build` / `flwr run .` of this repo: the FAB carries the package, its mapped folders and the configs (not
     tests or bench), and unpacked first on sys.path it imports the ServerApp and ClientApp that pyproject names."""

@@ -51,6 +51,7 @@ def test_iid_variant_shares_one_labeller_and_centred_features():
     assert _pooled_linear_fit(0.0, 0.0, iid=True) > 0.98
 
 
+@pytest.mark.slow  # 16 s of fits on 2 cores
 def test_heterogeneous_users_disagree():
     """Synthetic(1, 1): each user has its own labeller, so no single linear model fits the pooled data."""
     assert _pooled_linear_fit(1.0, 1.0, iid=False) < 0.95
