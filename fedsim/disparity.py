@@ -72,13 +72,7 @@ def disparity(joint: np.ndarray) -> Disparity:
     `joint` has shape (clients, 2, 2), [s, z, ŷ]; any non-negative weights (counts or probabilities), normalised
     here. Clients without mass are dropped (they change none of the terms).
     """
-    p = np.asarray(joint, dtype=np.float64)
-    if p.ndim != 3 or p.shape[1:] != (2, 2):
-        raise ValueError(f"joint of shape {p.shape}: expected (clients, 2, 2), indexed [client, z, ŷ]")
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
-        raise ValueError("joint: non-negative finite weights with a positive sum")
-    p = p[p.sum(axis=(1, 2)) > 0]
-    p = p / p.sum()
+    p = _normalised(joint)
     global_nats = _mutual_information(p.sum(axis=0))
     local_nats = _conditional_mutual_information(p)
     unique_nats = min(max(_unique_nats(p), 0.0), global_nats, local_nats)
@@ -91,6 +85,28 @@ def disparity(joint: np.ndarray) -> Disparity:
         redundant=(global_nats - unique_nats) / LN2,
         masked=(local_nats - unique_nats) / LN2,
     )
+
+
+def global_and_local_bits(joint: np.ndarray) -> tuple[float, float]:
+    """(I(Z;Ŷ), I(Z;Ŷ|S)) in bits of a joint P(S, Z, Ŷ) as `disparity` takes it, without the decomposition."""
+    p = _normalised(joint)
+    return _mutual_information(p.sum(axis=0)) / LN2, _conditional_mutual_information(p) / LN2
+
+
+def entropy_bits(p: np.ndarray) -> float:
+    """H of a distribution (any shape, summing to 1), in bits."""
+    return _entropy(np.asarray(p, dtype=np.float64).ravel()) / LN2
+
+
+def _normalised(joint: np.ndarray) -> np.ndarray:
+    """`joint` checked ((clients, 2, 2), non-negative, finite), without empty clients, summing to 1."""
+    p = np.asarray(joint, dtype=np.float64)
+    if p.ndim != 3 or p.shape[1:] != (2, 2):
+        raise ValueError(f"joint of shape {p.shape}: expected (clients, 2, 2), indexed [client, z, ŷ]")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError("joint: non-negative finite weights with a positive sum")
+    p = p[p.sum(axis=(1, 2)) > 0]
+    return p / p.sum()
 
 
 def _entropy(p: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .disparity import disparity, entropy_bits, global_and_local_bits
 from .errors import ConfigError, FedsimError
 
 BOUNDS_CSV = "bounds.csv"
@@ -77,36 +78,17 @@ class CellCounts:
         return {"rows": self.rows.tolist(), "positives": self.positives.tolist()}
 
 
-def _entropy_bits(p: np.ndarray) -> float:
-    p = np.asarray(p, dtype=float).ravel()
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
-
-
 def disparities(joint: np.ndarray) -> tuple[float, float]:
-    """(I(Z;Ŷ), I(Z;Ŷ|S)) in bits of a joint P(S, Z, Ŷ) given as a (K, 2, 2) array (normalised here)."""
-    joint = np.clip(np.asarray(joint, dtype=float), 0, None)
-    joint = joint / joint.sum()
-    zy = joint.sum(0)
-    global_bits = _entropy_bits(zy.sum(1)) + _entropy_bits(zy.sum(0)) - _entropy_bits(zy)
-    return max(float(global_bits), 0.0), max(float(_conditional_mi(joint)), 0.0)
-
-
-def _conditional_mi(joint: np.ndarray) -> float:
-    total = 0.0
-    for client in joint:
-        mass = client.sum()
-        if mass > 0:
-            share = client / mass
-            total += mass * (_entropy_bits(share.sum(1)) + _entropy_bits(share.sum(0)) - _entropy_bits(share))
-    return total
+    """(I(Z;Ŷ), I(Z;Ŷ|S)) in bits of a joint P(S, Z, Ŷ) given as a (K, 2, 2) array (normalised, and a solver's
+    slightly negative cells clipped to 0, here)."""
+    return global_and_local_bits(np.clip(np.asarray(joint, dtype=float), 0, None))
 
 
 def group_entropies(counts: CellCounts) -> dict[str, float]:
     """H(Z), H(Z|S) and I(Z;S) in bits: the most global and local disparity can be, and the gap between them."""
     joint = counts.rows / counts.rows.sum()
-    h_z = _entropy_bits(joint.sum(0))
-    h_z_s = _entropy_bits(joint) - _entropy_bits(joint.sum(1))
+    h_z = entropy_bits(joint.sum(0))
+    h_z_s = entropy_bits(joint) - entropy_bits(joint.sum(1))
     return {"H_Z": h_z, "H_Z_given_S": max(h_z_s, 0.0), "I_Z_S": max(h_z - h_z_s, 0.0)}
 
 
@@ -272,17 +254,6 @@ def solve_grid(trade_off: TradeOff, eps_global: Sequence[float], eps_local: Sequ
     return grid
 
 
-def decomposition(joint: np.ndarray) -> dict[str, float] | None:
-    """The solution's unique, redundant and masked disparity (bits) from `fedsim.disparity`, or None where that
-    module is absent."""
-    try:
-        from .disparity import disparity  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    parts = disparity(joint)
-    return {"unique": float(parts.unique), "redundant": float(parts.redundant), "masked": float(parts.masked)}
-
-
 # --- runs marked against the bound ---------------------------------------------------------------------------------
 
 # Config keys that fix the clients' (Z, Y) distribution: a run that differs in one is refused.
@@ -423,11 +394,10 @@ def fairness_bounds(experiment: Mapping[str, Any], grid_size: int = 10, rows: st
     points = []
     for row in grid:
         for bound in row:
-            achieved_global, achieved_local = bound.achieved
-            point = {"eps_global": bound.eps_global, "eps_local": bound.eps_local, "accuracy": bound.accuracy,
-                     "global": achieved_global, "local": achieved_local}
-            parts = decomposition(bound.joint)
-            points.append({**point, **(parts or {})})
+            terms = disparity(np.clip(bound.joint, 0, None))  # the solution's own disparities and their parts
+            points.append({"eps_global": bound.eps_global, "eps_local": bound.eps_local, "accuracy": bound.accuracy,
+                           "global": terms.global_disparity, "local": terms.local_disparity, "unique": terms.unique,
+                           "redundant": terms.redundant, "masked": terms.masked})
     trade_offs = {"{}": trade_off}
 
     def bound_of(run: MarkedRun) -> float:
