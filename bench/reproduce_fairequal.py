@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsim.build import build_model
+from fedsim.build import saved_model
 from fedsim.compare.table import contribution_correlations
 from fedsim.config import compose_experiment, resolve_auto_values
 from fedsim.data.federation import federation_for
@@ -46,16 +46,12 @@ def overrides(strategy: str, seed: int, clients: int, rounds: int, explore: int,
 def own_model_accuracy(experiment: dict, run_dir: Path, clients: int) -> np.ndarray:
     """Each client's final own model on the test split."""
     experiment = resolve_auto_values(experiment)
-    data = federation_for(experiment).data
+    test = federation_for(experiment).data.test_arrays
     out = []
     for client in range(clients):
-        state = torch.load(run_dir / "models" / f"client_{client}.pt", weights_only=True)
-        state.pop("__fedsim__")
-        model = build_model(experiment, data)
-        model.load_state_dict(state)
-        model.eval()
+        model = saved_model(run_dir / "models" / f"client_{client}.pt", experiment)
         with torch.no_grad():
-            out.append(float((model(data.test_arrays.x).argmax(1) == data.test_arrays.y).float().mean()))
+            out.append(float((model(test.x).argmax(1) == test.y).float().mean()))
     return np.array(out)
 
 

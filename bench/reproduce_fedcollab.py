@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsim.build import build_model
+from fedsim.build import saved_model
 from fedsim.config import compose_experiment, resolve_auto_values
 from fedsim.data.federation import federation_for
 from fedsim.run import run_experiment
@@ -55,11 +55,7 @@ def test_accuracy(experiment: dict, run_dir: Path) -> np.ndarray:
     train_y = data.train_arrays.y
     out = []
     for client, rows in enumerate(federation.client_indices):
-        state = torch.load(run_dir / "models" / f"client_{client}.pt", weights_only=True)
-        state.pop("__fedsim__")
-        model = build_model(experiment, data)
-        model.load_state_dict(state)
-        model.eval()
+        model = saved_model(run_dir / "models" / f"client_{client}.pt", experiment)
         with torch.no_grad():
             correct = (model(test_x).argmax(dim=1) == test_y).float()
         per_class = np.array([float(correct[test_y == label].mean()) for label in range(data.num_classes)])

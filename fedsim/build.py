@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -81,6 +82,20 @@ def train_settings(experiment: Mapping[str, Any], record: ConfigRecord) -> Train
 def strategy_arguments(strategy: Mapping[str, Any]) -> dict[str, Any]:
     """The strategy config without the keys meant for clients (what `hydra.utils.instantiate` gets)."""
     return {key: value for key, value in strategy.items() if key != CLIENT_OPTIMIZER_KEY}
+
+
+def saved_model(path: str | Path, experiment: Mapping[str, Any]) -> nn.Module:
+    """A model the recorder saved (a run folder's `model.pt` or `models/client_<i>.pt`), rebuilt from the shape and
+    class count its `__fedsim__` entry records, on the CPU and in eval mode."""
+    import hydra.utils
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    meta = state.pop("__fedsim__")
+    model = hydra.utils.instantiate(dict(experiment["model"]), input_shape=list(meta["input_shape"]),
+                                    num_classes=int(meta["num_classes"]))
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def build_model(experiment: Mapping[str, Any], data: LoadedData) -> nn.Module:

@@ -188,7 +188,7 @@ def _mutual_information_bits(joint: np.ndarray) -> float:
 def test_runs_audit_global_and_local_disparity_every_round(run_quietly):
     import torch
 
-    from fedsim.build import build_model
+    from fedsim.build import saved_model
     from fedsim.config import resolve_auto_values
     from fedsim.data.client_data import client_data
     from fedsim.data.federation import federation_for
@@ -211,10 +211,7 @@ def test_runs_audit_global_and_local_disparity_every_round(run_quietly):
                                                          "partition=dirichlet", "partition.partition_by=sensitive",
                                                          "partition.alpha=0.3", "num_clients=4", "model=logreg"]))
     federation = federation_for(experiment)
-    model = build_model(experiment, federation.data)
-    state = torch.load(run_dir / "model.pt")
-    state.pop("__fedsim__")
-    model.load_state_dict(state)
+    model = saved_model(run_dir / "model.pt", experiment)
     joint = np.zeros((4, 2, 2))
     with torch.no_grad():
         for pid in range(4):

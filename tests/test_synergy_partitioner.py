@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.build import build_model
+from fedsim.build import saved_model
 from fedsim.config import compose_experiment, validate
 from fedsim.data import build_federation
 from fedsim.data.federation import federation_for
@@ -118,10 +118,7 @@ def test_fedavg_on_the_synergy_split_shows_masked_disparity(run_quietly):
     summary, run_dir = run_quietly(*overrides)
     experiment = compose_experiment(["progress=false", *overrides])
     federation = federation_for(experiment)
-    model = build_model(experiment, federation.data)
-    state = torch.load(run_dir / "model.pt", weights_only=True)
-    state.pop("__fedsim__")
-    model.load_state_dict(state)
+    model = saved_model(run_dir / "model.pt", experiment)
     counts = {client: model_group_counts(model, federation.data.train_arrays.subset(rows), torch.device("cpu"))
               for client, rows in enumerate(federation.client_indices)}
     result = disparity(joint_from_counts(counts))
