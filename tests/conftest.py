@@ -45,6 +45,31 @@ def run_quietly(tmp_path: Path):
     return _run
 
 
+class StoppedAfterCheckpoint(Exception):
+    """Raised by `stop_after_checkpoint`: a stand-in for a kill right after a round's checkpoint."""
+
+
+def stop_after_checkpoint(monkeypatch: pytest.MonkeyPatch, overrides: list[str], run_dir: Path,
+                          server_round: int) -> None:
+    """Run the experiment of `overrides` in `run_dir` until the checkpoint of `server_round` is written, then stop it
+    there (in this process; `fedsim.testing.crash.kill_during` kills a real one). `resume=True` continues it."""
+    import fedsim.checkpoint as checkpoint_module
+
+    save = checkpoint_module.save_checkpoint
+
+    def save_then_stop(folder: Path, checkpoint: Any) -> None:
+        save(folder, checkpoint)
+        if checkpoint.server_round == server_round:
+            raise StoppedAfterCheckpoint
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
+    try:
+        with pytest.raises(StoppedAfterCheckpoint):
+            run_experiment(compose_experiment(overrides), run_dir, show_progress=False)
+    finally:
+        monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
+
+
 def give_nodes_config(monkeypatch: pytest.MonkeyPatch, extras: dict[int, dict[str, Any]]) -> None:
     """Make every in-process run of this test give partition p's node the node-config entries `extras[p]`, as a
     SuperNode's `--node-config` would (e.g. a node told to `misbehave`)."""

@@ -22,7 +22,7 @@ from fedsim.strategies.fairequal import (
     update_gram,
 )
 
-from .conftest import EVERY_NODE_TRAINS, read_metrics, train_reply
+from .conftest import EVERY_NODE_TRAINS, read_metrics, stop_after_checkpoint, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -232,7 +232,6 @@ def test_stage_two_sends_the_model_to_the_drawn_only_and_steps_without_renormali
 def test_a_run_resumed_after_the_stage_switch_equals_the_run_left_alone(tmp_path, monkeypatch):
     """Stage 1 ends by the test (tau = 2, 2 nodes, alpha = 0: the first p-value, at 5 rows, ends it after round 5);
     stopped after round 6, in stage 2, and resumed."""
-    import fedsim.checkpoint as checkpoint_module
     from fedsim.config import compose_experiment
     from fedsim.run import run_experiment
     from fedsim.testing.crash import untimed_metrics
@@ -244,20 +243,7 @@ def test_a_run_resumed_after_the_stage_switch_equals_the_run_left_alone(tmp_path
     assert [row["stage"] for row in rows[1:]] == ["1.0"] * 5 + ["2.0"] * 2
     assert [row["hotelling_pvalue"] != "" for row in rows[1:]] == [False] * 4 + [True] + [False] * 2
     assert [row["selected"] for row in rows[5:]] == ["4.0", "1.0", "1.0"]  # int(0.4 * 4) = 1 in stage 2
-    save = checkpoint_module.save_checkpoint
-
-    class Stopped(Exception):
-        pass
-
-    def save_then_stop(run_dir, checkpoint):
-        save(run_dir, checkpoint)
-        if checkpoint.server_round == 6:
-            raise Stopped
-
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(Stopped):
-        run_experiment(compose_experiment(overrides), tmp_path / "stopped", show_progress=False)
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
+    stop_after_checkpoint(monkeypatch, overrides, tmp_path / "stopped", 6)
     run_experiment(compose_experiment(overrides), tmp_path / "stopped", show_progress=False, resume=True)
     assert untimed_metrics(tmp_path / "stopped") == untimed_metrics(tmp_path / "alone")
 

@@ -28,6 +28,8 @@ import pytest
 from fedsim.config import compose_experiment, group_options
 from fedsim.run import run_experiment
 
+from .conftest import stop_after_checkpoint
+
 GOLDEN = Path(__file__).parent / "golden"
 SHORT = ["num_clients=4", "num_rounds=3", "fraction_train=0.75", "client.local_epochs=1", "progress=false"]
 # What a strategy needs beyond the short run: FairFed a sensitive attribute, FedLAW fewer server epochs.
@@ -96,26 +98,10 @@ def test_golden_run(tmp_path, name):
     _check(name, tmp_path / name)
 
 
-class _Stopped(Exception):
-    """Stands in for a kill right after the round-2 checkpoint."""
-
-
 def test_golden_resumed_run(tmp_path, monkeypatch):
     """FedCE (client state kept between rounds) stopped after round 2 and resumed from its checkpoint file."""
-    import fedsim.checkpoint as checkpoint_module
-
     overrides = [*SHORT, "strategy=fedce"]
-    save = checkpoint_module.save_checkpoint
-
-    def save_then_stop(run_dir, checkpoint):  # type: ignore[no-untyped-def]
-        save(run_dir, checkpoint)
-        if checkpoint.server_round == 2:
-            raise _Stopped
-
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(_Stopped):
-        run_experiment(compose_experiment(overrides), tmp_path / "run", show_progress=False)
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
+    stop_after_checkpoint(monkeypatch, overrides, tmp_path / "run", 2)  # a kill right after round 2's checkpoint
     run_experiment(compose_experiment(overrides), tmp_path / "run", show_progress=False, resume=True)
     _check("inprocess_fedce_resumed", tmp_path / "run")
 

@@ -17,7 +17,7 @@ from fedsim.config import compose_experiment, group_options
 from fedsim.run import run_experiment
 from fedsim.testing.crash import SLOW_CLIENTS, kill_during, untimed_metrics
 
-from .conftest import data_for
+from .conftest import data_for, stop_after_checkpoint
 
 BASE = ["num_clients=4", "num_rounds=6", "fraction_train=0.5", *SLOW_CLIENTS, "progress=false"]
 
@@ -82,10 +82,6 @@ def test_a_strategy_with_state_that_is_not_plain_data_turns_checkpoints_off_not_
 
 # --- every strategy, in one process: the checkpoint file carries everything a resumed run needs ---------------------
 
-class _Stopped(Exception):
-    """Stands in for a kill right after a round's checkpoint was written."""
-
-
 # What a strategy's run sets beyond its data (`data_for`): FedProx with stragglers it keeps, FedLAW fewer server epochs.
 STRATEGY_EXTRAS = {"fedprox": ["strategy.proximal_mu=0.1", "stragglers.fraction=0.5"],
                    "fedlaw": ["strategy.server_epochs=2"]}
@@ -97,7 +93,6 @@ def test_every_strategy_resumes_from_its_checkpoint_file_bit_for_bit(tmp_path, m
     metrics row, client weight and the final model equal those of the run left alone."""
     import torch
 
-    import fedsim.checkpoint as checkpoint_module
     import fedsim.server as server_module
     from fedsim.checkpoint import load_checkpoint
 
@@ -105,24 +100,16 @@ def test_every_strategy_resumes_from_its_checkpoint_file_bit_for_bit(tmp_path, m
                  f"strategy={strategy}", *data_for(strategy), *STRATEGY_EXTRAS.get(strategy, [])]
     reference = run_experiment(compose_experiment(overrides), tmp_path / "reference", show_progress=False)
 
-    save, run_rounds, first_rounds = checkpoint_module.save_checkpoint, server_module.run_rounds, []
-
-    def save_then_stop(run_dir, checkpoint):
-        save(run_dir, checkpoint)
-        if checkpoint.server_round == 2:
-            raise _Stopped
+    run_rounds, first_rounds = server_module.run_rounds, []
 
     def recording_first_round(*args, **kwargs):
         first_rounds.append(kwargs["first_round"])
         return run_rounds(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
     monkeypatch.setattr(server_module, "run_rounds", recording_first_round)
     stopped = tmp_path / "stopped"
-    with pytest.raises(_Stopped):
-        run_experiment(compose_experiment(overrides), stopped, show_progress=False)
+    stop_after_checkpoint(monkeypatch, overrides, stopped, 2)
     assert load_checkpoint(stopped).server_round == 2
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
     resumed = run_experiment(compose_experiment(overrides), stopped, show_progress=False, resume=True)
 
     assert first_rounds == [1, 3]  # it went on from the checkpoint, rather than starting over
