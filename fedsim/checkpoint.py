@@ -15,7 +15,8 @@ It holds:
   TypeError naming the attribute, and fedsim then runs on without checkpoints and says so once (`Checkpointer`);
 - the random states the server draws from (`random`, torch, numpy: client sampling uses `random`);
 - the rows recorded so far;
-- the in-process engine's node states (FedCE's clients keep their last local model there).
+- the in-process engine's node states (FedCE's clients keep their last local model there);
+- an asynchronous run's loop: the clients in flight, the models they started from, the clock and the counts.
 Clients seed their own data order from (seed, round, partition), so nothing else is needed for the same result.
 
 A checkpoint that is truncated, damaged, not a checkpoint, or from another fedsim version raises `CheckpointError`:
@@ -72,6 +73,7 @@ class Checkpoint:
     torch_random: torch.Tensor
     numpy_random: Any
     path: Path | None = None  # where it was loaded from (not saved)
+    loop: dict[str, Any] | None = None  # an asynchronous run's loop (`fedsim.async_rounds.AsyncLoop.state`)
 
 
 # --- the strategy's state ------------------------------------------------------------------------------------
@@ -203,11 +205,11 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:  # pylint: dis
 
 
 def capture(server_round: int, arrays: ArrayRecord, strategy: Any, recorder_state: dict[str, Any],
-            node_states: dict[int, Any] | None) -> Checkpoint:
+            node_states: dict[int, Any] | None, loop: dict[str, Any] | None = None) -> Checkpoint:
     """A checkpoint of the run as it is now, at the end of `server_round` (encode it with `save_checkpoint` before
     the run goes on: the strategy's attributes are held by reference)."""
     return Checkpoint(server_round, arrays, strategy_state(strategy), recorder_state, node_states,
-                      random.getstate(), torch.get_rng_state(), np.random.get_state())
+                      random.getstate(), torch.get_rng_state(), np.random.get_state(), loop=loop)
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
@@ -220,6 +222,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
                      "attributes": encoder.encode(checkpoint.strategy_state["attributes"], "strategy")},
         "recorder": encoder.encode(checkpoint.recorder_state, "recorder"),
         "nodes": encoder.encode(checkpoint.node_states, "node state"),
+        "loop": encoder.encode(checkpoint.loop, "asynchronous loop"),
         "random": {"python": encoder.encode(checkpoint.python_random, "random"),
                    "torch": encoder.encode(checkpoint.torch_random, "torch random"),
                    "numpy": encoder.encode(checkpoint.numpy_random, "numpy random")},
@@ -296,6 +299,7 @@ def _checkpoint_from(saved: dict[str, Any], path: Path) -> Checkpoint:
         torch_random=_decode(state["random"]["torch"], tensors),
         numpy_random=_decode(state["random"]["numpy"], tensors),
         path=path,
+        loop=_decode(state.get("loop"), tensors),
     )
     if not isinstance(checkpoint.arrays, ArrayRecord) or not isinstance(checkpoint.strategy_state["attributes"], dict):
         raise TypeError("the global model or the strategy state is missing")
@@ -322,14 +326,15 @@ class Checkpointer:
         self._every, self._last_round = every, num_rounds
         self.enabled = every > 0
 
-    def after_round(self, server_round: int, arrays: ArrayRecord) -> None:
-        """Save the run as it is at the end of `server_round` when that round is due."""
+    def after_round(self, server_round: int, arrays: ArrayRecord, loop: dict[str, Any] | None = None) -> None:
+        """Save the run as it is at the end of `server_round` when that round is due (`loop`: an asynchronous
+        run's loop state)."""
         if not self.enabled or (server_round % self._every and server_round != self._last_round):
             return
         states = self._engine_grid.node_states() if isinstance(self._engine_grid, KeepsNodeState) else None
         try:
             save_checkpoint(self._recorder.run_dir,
-                            capture(server_round, arrays, self._strategy, self._recorder.state(), states))
+                            capture(server_round, arrays, self._strategy, self._recorder.state(), states, loop))
         except TypeError as error:  # a strategy holding state that is not plain data
             self.enabled = False
             logger.warning("checkpoints turned off: the strategy's state cannot be saved (%s)", error)

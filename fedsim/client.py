@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .attacks import Attack, attacked_update
@@ -120,6 +120,13 @@ class ClientRound:
         model = build_model(self.experiment, self.federation.data)
         load_global_model(model, arrays.to_torch_state_dict(), self.federation)
         return model
+
+    def trained(self, arrays: ArrayRecord) -> ArrayRecord:
+        model = self.model_from(arrays)
+        message = Message(RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: self.config}), dst_node_id=0,
+                          message_type=MessageType.TRAIN)
+        _train(model, local_training(message, self.experiment, self.partition_id, self.train_data), self.device)
+        return _arrays(model)
 
 
 @app.train()

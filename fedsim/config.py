@@ -267,6 +267,26 @@ def _validate_stragglers(experiment: Mapping[str, Any], traits: StrategyTraits) 
                           f"0 with strategy {_strategy_name(experiment)}, which does not declare supports_stragglers")
 
 
+def _validate_clock(experiment: Mapping[str, Any], traits: StrategyTraits, num_clients: int) -> None:
+    """The device model (`fedsim.devices`), the synchronous deadline and an asynchronous strategy's concurrency."""
+    from .devices import validate_devices
+
+    validate_devices(experiment.get("devices") or {}, num_clients)
+    deadline = experiment["server"].get("deadline")
+    if deadline is not None:
+        _positive("server.deadline", deadline)
+        if traits.asynchronous:
+            raise ConfigError("server.deadline", deadline,
+                              f"null with strategy {_strategy_name(experiment)}: an asynchronous run has no rounds "
+                              "to cut off")
+    if traits.asynchronous:
+        concurrency = experiment["strategy"].get("concurrency", 1)
+        active = num_clients - len(experiment.get("exclude_clients") or [])
+        if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency > active:
+            raise ConfigError("strategy.concurrency", concurrency,
+                              f"at most the clients that take part ({active}): C clients train at once")
+
+
 def _validate_attack(attack: Mapping[str, Any], num_clients: int) -> None:
     """`attack.*`: a known kind, attackers named when it is set, and that kind's settings (`fedsim.attacks`)."""
     from .attacks import KINDS, parse_attack
@@ -454,6 +474,7 @@ def validate(experiment: Mapping[str, Any]) -> None:
         raise ConfigError("server.min_valid_replies", server["min_valid_replies"],
                           f"at most num_clients ({num_clients})")
     _integer("server.checkpoint_every", server.get("checkpoint_every", 1), 0)
+    _validate_clock(experiment, traits, num_clients)
     faults = experiment.get("faults") or {}
     for key in ("crash_rate", "nan_rate", "slow_rate"):
         _in_range(f"faults.{key}", faults.get(key, 0.0), 0, 1)

@@ -57,6 +57,7 @@ ROUND_COLUMNS = [
     "client_acc_jain",
     "round_seconds",
     "wall_seconds",
+    "sim_time",
 ]
 # The only columns in which two runs of one experiment differ (a resumed run, another engine, a re-run).
 TIMING_COLUMNS = ("round_seconds", "wall_seconds")
@@ -79,6 +80,7 @@ class RoundRecord:
     rejections: Sequence[Rejection] = ()
     skipped: bool = False  # too few valid training replies: nothing was aggregated
     nodes: Sequence[NodeRecord] = ()
+    sim_time: float = 0.0  # simulated seconds since the run began, at the end of this round (`fedsim.clock`)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -234,6 +236,7 @@ class Recorder:
             **{f"client_acc_{name}": stats[name] for name in ("mean", "std", "worst10", "best10", "jain")},
             "round_seconds": now - self._last_round_end,
             "wall_seconds": now - self.started,
+            "sim_time": record.sim_time,
             **{f"acc_client_{pid}": accuracy for pid, accuracy in accuracies.items()},
             **{f"weight_client_{pid}": weight for pid, weight in record.weights.items()},
             **record.scalars,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
+from .protocol.arrays import as_numpy
 from .protocol.keys import NUM_EXAMPLES
 
 # Far above any real partition; the cap when the server does not know a client's data size (deployment).
@@ -140,7 +141,7 @@ def _arrays_problem(content: RecordDict, sent: RecordDict, measure: bool,
             if tuple(array.shape) != tuple(model_array.shape) or array.dtype != model_array.dtype:
                 return (f"'{key}' is {array.dtype}{list(array.shape)}, "
                         f"the model's is {model_array.dtype}{list(model_array.shape)}"), None
-            values = array.numpy()
+            values = as_numpy(array)
             if values.shape != tuple(model_array.shape):
                 return f"'{key}' holds {values.size} values, its shape says {list(array.shape)}", None
             if np.issubdtype(values.dtype, np.inexact):
@@ -148,7 +149,7 @@ def _arrays_problem(content: RecordDict, sent: RecordDict, measure: bool,
                     return f"'{key}' has NaN or Inf values", None
                 if measure:
                     if id(model_array) not in references:
-                        references[id(model_array)] = model_array.numpy()
+                        references[id(model_array)] = as_numpy(model_array)
                     step = (values - references[id(model_array)]).ravel()
                     if step.dtype == np.float16:  # its squares overflow from a norm of 256 on
                         step = step.astype(np.float32)

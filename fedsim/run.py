@@ -12,7 +12,8 @@ import torch
 from .build import build_model, traits_of
 from .client import app as client_app
 from .config import GROUPS, resolve_auto_values, validate
-from .data.federation import federation_for
+from .data.federation import Federation, federation_for
+from .devices import device_model
 from .engines import check_engine_resources, make_engine
 from .errors import ConfigError
 from .partition_report import write_report
@@ -47,6 +48,7 @@ def prepare_run(
     validate(experiment)
     federation = federation_for(experiment)  # data and partition errors surface here, before training
     _check_binary_labels(experiment, federation.data.num_classes)
+    _check_slow_class(experiment, federation)
     flower_logger = logging.getLogger("flwr")
     flower_logger.setLevel(str(experiment.get("log_level", "WARNING")).upper())
     flower_logger.propagate = False  # Flower has its own console handler; don't print its lines twice
@@ -64,6 +66,13 @@ def _check_binary_labels(experiment: Mapping[str, Any], num_classes: int) -> Non
         raise ConfigError("dataset", experiment["dataset"].get("name"),
                           f"strategy {experiment['strategy']['_target_'].rsplit('.', 1)[-1]} needs a two-class task; "
                           f"this data set has {num_classes} classes (fair_synthetic and adult have two)")
+
+
+def _check_slow_class(experiment: Mapping[str, Any], federation: Federation) -> None:
+    """A slow group tied to a class (`devices.slow_class`) is known once the partition is: a class out of range, or
+    one no client holds most of, is refused before the run folder opens."""
+    if (experiment.get("devices") or {}).get("slow_class") is not None:
+        device_model(experiment["devices"], federation.num_clients, int(experiment["seed"]), federation.label_counts())
 
 
 def _model_builder(experiment: Mapping[str, Any]) -> Callable[[], torch.nn.Module]:

@@ -3,8 +3,9 @@
 - set up: the model, the Grid fedsim puts around the engine's (`fedsim.grid`, which waits for every node first),
   the strategy built from the config, the run's checkpoints;
 - resume: from the run folder's checkpoint, when asked and there is one (`fedsim.checkpoint`);
-- the rounds: `fedsim.rounds.run_rounds` (Flower's `Strategy.start` loop, able to begin at any round), with a
-  central evaluation of the global model and one recorded row after each round;
+- the rounds: `fedsim.rounds.run_rounds` (Flower's `Strategy.start` loop, able to begin at any round), or for an
+  asynchronous strategy `fedsim.async_rounds` (a row every `concurrency` client updates), with a central evaluation
+  of the global model and one recorded row after each round; the virtual clock (`fedsim.clock`) times them;
 - finish: the final model on every client's validation split, and the run's summary.
 """
 
@@ -15,7 +16,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +27,15 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from .async_rounds import AsyncLoop
 from .build import build_model, strategy_arguments, traits_of
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpoint, Checkpointer
+from .clock import VirtualClock
 from .data.federation import Federation, federation_for
 from .fairness import GroupCounts, fairness_summary, federation_disparity, model_group_counts, pooled
 from .grid.fedsim_grid import FedsimGrid
 from .progress import RoundProgress
+from .protocol.asynchronous import TrainsAsynchronously
 from .protocol.capabilities import PersonalisesModels, PreparesFederation, ReportsClients, ReportsRound
 from .protocol.experiment import experiment_record
 from .protocol.keys import ARRAYS_RECORD, CONFIG_RECORD, EVAL_ACCURACY, EVAL_LOSS, ROUND_KEY
@@ -45,18 +49,27 @@ PREPARATION_FILE = "preparation.json"
 
 
 def build_strategy(experiment: Mapping[str, Any], federation: Federation | None = None,
-                   device: str = "cpu") -> Strategy:
+                   device: str = "cpu", slow_partitions: Sequence[int] = ()) -> Strategy:
     """Instantiate the `strategy` config group entry (any Flower message-based strategy).
 
     A strategy class with `requires_server_data = True` (FedLAW) also gets `model` (the architecture), `proxy_data`
-    (the server's proxy set) and `device`.
+    (the server's proxy set) and `device`; one with `requires_model = True` (Unstale) `model`, `input_shape` and
+    `device`; one with `requires_slow_partitions = True` gets `slow_partitions` (the device model's slow group).
     """
     extras: dict[str, Any] = {}
-    if traits_of(experiment).requires_server_data:
+    traits = traits_of(experiment)
+    if traits.requires_server_data:
         if federation is None:
             raise ValueError("this strategy needs the federation's proxy set")
         proxy = federation.proxy
         extras = {"model": build_model(experiment, federation.data), "proxy_data": (proxy.x, proxy.y), "device": device}
+    elif traits.requires_model:
+        if federation is None:
+            raise ValueError("this strategy needs the federation's data set (its model's input)")
+        extras = {"model": build_model(experiment, federation.data), "device": device,
+                  "input_shape": [int(n) for n in federation.data.input_shape]}
+    if traits.requires_slow_partitions:
+        extras["slow_partitions"] = [int(p) for p in slow_partitions]
     strategy = hydra.utils.instantiate(strategy_arguments(experiment["strategy"]), **extras)
     if not isinstance(strategy, Strategy):
         raise TypeError("strategy._target_ must build a flwr.serverapp.strategy.Strategy, "
@@ -65,10 +78,12 @@ def build_strategy(experiment: Mapping[str, Any], federation: Federation | None 
 
 
 def run_server(grid: Grid, experiment: Mapping[str, Any], recorder: Recorder, show_progress: bool = True,
-               resume: bool = False) -> dict[str, Any]:
+               resume: bool = False, arrival_order: str = "virtual") -> dict[str, Any]:
     """One federated run on `grid`; returns the summary the recorder wrote. With `resume`, it continues from the
-    run folder's checkpoint when there is one."""
+    run folder's checkpoint when there is one. `arrival_order`: the order in which an asynchronous run applies its
+    replies, "virtual" (the virtual clock's, in simulation) or "real" (as they arrive, in deployment)."""
     run = ServerRun.set_up(grid, experiment, recorder)
+    run.arrival_order = arrival_order
     with RoundProgress(run.num_rounds, enabled=show_progress) as progress:
         arrays, first_round = run.start(resume, progress)
         final_arrays = run.rounds(arrays, first_round, progress)
@@ -88,20 +103,27 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
     grid: FedsimGrid
     strategy: Strategy
     checkpointer: Checkpointer
+    clock: VirtualClock
+    arrival_order: str = "virtual"
+    loop: AsyncLoop | None = None  # an asynchronous strategy's loop
 
     @classmethod
     def set_up(cls, grid: Grid, experiment: Mapping[str, Any], recorder: Recorder) -> ServerRun:
-        """Build the initial model (seeded), wait for every node, build the strategy."""
+        """Build the initial model (seeded), the clock, wait for every node, build the strategy."""
         federation = federation_for(experiment)
         device = resolve_device(experiment["device"])
         torch.manual_seed(int(experiment["seed"]))
         model = build_model(experiment, federation.data).to(device)
         initial_arrays = ArrayRecord({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+        tied = experiment["devices"].get("slow_class") is not None  # a slow group tied to data
+        clock = VirtualClock.from_experiment(experiment, federation.label_counts() if tied else None)
         fedsim_grid = _discovered_grid(grid, experiment, federation, recorder)
-        strategy = _strategy_for(experiment, federation, device)
+        fedsim_grid.clock = clock
+        strategy = _strategy_for(experiment, federation, device, clock.devices.slow_partitions)
         every = int(experiment["server"].get("checkpoint_every", 1))
         checkpointer = Checkpointer(recorder, strategy, fedsim_grid.inner, every, int(experiment["num_rounds"]))
-        return cls(experiment, recorder, federation, device, model, initial_arrays, fedsim_grid, strategy, checkpointer)
+        return cls(experiment, recorder, federation, device, model, initial_arrays, fedsim_grid, strategy, checkpointer,
+                   clock)
 
     @property
     def num_rounds(self) -> int:
@@ -119,8 +141,14 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
             self._prepare(show=progress.enabled)
             return self.initial_arrays, 1
         last = self.recorder.rows[-1]
+        self.clock.now = float(last.get("sim_time") or 0.0)
+        self._resume_loop(checkpoint)
         progress.update(checkpoint.server_round, last["test_accuracy"], last["test_loss"])
         return checkpoint.arrays, checkpoint.server_round + 1
+
+    def _resume_loop(self, checkpoint: Checkpoint) -> None:
+        if isinstance(self.strategy, TrainsAsynchronously) and checkpoint.loop is not None:
+            self._async_loop().restore(checkpoint.loop)
 
     def _prepare(self, show: bool) -> None:
         """The strategy's stage before round 1, if it has one (`PreparesFederation`); what it found goes to the run
@@ -138,7 +166,9 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
                   flush=True)
 
     def rounds(self, arrays: ArrayRecord, first_round: int, progress: RoundProgress) -> ArrayRecord:
-        """Rounds `first_round`..`num_rounds`; returns the final global model."""
+        """Rounds `first_round`..`num_rounds` (an asynchronous run's rows); returns the final global model."""
+        if isinstance(self.strategy, TrainsAsynchronously):
+            return self._async_rows(arrays, first_round, progress)
         return run_rounds(
             self.strategy, self.grid, arrays, first_round=first_round, num_rounds=self.num_rounds,
             timeout=self.timeout, train_config=experiment_record(self.experiment),
@@ -146,6 +176,34 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
             evaluate_fn=functools.partial(self._evaluate_round, progress=progress),
             after_round=self.checkpointer.after_round,
         )
+
+    def _async_loop(self) -> AsyncLoop:
+        if self.loop is None:
+            assert isinstance(self.strategy, TrainsAsynchronously)
+            rows = {pid: len(self.federation.client_rows(pid)[0]) for pid in range(self.federation.num_clients)}
+            self.loop = AsyncLoop(self.strategy, self.grid, self.clock, train_config=experiment_record(self.experiment),
+                                  train_rows=rows, seed=int(self.experiment["seed"]), timeout=self.timeout,
+                                  order=self.arrival_order)
+        return self.loop
+
+    def _async_rows(self, arrays: ArrayRecord, first_row: int, progress: RoundProgress) -> ArrayRecord:
+        """An asynchronous run: rows `first_row`..`num_rounds`, each after `concurrency` client updates, with the
+        federated and central evaluation of a synchronous round."""
+        loop = self._async_loop()
+        if first_row == 1:
+            self._evaluate_round(0, arrays, progress)
+
+        def after_row(row: int, model: ArrayRecord) -> None:
+            config = experiment_record(self.experiment)
+            replies = self.grid.send_and_receive(self.strategy.configure_evaluate(row, model, config, self.grid),
+                                                 timeout=self.timeout)
+            self.strategy.aggregate_evaluate(row, replies)
+            self._evaluate_round(row, model, progress)
+            if isinstance(self.strategy, ReportsRound) and hasattr(self.strategy, "reset_report"):
+                self.strategy.reset_report()
+            self.checkpointer.after_round(row, model, loop.state())
+
+        return loop.run(arrays, first_row=first_row, num_rows=self.num_rounds, after_update_row=after_row)
 
     def finish(self, arrays: ArrayRecord) -> dict[str, Any]:
         """Save the final model, evaluate it on every client and on the test split's groups; write the summary."""
@@ -183,9 +241,11 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
                        if (counts := GroupCounts.from_metrics(metrics)) is not None}
             audit = {f"disparity_{name}": value for name, value in federation_disparity(clients).items()}
             scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **audit, **scalars}
+        if self.loop is not None and server_round > 0:
+            scalars = {**self.loop.row_scalars(), **scalars}
         return RoundRecord(server_round, accuracy, loss, train=log.train, evaluate=log.evaluate,
                            failures=len(log.failures), weights=weights, scalars=scalars, rejections=log.rejections,
-                           skipped=log.skipped, nodes=log.nodes)
+                           skipped=log.skipped, nodes=log.nodes, sim_time=self.clock.now)
 
     def _round_report(self) -> tuple[dict[int, float], dict[str, float]]:
         """The strategy's per-client aggregation weights (by partition id) and named scalars of its last round."""
@@ -241,8 +301,9 @@ def _discovered_grid(grid: Grid, experiment: Mapping[str, Any], federation: Fede
     return fedsim_grid
 
 
-def _strategy_for(experiment: Mapping[str, Any], federation: Federation, device: torch.device) -> Strategy:
-    strategy = build_strategy(experiment, federation, str(device))
+def _strategy_for(experiment: Mapping[str, Any], federation: Federation, device: torch.device,
+                  slow_partitions: Sequence[int] = ()) -> Strategy:
+    strategy = build_strategy(experiment, federation, str(device), slow_partitions)
     if hasattr(strategy, "min_available_nodes"):
         # Flower's samplers wait until this many nodes are visible. Discovery has already waited for every node
         # before round 1, so waiting again only matters once a node is gone (excluded, or a SuperNode that died

@@ -87,7 +87,9 @@ def give_nodes_config(monkeypatch: pytest.MonkeyPatch, extras: dict[int, dict[st
 
 # What keeps a strategy's test run short: FedCollab's distance stage stops after a few rounds and restarts.
 QUICK_SETTINGS = {"fedcollab": ("strategy.distance_rounds=6", "strategy.distance_eval_every=3",
-                                "strategy.solver_restarts=2")}
+                                "strategy.solver_restarts=2"),
+                  # asynchronous: at most as many clients in flight as the tests' federations hold
+                  "fedasync": ("strategy.concurrency=2",), "fedbuff": ("strategy.concurrency=2",)}
 
 
 @cache

@@ -36,17 +36,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def write_fake_run(folder: Path, curve: list[float], clients: list[float], round_seconds: float | list[float] = 0.5,
                    weights: list[float] | None = None, experiment: dict | None = None, final_loss: float = 0.5,
-                   fairness: dict | None = None, seed: int | None = None) -> None:
+                   fairness: dict | None = None, seed: int | None = None, sim_times: list | None = None) -> None:
     """A run folder as the recorder leaves it: metrics.csv (round 0 = initial model), summary.json, config.yaml.
-    `round_seconds`: one value for every trained round, or one per trained round."""
+    `round_seconds`: one value for every trained round, or one per trained round; `sim_times`: the virtual clock's
+    `sim_time` of every row (round 0 included), or None for a folder from before the clock."""
     folder.mkdir(parents=True, exist_ok=True)
     seconds = round_seconds if isinstance(round_seconds, list) else [round_seconds] * (len(curve) - 1)
     header = ["round", "test_accuracy", "test_loss", "round_seconds"] + [f"acc_client_{k}" for k in range(len(clients))]
-    header += [f"weight_client_{k}" for k in range(len(weights or []))]
+    header += [f"weight_client_{k}" for k in range(len(weights or []))] + (["sim_time"] if sim_times else [])
     lines = [",".join(header)]
     for r, accuracy in enumerate(curve):
         row = [str(r), str(accuracy), str(final_loss + 0.1 * (len(curve) - 1 - r)), str(seconds[r - 1] if r else 9.0)]
         row += [str(c) for c in clients] + [str(w) if r else "" for w in (weights or [])]
+        row += [str(sim_times[r])] if sim_times else []
         lines.append(",".join(row))
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
     trained = curve[1:]
@@ -64,9 +66,10 @@ def write_fake_run(folder: Path, curve: list[float], clients: list[float], round
         (folder / "config.yaml").write_text(yaml.safe_dump(resolve_auto_values(experiment), sort_keys=False))
 
 
-def fake_run(calls: list[Path], fairness: bool = False):  # type: ignore[no-untyped-def]
+def fake_run(calls: list[Path], fairness: bool = False, clock: bool = False):  # type: ignore[no-untyped-def]
     """A stand-in for run_experiment that writes a small, deterministic run folder (and a partition heatmap);
-    `fairness`: with the group-fairness summary of data that has a sensitive attribute."""
+    `fairness`: with the group-fairness summary of data that has a sensitive attribute; `clock`: with `sim_time`,
+    rounds of 10 + 5 · (letters of the strategy's class name mod 3) + seed seconds (FedAvg 10 s, FedDisco 20 s)."""
 
     def run(experiment, folder, choices=None, show_progress=True, resume=False):  # type: ignore[no-untyped-def]
         calls.append(Path(folder))
@@ -75,8 +78,10 @@ def fake_run(calls: list[Path], fairness: bool = False):  # type: ignore[no-unty
         curve = [0.1, 0.5 + shift, 0.8 + shift]
         weights = [0.2, 0.3, 0.5] if seed % 2 == 0 else [0.5, 0.3, 0.2]
         groups = {"test_spd": 0.1 - shift, "test_eod": 0.2 - shift, "clients": {}} if fairness else None
+        length = 10.0 + 5.0 * (len(name.rsplit(".", 1)[-1]) % 3) + seed
         write_fake_run(Path(folder), curve, [0.6 + shift, 0.9, 1.0], weights=weights, experiment=experiment, seed=seed,
-                       final_loss=1.0 - curve[-1], fairness=groups)
+                       final_loss=1.0 - curve[-1], fairness=groups,
+                       sim_times=[length * r for r in range(len(curve))] if clock else None)
         plot_heatmap(np.array([[3, 1], [0, 4], [2, 2]]), Path(folder) / HEATMAP_FILE)
         return json.loads((Path(folder) / "summary.json").read_text())
 
@@ -444,10 +449,10 @@ def fake_compare(tmp_path_factory) -> Path:
 GRID = ["strategy=fedavg,feddisco", "seed=0,1", "partition.alpha=0.1,1.0", "num_rounds=2", "--target", "0.8"]
 
 
-def run_fake_compare(out: Path, grid: list[str] = GRID, fairness: bool = False) -> Path:
+def run_fake_compare(out: Path, grid: list[str] = GRID, fairness: bool = False, clock: bool = False) -> Path:
     calls: list[Path] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("fedsim.run.run_experiment", fake_run(calls, fairness))
+        patch.setattr("fedsim.run.run_experiment", fake_run(calls, fairness, clock))
         cli.main(["compare", *grid, "--no-progress", "--out", str(out)])
     assert calls
     return out
@@ -487,6 +492,8 @@ def test_report_images_are_embedded_pngs_and_the_setup_is_stated(fake_compare):
     assert '<table id="setup">' in text and "<th>local epochs</th><td>3</td>" in text
     assert "<td>a=0.5, b=0.1, measure=kl, target=uniform, proximal_mu=0</td>" in text  # FedDisco's hyper-parameters
     assert 'id="optimizer-warning"' in text and "Student-t 95% confidence interval" in text
+    # runs without the virtual clock (sim_time): no time column, legend line or plot
+    assert "simulated time" not in text and not (fake_compare / "plots" / "accuracy_vs_time.png").exists()
 
 
 def test_weights_are_drawn_for_one_seed_and_box_plots_share_their_y_range(tmp_path):

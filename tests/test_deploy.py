@@ -120,6 +120,21 @@ def test_deployed_run_matches_the_in_process_simulation(federation, tmp_path, st
         {name: data for name, data in before.items() if name != "deployment.json"}
 
 
+def test_a_deployed_asynchronous_run_applies_replies_as_they_arrive(federation, tmp_path):
+    """FedBuff over the SuperLink (`push_messages` / `pull_messages` with real arrival order): every row takes two
+    updates, the buffer of two makes one version per row, the clock moves on, and the run learns."""
+    overrides = [*COMMON, "strategy=fedbuff", "strategy.concurrency=2", "strategy.buffer_size=2",
+                 "client.local_epochs=2", "devices.model=lognormal"]
+    summary = federation.submit(overrides, tmp_path / "deployed", timeout=RUN_TIMEOUT)
+    rows = read_metrics(tmp_path / "deployed")
+    assert [int(row["round"]) for row in rows] == [0, 1, 2, 3]
+    assert [float(row["model_version"]) for row in rows[1:]] == [1.0, 2.0, 3.0]
+    assert [float(row["updates_applied"]) for row in rows[1:]] == [2.0, 2.0, 2.0]
+    times = [float(row["sim_time"]) for row in rows]
+    assert times == sorted(times) and times[-1] > 0
+    assert summary["final_accuracy"] > float(rows[0]["test_accuracy"]) + 0.2
+
+
 def test_a_node_whose_key_is_not_registered_is_refused_in_one_line(federation):
     """node-3 has a valid client certificate (the proxy lets it in) but the operator never registered its key."""
     assert federation.credentials is not None

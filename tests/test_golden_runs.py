@@ -39,7 +39,7 @@ STRATEGY_EXTRAS = {
     "fedprox": ["strategy.proximal_mu=0.1"],
 }
 # reporting added since the pin: FedAvg's weights, the stragglers, the disparity audit (data with a sensitive attribute)
-ADDED_COLUMNS = re.compile(r"^(stragglers|weight_client_\d+"
+ADDED_COLUMNS = re.compile(r"^(stragglers|sim_time|weight_client_\d+"
                            r"|disparity_(global|local|unique|redundant|masked|z_s|yhat_s))$")
 RUNS = {
     # The strategies pinned before the redesign; one added later may add a golden file of its own.

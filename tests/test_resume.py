@@ -100,13 +100,13 @@ def test_every_strategy_resumes_from_its_checkpoint_file_bit_for_bit(tmp_path, m
                  f"strategy={strategy}", *data_for(strategy), *STRATEGY_EXTRAS.get(strategy, [])]
     reference = run_experiment(compose_experiment(overrides), tmp_path / "reference", show_progress=False)
 
-    run_rounds, first_rounds = server_module.run_rounds, []
+    rounds, first_rounds = server_module.ServerRun.rounds, []
 
-    def recording_first_round(*args, **kwargs):
-        first_rounds.append(kwargs["first_round"])
-        return run_rounds(*args, **kwargs)
+    def recording_first_round(run, arrays, first_round, progress):  # synchronous and asynchronous runs alike
+        first_rounds.append(first_round)
+        return rounds(run, arrays, first_round, progress)
 
-    monkeypatch.setattr(server_module, "run_rounds", recording_first_round)
+    monkeypatch.setattr(server_module.ServerRun, "rounds", recording_first_round)
     stopped = tmp_path / "stopped"
     stop_after_checkpoint(monkeypatch, overrides, stopped, 2)
     assert load_checkpoint(stopped).server_round == 2

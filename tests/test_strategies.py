@@ -272,6 +272,10 @@ CLIENT_OPTIMIZERS = {
     "fairfed": (0.9, 0.0, "fedsim default"),  # neither the paper nor declearn names a client optimiser
     "agnosticfair": (0.0, 0.0, "paper"),  # the reference's theta step: full-batch plain SGD, lr 0.1
     "fairequal": (0.9, 0.0, "paper"),  # run_2stages_exp_stream.py: SGD momentum 0.9
+    "unstale": (0.0, 0.0, "paper"),  # update.py LocalUpdate: SGD momentum 0, no weight decay
+    # asynchronous rules: FedAsync and FedBuff name local SGD steps; no reference code names momentum
+    "fedasync": (0.9, 0.0, "fedsim default"),
+    "fedbuff": (0.9, 0.0, "fedsim default"),
     # server-side rules that leave the clients' optimiser alone
     **{name: (0.9, 0.0, "fedsim default") for name in ("ida", "flag", "krum", "multikrum", "bulyan", "median",
                                                          "trimmedavg", "fedcollab")},

@@ -93,6 +93,10 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
                                                    "every panel)")]
     compare_plots.plot_accuracy_curves(grouped, grid.strategies, plots[0][0])
     compare_plots.plot_client_distributions(grouped, grid.strategies, plots[1][0])
+    if compare_plots.plot_accuracy_vs_time(grouped, grid.strategies, folder / compare_plots.TIME_PLOT, target):
+        plots.insert(1, (folder / compare_plots.TIME_PLOT, "global test accuracy against simulated time (fedsim's "
+                         "device model; mean over seeds of their step curves, band = min–max, dashed = target): "
+                         "time to target compares strategies whose rounds differ in length, asynchronous ones too"))
     if compare_plots.plot_weights(grouped, grid.strategies, folder / compare_plots.WEIGHTS_PLOT):
         unweighted = [s for s in grid.strategies if not any(m.weights for r in grouped.values() for m in r.get(s, []))]
         caption = ("aggregation weights of the strategies that report them, for one seed per setting: client ids "

@@ -1,5 +1,5 @@
-"""The comparison's figures: accuracy curves (mean line, min–max band over seeds), client-accuracy distributions
-and aggregation weights over rounds, one panel per setting."""
+"""The comparison's figures: accuracy curves per round and against simulated time (mean line, min–max band over
+seeds), client-accuracy distributions and aggregation weights over rounds, one panel per setting."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import matplotlib.ticker
 import numpy as np
 
 from ..plots import plt, save_figure, style_accuracy_axis
+from .clock import on_common_grid, time_unit
 from .table import RunMetrics
 
 CURVES_PLOT = "accuracy_curves.png"
+TIME_PLOT = "accuracy_vs_time.png"
 CLIENTS_PLOT = "client_accuracy.png"
 WEIGHTS_PLOT = "aggregation_weights.png"
 DISPARITY_PLOT = "disparity.png"
@@ -56,6 +58,43 @@ def plot_accuracy_curves(runs: Runs, strategies: Sequence[str], path: Path) -> N
         style_accuracy_axis(axis, "global test accuracy")
     figure.suptitle("global accuracy per round: mean over seeds, band = min–max", fontsize=10)
     save_figure(figure, path)
+
+
+def plot_accuracy_vs_time(runs: Runs, strategies: Sequence[str], path: Path, target: float | None = None) -> bool:
+    """Global test accuracy against simulated time (`clock`): each seed's accuracy as a step curve (a round's
+    accuracy holds until the next round ends), the mean over seeds on their common time grid as a line, the min–max
+    as a band, the target as a dashed line. Seeds without a clock are left out (n counts the others); one time unit
+    for the figure. Returns False (and draws nothing) when no run has a clock."""
+    panels = []
+    for setting, by_strategy in runs.items():
+        found = {s: [list(zip(m.times, (a for _, a in m.curve), strict=True))
+                     for m in by_strategy.get(s, []) if m.times] for s in strategies}
+        found = {s: curves for s, curves in found.items() if curves}
+        if found:
+            panels.append((setting, found))
+    if not panels:
+        return False
+    unit, scale = time_unit((curve[-1][0] for _, found in panels for curves in found.values() for curve in curves),
+                            by="largest")
+    colors = _colors(strategies)
+    figure, axes = _panels(len(panels))
+    for axis, (setting, found) in zip(axes, panels, strict=True):
+        for strategy, curves in found.items():
+            grid, values = on_common_grid(curves)
+            x = grid / scale
+            axis.plot(x, values.mean(axis=0), color=colors[strategy], drawstyle="steps-post",
+                      label=f"{strategy} (n={len(curves)})")
+            axis.fill_between(x, values.min(axis=0), values.max(axis=0), color=colors[strategy], alpha=0.2,
+                              linewidth=0, step="post")
+        if target is not None:
+            axis.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
+        axis.set_title(setting, fontsize=9)
+        style_accuracy_axis(axis, "global test accuracy")
+        axis.xaxis.set_major_locator(matplotlib.ticker.AutoLocator())
+        axis.set_xlabel(f"simulated time ({unit})")
+    figure.suptitle("accuracy against simulated time\nmean over seeds, band = min–max, dashed = target", fontsize=10)
+    save_figure(figure, path)
+    return True
 
 
 def plot_client_distributions(runs: Runs, strategies: Sequence[str], path: Path) -> list[tuple[float, float]]:

@@ -8,6 +8,8 @@ What a cell says, so that a reader can trust it at a glance:
   the precision shown are all best and all `≈`.
 - Seconds per round are the median over rounds 2…R (round 1 carries the process's warm-up, which only the first
   run of a sweep pays) and are never marked best: they depend on the machine and on what else ran on it.
+- Time to target is simulated time (`clock`), which does not, so it is ranked like rounds to target; its cells are
+  in one human unit per column, the csv in seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import yaml
 from rich.table import Table
 
 from ..recorder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
+from .clock import is_asynchronous, simulated_times, time_to_target, time_unit
 from .stats import CI_NOTE, Interval, difference, mean_interval, paired_difference
 
 TABLE_MD = "comparison.md"
@@ -37,6 +40,14 @@ TIE_NOTE = (f"{TIE}: not significantly better than the runner-up (paired t-test 
             "precision shown; with one seed every best is ≈")
 MISSING_NOTE = "(k/n ✗): k of the n seeds never reached the target"
 WARNING = "⚠"
+TIME_NOTE = ("Simulated time to target: simulated time from the start to the end of the first round whose global test "
+             "accuracy is ≥ {target:g}, by fedsim's device model (docs/devices.md), averaged over the seeds that "
+             "reached it, with the same (k/n ✗); one unit per column (the csv: seconds). Unlike s / round it does not "
+             "depend on the machine the sweep ran on, so it is ranked. —: runs recorded without the simulated clock "
+             "(older fedsim), left out of n.")
+ASYNC_NOTE = ("Asynchronous strategies (FedAsync, FedBuff): a row of their metrics is not a synchronous round but "
+              "`concurrency` client updates, so their rounds to target count rows; simulated time to target is the "
+              "fair comparison between synchronous and asynchronous strategies.")
 
 
 @dataclass
@@ -70,6 +81,9 @@ class RunMetrics:
     corr_contribution_selected: float | None = None
     corr_contribution_accuracy: float | None = None
     seed: int | None = None
+    # the virtual clock (`clock`): sim_time of each `curve` row, empty for a run recorded without one
+    times: list[float] = field(default_factory=list)
+    time_to_target: float | None = None  # sim_time of the round `rounds_to_target` names
 
 
 def _abs(value: object) -> float | None:
@@ -107,6 +121,7 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
     fairness = summary.get("fairness") or {}
     disparity = fairness.get("disparity") or {}
     loss = summary.get("final_loss")
+    times = simulated_times(rows) or []
     return RunMetrics(
         final_accuracy=float(summary["final_accuracy"]),
         best_accuracy=float(summary["best_accuracy"]),
@@ -127,6 +142,8 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
            for name in ("global", "local", "unique", "redundant", "masked")},
         **contribution_correlations(rows[-1], summary, _config(folder)),
         seed=None if summary.get("seed") is None else int(summary["seed"]),
+        times=times,
+        time_to_target=time_to_target(curve, times, target),
     )
 
 
@@ -185,6 +202,10 @@ class Column:
     # in the table printed at the end of `fedsim compare` (a compact column may still be left out)
     terminal: bool = True
     short: str = ""  # its header there
+    # a RunMetrics attribute without which a seed's value is unknown rather than missing (time needs the clock):
+    # such seeds are left out of the cell instead of counting as "never reached"
+    needs: str = ""
+    duration: bool = False  # seconds, shown in one human unit (s, min, h) for the whole column
 
 
 COLUMNS = (
@@ -209,6 +230,8 @@ COLUMNS = (
     Column("corr_contribution_accuracy", "r(contribution, client acc)", True, 2, ranked=False, optional=True,
            terminal=False),
     Column("rounds_to_target", "rounds to target", False, 1, short="rounds→target"),
+    Column("time_to_target", "simulated time to target", False, 1, optional=True, short="time→target",
+           needs="times", duration=True),
     Column("seconds_per_round", "s / round", False, 2, ranked=False, terminal=False),
 )
 DELTA_KEY = "final_accuracy"  # the paired difference against the baseline strategy is of this column
@@ -220,6 +243,8 @@ class Cell:
     missing: int = 0  # seeds without a value (target not reached)
     best: bool = False
     tie: bool = False  # best, but not significantly better than the runner-up (or equal to it as shown)
+    unit: str = ""  # a duration column's unit, one for the column (`clock.time_unit`); values stay in seconds
+    scale: float = 1.0  # seconds per `unit`
 
     @property
     def values(self) -> list[float]:
@@ -242,12 +267,13 @@ class Cell:
 
     def text(self, digits: int) -> str:
         interval = self.interval
+        unit = f" {self.unit}" if self.unit else ""
         if interval is None:
             shown = "—"
         elif interval.half_width is None:
-            shown = f"{interval.mean:.{digits}f}"
+            shown = f"{interval.mean / self.scale:.{digits}f}{unit}"
         else:
-            shown = f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
+            shown = f"{interval.mean / self.scale:.{digits}f} ± {interval.half_width / self.scale:.{digits}f}{unit}"
         if self.missing:
             shown += f" ({self.missing}/{self.missing + len(self.values)} ✗)"
         return shown
@@ -289,7 +315,8 @@ def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]], optimizers: Map
     for (strategy, setting), entries in grouped.items():
         cells = {}
         for column in COLUMNS:
-            values = {seed: getattr(m, column.key) for seed, m in entries}
+            values = {seed: getattr(m, column.key) for seed, m in entries
+                      if not column.needs or getattr(m, column.needs)}
             present = {seed: float(v) for seed, v in values.items() if v is not None}
             cells[column.key] = Cell(present, missing=len(values) - len(present))
         label = (optimizers or {}).get((strategy, setting), "")
@@ -305,12 +332,18 @@ def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]], optimizers: Map
         labels = {row.optimizer for row in group if row.optimizer}
         for row in group:
             row.optimizer_differs = len(labels) > 1
+    for column in COLUMNS:
+        if column.duration:
+            cells = [row.cells[column.key] for row in rows]
+            unit, scale = time_unit(cell.mean for cell in cells if cell.values)
+            for cell in cells:
+                cell.unit, cell.scale = unit, scale
     mark_best(rows)
     return rows
 
 
 def _shown(cell: Cell, column: Column) -> tuple[int, str]:
-    return cell.missing, f"{cell.mean:.{column.digits}f}"
+    return cell.missing, f"{cell.mean / cell.scale:.{column.digits}f}"
 
 
 def mark_best(rows: Sequence[Row]) -> None:
@@ -341,8 +374,14 @@ def mark_best(rows: Sequence[Row]) -> None:
 def visible_columns(rows: Sequence[Row], compact: bool = False) -> list[Column]:
     """The columns worth showing: optional ones only when a run has a value; the terminal and the report get the
     compact set, which fits a screen's width."""
-    return [c for c in COLUMNS if (not c.optional or any(row.cells[c.key].values for row in rows))
+    return [c for c in COLUMNS if (not c.optional or any(_known(row.cells[c.key], c) for row in rows))
             and (c.compact or not compact)]
+
+
+def _known(cell: Cell, column: Column) -> bool:
+    """A seed has a value, or (for a column that `needs` something) a value known to be missing: a time to target
+    never reached is worth showing as `— (n/n ✗)`, a run without a clock is not."""
+    return bool(cell.values) or bool(column.needs and cell.missing)
 
 
 def column_title(column: Column, rows: Sequence[Row], short: bool = False) -> str:
@@ -394,12 +433,14 @@ def legend(rows: Sequence[Row], target: float, compact: bool = False) -> list[st
         notes.append("r(contribution, ·): Pearson correlation over clients of each client's estimated contribution "
                      "with its label-noise rate (a fair estimate is negative), times selected and final accuracy "
                      "(a fair reward is positive); not ranked.")
-    notes += [
-        f"Rounds to target: first round whose global test accuracy is ≥ {target:g}, averaged over the seeds that "
-        f"reached it; {MISSING_NOTE}.",
-        "s / round: median over rounds 2…R (round 1 carries the process warm-up, which only the first run of a sweep "
-        "pays); not ranked, as it depends on the machine and what else ran on it.",
-    ]
+    notes.append(f"Rounds to target: first round whose global test accuracy is ≥ {target:g}, averaged over the seeds "
+                 f"that reached it; {MISSING_NOTE}.")
+    if "time_to_target" in columns:
+        notes.append(TIME_NOTE.format(target=target))
+    if any(is_asynchronous(row.strategy) for row in rows):
+        notes.append(ASYNC_NOTE)
+    notes.append("s / round: median over rounds 2…R (round 1 carries the process warm-up, which only the first run "
+                 "of a sweep pays); not ranked, as it depends on the machine and what else ran on it.")
     warning = optimizer_warning(rows)
     if warning:
         notes.append(warning)
@@ -496,7 +537,7 @@ def csv_table(rows: Sequence[Row]) -> str:
     for column in COLUMNS:
         header += [f"{column.key}_{part}" for part in ("mean", "std", "ci95", "n", "best", "tie")]
     header += ["rounds_to_target_not_reached", "last_k", "delta_baseline", "delta_final_accuracy_mean",
-               "delta_final_accuracy_ci95", "delta_n"]
+               "delta_final_accuracy_ci95", "delta_n", "time_to_target_not_reached"]
     writer.writerow(header)
 
     def number(value: float | None) -> object:
@@ -513,7 +554,8 @@ def csv_table(rows: Sequence[Row]) -> str:
         delta = row.delta
         line += [row.cells["rounds_to_target"].missing, row.last_k, row.baseline,
                  number(delta.mean if delta else (0.0 if row.baseline == row.strategy else None)),
-                 number(delta.half_width if delta else None), delta.n if delta else ""]
+                 number(delta.half_width if delta else None), delta.n if delta else "",
+                 row.cells["time_to_target"].missing]
         writer.writerow(line)
     return buffer.getvalue()
 

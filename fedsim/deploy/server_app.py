@@ -160,7 +160,8 @@ def run_deployed(grid: Grid, context: Context) -> dict[str, Any]:
     assert isinstance(recorder, LoggingRecorder)
     recorder.record_deployment(overrides, context.run_id)
     print(f"fedsim: {'continuing the run in' if resume else 'run folder'} {run_dir.resolve()}", flush=True)
-    summary = run_server(PromptGrid(grid), experiment, recorder, show_progress=False, resume=resume)
+    summary = run_server(PromptGrid(grid), experiment, recorder, show_progress=False, resume=resume,
+                         arrival_order="real")
     print(f"fedsim: finished, final test accuracy {summary['final_accuracy']:.4f}; run folder {run_dir.resolve()}",
           flush=True)
     return summary

@@ -131,7 +131,7 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self._contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+    def _accept(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = uuid4().hex
@@ -139,14 +139,24 @@ class InProcessGrid(Grid):
             ids.append(message.metadata.message_id)
         return ids
 
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Queue the messages: they run when their replies are pulled."""
+        return self._accept(messages)
+
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._deliver(self._pending.pop(mid)) for mid in list(message_ids) if mid in self._pending]
+        """The replies to the queued messages among `message_ids`, their ClientApp calls shared out to the worker
+        threads as one batch (in order, as a round's): an asynchronous run pulls only when the reply it needs next
+        is missing, and then has every client started since computed side by side."""
+        queued = [self._pending.pop(mid) for mid in list(message_ids) if mid in self._pending]
+        if self.workers == 1 or len(queued) <= 1:
+            return [self._deliver(message) for message in queued]
+        return _RoundCalls(queued, self._deliver, min(self.workers, len(queued))).replies(None)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Every message's reply, in the messages' order. Without a timeout and with one worker the calls run in
         this thread; otherwise in worker threads, and a node whose call had not ended (or begun) when `timeout`
         seconds passed gets an error reply saying so: a real grid would just not hear back."""
-        queued = [self._pending.pop(mid) for mid in list(self.push_messages(messages))]
+        queued = [self._pending.pop(mid) for mid in self._accept(messages)]
         if timeout is None and (self.workers == 1 or len(queued) <= 1):
             return [self._deliver(message) for message in queued]
         return _RoundCalls(queued, self._deliver, min(self.workers, len(queued))).replies(timeout)

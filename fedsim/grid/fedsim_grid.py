@@ -7,12 +7,14 @@ The server takes the round's log (`fedsim.grid.round_log`) after each central ev
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 
 from flwr.app import Message
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid
 
+from ..clock import VirtualClock, clocked_round, is_training
 from ..reply_checks import ReplyLimits
 from .filtering import filter_replies
 from .nodes import NodeRoster
@@ -23,11 +25,18 @@ from .wrapper import GridWrapper
 class FedsimGrid(GridWrapper):
     """Delegates to an engine's Grid; `set_run`, `run` and `create_message` pass through unchanged."""
 
-    def __init__(self, inner: Grid, excluded: Iterable[int] = (), limits: ReplyLimits | None = None) -> None:
+    def __init__(self, inner: Grid, excluded: Iterable[int] = (), limits: ReplyLimits | None = None,
+                 clock: VirtualClock | None = None) -> None:
         super().__init__(inner)
         self._roster = NodeRoster(excluded)
         self._limits = limits or ReplyLimits()
         self._log = RoundLog()
+        self.clock = clock  # times each synchronous training exchange (`fedsim.clock`)
+        self._pushed: dict[str, Message] = {}  # pushed messages whose replies were not pulled yet
+        # An asynchronous run checks replies one by one: the norms of the last `norm_window` accepted updates stand
+        # in for the rest of a batch in the relative norm bound (0: a synchronous run, batches are whole rounds).
+        self.norm_window = 0
+        self.recent_norms: deque[float] = deque()
 
     def discover(self, expected_nodes: int, timeout: float, poll_interval: float = 1.0,
                  retry_interval: float = 10.0) -> dict[int, int]:
@@ -48,19 +57,45 @@ class FedsimGrid(GridWrapper):
         return self._roster.listed_nodes(self._inner.get_nodes())
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._inner.push_messages(self._roster.addressed(messages))
+        sent = self._roster.addressed(messages)
+        ids = list(self._inner.push_messages(sent))  # it gives each message its id
+        self._pushed.update({message.metadata.message_id: message for message in sent})
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._received(self._inner.pull_messages(message_ids), {})
+        """The replies that have arrived, checked against the messages they answer."""
+        return self.receive(self.collect(message_ids))
+
+    def collect(self, message_ids: Iterable[str]) -> list[Message]:
+        """The replies that have arrived, unchecked and unlogged: the asynchronous loop takes each in when it
+        applies it (`receive`), so that the round log does not depend on when replies happened to arrive."""
+        return list(self._inner.pull_messages(message_ids))
+
+    def receive(self, replies: Iterable[Message]) -> list[Message]:
+        """Collected replies, checked against the messages they answer and logged."""
+        replies = list(replies)
+        sent = {reply.metadata.reply_to_message_id: self._pushed.pop(reply.metadata.reply_to_message_id)
+                for reply in replies if reply.metadata.reply_to_message_id in self._pushed}
+        return self._received(replies, sent)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         sent = self._roster.addressed(messages)
-        replies = self._inner.send_and_receive(sent, timeout=timeout)  # it gives each message its id
+        if self.clock is not None and is_training(sent):
+            replies = clocked_round(self.clock, sent, self.partition_of,
+                                    lambda reached: list(self._inner.send_and_receive(reached, timeout=timeout)))
+        else:
+            replies = self._inner.send_and_receive(sent, timeout=timeout)  # it gives each message its id
         return self._received(replies, {message.metadata.message_id: message for message in sent})
 
     def check_replies(self, replies: list[Message], sent: Mapping[str, Message]) -> list[Message]:
         """`replies` filtered (`fedsim.grid.filtering`); their rejections and a skipped round go to the log."""
-        filtered = filter_replies(replies, sent, self._limits, self.partition_of)
+        if not self.norm_window:
+            filtered = filter_replies(replies, sent, self._limits, self.partition_of)
+        else:
+            filtered = filter_replies(replies, sent, self._limits, self.partition_of, list(self.recent_norms), 1)
+            self.recent_norms.extend(filtered.norms)
+            while len(self.recent_norms) > self.norm_window:
+                self.recent_norms.popleft()
         self._log.rejections += filtered.rejections
         self._log.skipped = self._log.skipped or filtered.skipped
         return filtered.replies

@@ -35,6 +35,7 @@ class Filtered:
     replies: list[Message]
     rejections: list[Rejection]
     skipped: bool
+    norms: tuple[float, ...] = ()  # update norms of the training replies that passed
 
 
 def as_error(reply: Message, reason: str) -> Message:
@@ -43,34 +44,42 @@ def as_error(reply: Message, reason: str) -> Message:
 
 
 def filter_replies(replies: Sequence[Message], sent: Mapping[str, Message], limits: ReplyLimits,
-                   partition_of: Callable[[int], int]) -> Filtered:
+                   partition_of: Callable[[int], int], earlier_norms: Sequence[float] = (),
+                   min_valid_replies: int | None = None) -> Filtered:
     """`replies` with each bad one replaced by an error reply, and every valid one when too few training replies
-    are valid. `sent` are the messages answered, by message id (an answer to none is not compared with one)."""
-    problems = _problems(replies, sent, limits, partition_of)
+    are valid. `sent` are the messages answered, by message id (an answer to none is not compared with one).
+
+    An asynchronous run checks its replies one at a time: `earlier_norms` (recent accepted updates' norms) then
+    stand in for the rest of the batch in the relative norm bound, and `min_valid_replies` = 1 keeps a lone reply."""
+    problems, norms = _problems(replies, sent, limits, partition_of, earlier_norms)
     rejections = [_rejection(reply, problem, partition_of(reply.metadata.src_node_id))
                   for reply, problem in zip(replies, problems, strict=True) if problem is not None]
     checked = [reply if problem is None else as_error(reply, REJECTED_PREFIX + problem)
                for reply, problem in zip(replies, problems, strict=True)]
     valid = sum(reply_kind(reply) == MessageType.TRAIN and not reply.has_error() for reply in checked)
     trained = any(reply_kind(reply) == MessageType.TRAIN for reply in checked)
-    if not trained or valid >= limits.min_valid_replies:
-        return Filtered(checked, rejections, skipped=False)
-    return Filtered(_withheld(checked, valid, limits.min_valid_replies), rejections, skipped=True)
+    minimum = limits.min_valid_replies if min_valid_replies is None else min_valid_replies
+    if not trained or valid >= minimum:
+        return Filtered(checked, rejections, skipped=False, norms=norms)
+    return Filtered(_withheld(checked, valid, minimum), rejections, skipped=True)
 
 
 def _problems(replies: Sequence[Message], sent: Mapping[str, Message], limits: ReplyLimits,
-              partition_of: Callable[[int], int]) -> list[str | None]:
-    """Each reply's problem, or None; the relative norm bound applies to the replies whose norm was measured."""
+              partition_of: Callable[[int], int], earlier_norms: Sequence[float] = ()
+              ) -> tuple[list[str | None], tuple[float, ...]]:
+    """Each reply's problem, or None, and the norms of the updates that passed; the relative norm bound applies to
+    the replies whose norm was measured, compared with each other and with `earlier_norms`."""
     references: dict[int, np.ndarray] = {}  # the sent arrays' values, decoded once per batch
     verdicts = [check_reply(reply, sent.get(reply.metadata.reply_to_message_id), limits,
                             partition_of(reply.metadata.src_node_id), references) for reply in replies]
     problems = [problem for problem, _ in verdicts]
+    measured = {i: norm for i, (problem, norm) in enumerate(verdicts) if problem is None and norm is not None}
     if limits.update_norm_factor is not None:  # norms are only measured for finite, well-shaped training replies
-        measured = {i: norm for i, (problem, norm) in enumerate(verdicts) if problem is None and norm is not None}
-        outsized = outsized_updates(list(measured.values()), limits.update_norm_factor)
+        earlier = list(earlier_norms)
+        outsized = outsized_updates(earlier + list(measured.values()), limits.update_norm_factor)[len(earlier):]
         for i, problem in zip(measured, outsized, strict=True):
             problems[i] = problem
-    return problems
+    return problems, tuple(float(norm) for i, norm in measured.items() if problems[i] is None)
 
 
 def _rejection(reply: Message, problem: str, partition: int) -> Rejection:

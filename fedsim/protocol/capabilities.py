@@ -59,6 +59,14 @@ class PersonalisesModels(Protocol):
 
 
 @runtime_checkable
+class KnowsPartitions(Protocol):
+    """A Grid that tells which partition a node holds (fedsim's Grid: in every engine and in deployment), for a
+    strategy that treats a group of partitions differently (the stale clients of `strategies.unstale`)."""
+
+    def partition_of(self, node_id: int) -> int: ...
+
+
+@runtime_checkable
 class KeepsNodeState(Protocol):
     """An engine Grid whose nodes' `context.state` lives in this process, so that checkpoints can hold it."""
 
@@ -93,6 +101,9 @@ class StrategyTraits:
     requires_sensitive_attribute: bool = False  # its clients report group counts: data needs a sensitive attribute
     requires_server_data: bool = False  # built with `model`, `proxy_data` (the server's proxy set) and `device`
     requires_binary_labels: bool = False  # a two-class task only (AgnosticFair's boundary distance)
+    requires_model: bool = False  # built with `model` (the architecture), `input_shape` and `device`, no proxy set
+    requires_slow_partitions: bool = False  # built with `slow_partitions` (the device model's slow group)
+    asynchronous: bool = False  # runs on fedsim's asynchronous loop (`fedsim.protocol.asynchronous`)
     # train keys it sends every round (q-FFL: momentum 0)
     client_settings: Mapping[str, float] = field(default_factory=dict)
     rebuilt_from_config: Sequence[str] = ()  # attributes a checkpoint leaves out: the config builds them again
@@ -109,6 +120,9 @@ def strategy_traits(cls: type) -> StrategyTraits:
         requires_sensitive_attribute=bool(getattr(cls, "requires_sensitive_attribute", False)),
         requires_server_data=bool(getattr(cls, "requires_server_data", False)),
         requires_binary_labels=bool(getattr(cls, "requires_binary_labels", False)),
+        requires_model=bool(getattr(cls, "requires_model", False)),
+        requires_slow_partitions=bool(getattr(cls, "requires_slow_partitions", False)),
+        asynchronous=bool(getattr(cls, "asynchronous", False)),
         client_settings=dict(getattr(cls, "client_settings", {})),
         rebuilt_from_config=tuple(getattr(cls, "rebuilt_from_config", ())),
     )

@@ -43,5 +43,9 @@ class StageRound(Protocol):
     def model_from(self, arrays: ArrayRecord) -> nn.Module:
         """The experiment's model holding `arrays` (e.g. a global model the stage message carries), on the CPU."""
 
+    def trained(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What this client's plain local training makes of `arrays`: the round's settings, data order and local
+        work as for a train message of the stage config's round (`ROUND_KEY`) carrying `arrays`."""
+
 
 ClientStage = Callable[[StageRound], RecordDict]
