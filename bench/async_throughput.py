@@ -2,12 +2,16 @@
 
 Two tables, medians over `--repeats` runs, each run in its own process:
 
-1. clock: seconds per round of the main job's workload (FedAvg on digits, 10 clients) and of 100 clients of a small
+1. clock: the clock's own work per round (timed alone, by number of clients), and seconds per round of the main
+   job's workload (FedAvg on digits, 10 clients) and of 100 clients of a small
    model, with fedsim's clock as every run has it and with the clock switched off (the synchronous training exchange
    bypasses `fedsim.clock.clocked_round`); the clock's share of a round's wall time.
 2. throughput: client updates per second with `--clients` clients (default 1,000): synchronous FedAvg rounds that
    sample `--concurrency` clients (default 100) against FedAsync and FedBuff keeping that many clients in flight;
-   the same rows (one per `concurrency` updates), the same central evaluation, no federated evaluation.
+   the same rows (one per `concurrency` updates), the same central evaluation, no federated evaluation. FedAsync's
+   clients add its proximal term: FedProx with the same mu is its synchronous twin, and FedAsync with rho = 0 the
+   plain loop's. An asynchronous run also trains the `concurrency` clients still in flight at its end, which count
+   for nothing: over 10 rows that is 10% of its client work.
 
     python bench/async_throughput.py --repeats 3
 """
@@ -61,6 +65,39 @@ def measure(overrides: list[str], clock: bool = True) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def clock_cost_table(repeats: int) -> None:
+    """The clock's own work in a synchronous training exchange (`fedsim.clock.clocked_round`) with replies that
+    arrive at once, by number of clients: what it adds to any round, measured without a round's noise around it."""
+    import functools
+    import timeit
+
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsim.clock import VirtualClock, clocked_round
+    from fedsim.devices import device_model
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    model = ArrayRecord({"w": Array(np.zeros((10, 784), np.float32)), "b": Array(np.zeros(10, np.float32))})
+    print("| clients in the round | clock's work, ms / round (lognormal devices, 2 arrays) |")
+    print("|---|---|")
+    for clients in (10, 100, 1000):
+        clock = VirtualClock(device_model({"model": "lognormal"}, clients, 0), local_epochs=1)
+        messages = []
+        for node in range(clients):
+            message = Message(RecordDict({"arrays": model, "config": ConfigRecord({"server-round": 1})}),
+                              dst_node_id=node, message_type="train")
+            message.metadata.__dict__["_message_id"] = f"m{node}"
+            messages.append(message)
+        replies = [Message(RecordDict({"arrays": model, "metrics": MetricRecord({"num-examples": 30})}),
+                           reply_to=message) for message in messages]
+        seconds = timeit.repeat(functools.partial(clocked_round, clock, messages, int, lambda _, r=replies: r),
+                                number=10, repeat=max(repeats, 3))
+        print(f"| {clients} | {1000 * statistics.median(seconds) / 10:.2f} |", flush=True)
+    print()
+
+
 def clock_table(repeats: int) -> None:
     print("| workload | s / round, clock | s / round, no clock | clock's share |")
     print("|---|---|---|---|")
@@ -77,9 +114,14 @@ def clock_table(repeats: int) -> None:
 
 def throughput_table(repeats: int, clients: int, concurrency: int, rows: int) -> None:
     base = throughput_overrides(clients, concurrency, rows)
-    runners = {
-        f"FedAvg, {concurrency} sampled per round": ["strategy=fedavg", f"fraction_train={concurrency / clients}"],
-        f"FedAsync, C = {concurrency}": ["strategy=fedasync", f"strategy.concurrency={concurrency}"],
+    sampled = f"fraction_train={concurrency / clients}"
+    runners = {  # FedAsync's clients add the proximal term (rho 0.005): FedProx with that mu is its synchronous twin
+        f"FedAvg, {concurrency} sampled per round": ["strategy=fedavg", sampled],
+        f"FedProx mu = 0.005, {concurrency} sampled per round": ["strategy=fedprox", sampled,
+                                                                 "strategy.proximal_mu=0.005"],
+        f"FedAsync, C = {concurrency} (rho = 0.005)": ["strategy=fedasync", f"strategy.concurrency={concurrency}"],
+        f"FedAsync, C = {concurrency}, rho = 0": ["strategy=fedasync", f"strategy.concurrency={concurrency}",
+                                                 "strategy.proximal_mu=0.0"],
         f"FedBuff, C = {concurrency}, K = 10": ["strategy=fedbuff", f"strategy.concurrency={concurrency}"],
     }
     print(f"\n| {clients} clients, {rows} rows | client updates / s | s / row |")
@@ -107,6 +149,7 @@ def main() -> None:
         print(json.dumps(worker(job["overrides"], job["clock"])))
         return
     if args.only != "throughput":
+        clock_cost_table(args.repeats)
         clock_table(args.repeats)
     if args.only != "clock":
         throughput_table(args.repeats, args.clients, args.concurrency, args.rows)
