@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from .clock import VirtualClock, message_bytes
+from .clock import VirtualClock, message_bytes, sent_epochs
 from .grid.fedsim_grid import FedsimGrid
 from .protocol.asynchronous import MODEL_VERSION_KEY, TrainsAsynchronously
-from .protocol.keys import ARRAYS_RECORD, CONFIG_RECORD, LOCAL_EPOCHS_KEY, ROUND_KEY
+from .protocol.keys import ARRAYS_RECORD, CONFIG_RECORD, ROUND_KEY
 
 ORDERS = ("virtual", "real")
 POLL_SECONDS = 0.002
@@ -135,8 +135,7 @@ class AsyncLoop:  # pylint: disable=too-many-instance-attributes
     def _predicted_seconds(self, partition: int, message: Message) -> float:
         """The call's simulated seconds, known at its start: the client's training rows times its epochs, the
         model both ways."""
-        config = message.content[CONFIG_RECORD]
-        epochs = int(config[LOCAL_EPOCHS_KEY]) if LOCAL_EPOCHS_KEY in config else self.clock.local_epochs
+        epochs = sent_epochs(message, self.clock.local_epochs)
         size = message_bytes(message)
         return self.clock.call_seconds(partition, self.train_rows.get(partition, 0) * epochs, size, size)
 

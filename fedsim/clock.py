@@ -44,9 +44,13 @@ def trained_samples(sent: Message, reply: Message, local_epochs: int) -> int:
     metrics = [record for record in reply.content.values() if isinstance(record, MetricRecord) and
                NUM_EXAMPLES in record]
     rows = int(metrics[0][NUM_EXAMPLES]) if metrics else 0
+    return rows * sent_epochs(sent, local_epochs)
+
+
+def sent_epochs(sent: Message, local_epochs: int) -> int:
+    """The epochs a train message tells its client: `local-epochs` in its config, else the experiment's."""
     config = _config(sent)
-    epochs = int(config[LOCAL_EPOCHS_KEY]) if LOCAL_EPOCHS_KEY in config else local_epochs
-    return rows * epochs
+    return int(config[LOCAL_EPOCHS_KEY]) if LOCAL_EPOCHS_KEY in config else local_epochs
 
 
 @dataclass
@@ -72,11 +76,6 @@ class VirtualClock:
                                label_counts)
         deadline = experiment["server"].get("deadline")
         return cls(devices, int(experiment["client"]["local_epochs"]), None if deadline is None else float(deadline))
-
-    @property
-    def effective(self) -> bool:
-        """Whether the clock can change what the strategy sees (an availability below 1 or a deadline)."""
-        return self.deadline is not None or any(p.availability < 1.0 for p in self.devices.profiles)
 
     def offline(self, partition: int, call: int) -> bool:
         """Whether the client is away for call `call` (a synchronous round, or an asynchronous dispatch)."""
