@@ -29,6 +29,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from .clock import VirtualClock, message_bytes, sent_epochs
+from .compression.message import is_compressed
 from .grid.fedsim_grid import FedsimGrid
 from .protocol.asynchronous import MODEL_VERSION_KEY, TrainsAsynchronously
 from .protocol.keys import ARRAYS_RECORD, CONFIG_RECORD, ROUND_KEY
@@ -78,6 +79,7 @@ class AsyncLoop:  # pylint: disable=too-many-instance-attributes
         self.timed_out = 0  # clients that never replied, since the last row
         self._arrived: dict[str, Message] = {}
         self._pushed_at: dict[str, float] = {}
+        self._predicted: dict[str, tuple[int, int]] = {}  # message id -> (samples, bytes down) of its prediction
 
     # --- the run -------------------------------------------------------------------------------------------------
     def run(self, arrays: ArrayRecord, *, first_row: int, num_rows: int,
@@ -123,6 +125,7 @@ class AsyncLoop:  # pylint: disable=too-many-instance-attributes
             flight = Flight(seq, partition, self.version, self.clock.now, 0.0)
             flight.finish = self.clock.now + self._predicted_seconds(partition, message)
             self._push(flight, message)
+            self._predicted[flight.message_id] = (self._samples(partition, message), message_bytes(message))
 
     def _message(self, seq: int, node: int, version: int, arrays: ArrayRecord) -> Message:
         config = ConfigRecord(dict(self.train_config))
@@ -134,10 +137,29 @@ class AsyncLoop:  # pylint: disable=too-many-instance-attributes
 
     def _predicted_seconds(self, partition: int, message: Message) -> float:
         """The call's simulated seconds, known at its start: the client's training rows times its epochs, the
-        model both ways."""
-        epochs = sent_epochs(message, self.clock.local_epochs)
+        model both ways (a compressed reply's real size corrects it once it arrived: `_measure_arrived`)."""
         size = message_bytes(message)
-        return self.clock.call_seconds(partition, self.train_rows.get(partition, 0) * epochs, size, size)
+        return self.clock.call_seconds(partition, self._samples(partition, message), size, size)
+
+    def _samples(self, partition: int, message: Message) -> int:
+        return self.train_rows.get(partition, 0) * sent_epochs(message, self.clock.local_epochs)
+
+    def _measure_arrived(self) -> bool:
+        """Correct the finish of each arrived compressed reply by its real upload size; whether any moved. (An
+        uncompressed reply is the model's size, as predicted: its finish stays, bit for bit.)"""
+        moved = False
+        for flight in self.flights:
+            reply = self._arrived.get(flight.message_id)
+            if reply is None:
+                continue
+            known = self._predicted.pop(flight.message_id, None)
+            if known is None or not is_compressed(reply):
+                continue
+            samples, down = known
+            flight.finish = flight.started + self.clock.call_seconds(flight.partition, samples, down,
+                                                                   message_bytes(reply))
+            moved = True
+        return moved
 
     def _push(self, flight: Flight, message: Message) -> None:
         self.models.setdefault(flight.version, message.content[ARRAYS_RECORD])
@@ -162,6 +184,8 @@ class AsyncLoop:  # pylint: disable=too-many-instance-attributes
                 flight = min(self.flights, key=lambda f: (f.finish, f.seq))
                 if flight.message_id not in self._arrived:
                     self._pull()  # every reply outstanding: an in-process engine computes them as one batch
+                    if self._measure_arrived():
+                        continue  # a compressed upload arrives sooner than predicted: choose again
                 candidates = [flight]
             else:
                 self._pull()

@@ -309,8 +309,8 @@ def compare_command(args: list[str]) -> None:
     except FedsimError as error:
         _fail(error)
     grid = the_plan.grid
-    console.print(f"{len(grid.points)} runs: {len(grid.strategies)} strategies × {len(grid.settings)} settings × "
-                  f"{len(grid.seeds)} seeds → {out}", highlight=False, soft_wrap=True)
+    console.print(f"{len(grid.points)} runs: {len(grid.strategies)} strategies (with their compressions) × "
+                  f"{len(grid.settings)} settings × {len(grid.seeds)} seeds → {out}", highlight=False, soft_wrap=True)
     for note in grid.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     from .compare.sweep import is_complete, run_folder

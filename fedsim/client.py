@@ -8,7 +8,8 @@ ClientApp answers those requests and no others.
 A train round starts from its plan (`fedsim.client_plan`): plain local training is trained as planned and answered
 with the plan's `reply`, which is all an engine that batches clients does for it too; a round the plan says needs
 the full ClientApp (client requests, injected faults, a node told to misbehave) runs here alone. Behaviour added to
-a train round belongs in the full round, behind a reason in the plan, so that no engine can skip it.
+a train round belongs in the full round, behind a reason in the plan, so that no engine can skip it. Either reply
+leaves through the experiment's compressor (`fedsim.compression.message.compress_reply`), as a batched one does.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .client_plan import (
     plan,
     reply,
 )
+from .compression.message import compress_reply
 from .data.client_data import client_data
 from .data.tensors import ArrayDataset
 from .errors import FedsimError
@@ -136,11 +138,11 @@ def train(msg: Message, context: Context) -> Message:
     accuracy, and the answers to what the strategy asked for in the config (its `client_requests`)."""
     planned = plan(msg, context)
     if isinstance(planned, NeedsClientApp):
-        return _full_round(msg, context)
+        return compress_reply(msg, _full_round(msg, context), context)
     experiment = experiment_from_record(msg.content[CONFIG_RECORD])
     model = _received_model(msg, experiment, node_federation(experiment, context))
     result = _train(model, planned, node_device(context, experiment))
-    return reply(msg, result, _arrays(model))
+    return compress_reply(msg, reply(msg, result, _arrays(model)), context)
 
 
 def _full_round(msg: Message, context: Context) -> Message:

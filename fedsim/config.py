@@ -20,7 +20,9 @@ from .protocol.capabilities import StrategyTraits, strategy_traits
 from .protocol.constraints import InvalidParameter, check_parameters, parameter_constraints
 from .protocol.keys import CLIENT_OPTIMIZER_FIELDS, CLIENT_OPTIMIZER_KEY
 
-GROUPS = ("dataset", "partition", "model", "strategy", "engine")
+GROUPS = ("dataset", "partition", "model", "strategy", "engine", "compression")
+# An experiment written before compression existed (a run folder's config.yaml) compresses nothing.
+NO_COMPRESSION = {"_target_": "fedsim.compression.NoCompression", "name": "none", "error_feedback": False}
 DEFAULT_PROXY_SIZE = 200
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
@@ -103,7 +105,7 @@ def resolve_auto_values(experiment: Mapping[str, Any]) -> dict[str, Any]:
     server = dict(experiment.get("server", {}))
     if server.get("proxy_size", 0) == "auto":
         server["proxy_size"] = DEFAULT_PROXY_SIZE if _strategy_traits(experiment).requires_server_data else 0
-    return {**experiment, "server": server}
+    return {**experiment, "server": server, "compression": dict(experiment.get("compression") or NO_COMPRESSION)}
 
 
 def attacker_count(attack: Any, num_clients: Any, seed: Any) -> int:
@@ -231,6 +233,17 @@ def _check_declared(key: str, cls: type, constraints: Mapping[str, Any], argumen
         raise ConfigError(f"{key}.{error.name}", error.value, error.allowed) from None
 
 
+def _check_known_arguments(key: str, cls: type, arguments: Mapping[str, Any]) -> None:
+    """Each argument must be one `cls` takes: a misspelt codec setting is refused before any work."""
+    import inspect
+
+    accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    for name, value in arguments.items():
+        if name not in accepted:
+            raise ConfigError(f"{key}.{name}", value, f"no such setting of {cls.__name__}; it takes "
+                                                      f"{', '.join(accepted) or 'none'}")
+
+
 def _validate_client_optimizer(strategy: Mapping[str, Any]) -> None:
     """The block naming the client optimiser of the strategy's paper (`fedsim.build.client_optimizer`)."""
     optimizer = strategy.get(CLIENT_OPTIMIZER_KEY) or {}
@@ -350,6 +363,7 @@ TARGET_BASES = {  # group: (module, class) that its `_target_` must subclass
     "model": ("torch.nn", "Module"),
     "dataset": ("fedsim.data.base", "DatasetLoader"),
     "engine": ("fedsim.engines.base", "Engine"),
+    "compression": ("fedsim.compression.base", "Compressor"),
 }
 
 
@@ -413,6 +427,15 @@ def _validate_declared(experiment: Mapping[str, Any], classes: Mapping[str, type
     _check_declared("dataset", classes["dataset"], parameter_constraints(classes["dataset"]), arguments("dataset"))
     _check_declared("engine", classes["engine"], parameter_constraints(classes["engine"]),
                     engine_arguments(experiment["engine"]))
+    _check_declared("compression", classes["compression"], parameter_constraints(classes["compression"]),
+                    arguments("compression", ("name", "error_feedback")))
+    _check_known_arguments("compression", classes["compression"], arguments("compression", ("name", "error_feedback")))
+    feedback = experiment["compression"].get("error_feedback", False)
+    if not isinstance(feedback, bool):
+        raise ConfigError("compression.error_feedback", feedback, "true or false")
+    if feedback and classes["compression"].lossless:
+        raise ConfigError("compression.error_feedback", feedback,
+                          f"false: compression={experiment['compression'].get('name')} loses nothing to feed back")
 
 
 def validate(experiment: Mapping[str, Any]) -> None:

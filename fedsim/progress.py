@@ -119,8 +119,15 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         table.add_row("test SPD (P(Ŷ=1|A=0) − P(Ŷ=1|A=1))", _fmt(fairness.get("test_spd")))
         table.add_row("test EOD (same, given Y=1)", _fmt(fairness.get("test_eod")))
     table.add_row("rounds", str(summary["rounds_completed"]))
+    if summary.get("bytes_total") is not None:  # bytes on the wire (fedsim.grid.traffic)
+        table.add_row("traffic to / from clients", f"{_megabytes(summary['bytes_down'])} / "
+                                                   f"{_megabytes(summary['bytes_up'])}")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     return table
+
+
+def _megabytes(count: float) -> str:
+    return f"{count / 1e6:.3g} MB" if count >= 1e5 else f"{count / 1e3:.3g} kB"
 
 
 def partition_table(report: Mapping[str, Any], max_rows: int = 30) -> Table:

@@ -58,9 +58,16 @@ ROUND_COLUMNS = [
     "round_seconds",
     "wall_seconds",
     "sim_time",
+    "bytes_down",
+    "bytes_up",
+    "total_bytes_down",
+    "total_bytes_up",
 ]
 # The only columns in which two runs of one experiment differ (a resumed run, another engine, a re-run).
 TIMING_COLUMNS = ("round_seconds", "wall_seconds")
+# Bytes on the wire (`fedsim.grid.traffic`): the same on every re-run of one engine, but another engine's node ids
+# and message metadata serialise to a few bytes more or less, and a resumed run discovers its nodes again.
+TRAFFIC_COLUMNS = ("bytes_down", "bytes_up", "total_bytes_down", "total_bytes_up")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class RoundRecord:
     skipped: bool = False  # too few valid training replies: nothing was aggregated
     nodes: Sequence[NodeRecord] = ()
     sim_time: float = 0.0  # simulated seconds since the run began, at the end of this round (`fedsim.clock`)
+    bytes_down: int = 0  # bytes sent to clients since the last row, as Flower serialises them (`fedsim.grid.traffic`)
+    bytes_up: int = 0  # bytes received from clients since the last row
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -237,10 +246,19 @@ class Recorder:
             "round_seconds": now - self._last_round_end,
             "wall_seconds": now - self.started,
             "sim_time": record.sim_time,
+            "bytes_down": record.bytes_down,
+            "bytes_up": record.bytes_up,
+            "total_bytes_down": self.total_bytes("down") + record.bytes_down,
+            "total_bytes_up": self.total_bytes("up") + record.bytes_up,
             **{f"acc_client_{pid}": accuracy for pid, accuracy in accuracies.items()},
             **{f"weight_client_{pid}": weight for pid, weight in record.weights.items()},
             **record.scalars,
         }
+
+    def total_bytes(self, direction: str) -> int:
+        """Bytes moved `direction` ("down": to clients, "up": from them) up to the last row (0 before any row, or
+        in a row written before fedsim counted bytes)."""
+        return int(self.rows[-1].get(f"total_bytes_{direction}") or 0) if self.rows else 0
 
     def record_nodes(self, nodes: Sequence[NodeRecord], server_round: int) -> None:
         """Add the nodes seen at `server_round` (0: node discovery) to `nodes.csv`, one row per node id: a node
@@ -313,4 +331,5 @@ class Recorder:
         return summary
 
     def _title(self) -> str:
-        return " · ".join(f"{group}={name}" for group, name in self.choices.items() if group != "engine")
+        return " · ".join(f"{group}={name}" for group, name in self.choices.items()
+                          if group != "engine" and (group, name) != ("compression", "none"))

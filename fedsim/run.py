@@ -11,7 +11,7 @@ import torch
 
 from .build import build_model, traits_of
 from .client import app as client_app
-from .config import GROUPS, resolve_auto_values, validate
+from .config import GROUPS, NO_COMPRESSION, resolve_auto_values, validate
 from .data.federation import Federation, federation_for
 from .devices import device_model
 from .engines import check_engine_resources, make_engine
@@ -31,7 +31,8 @@ def describe_choices(experiment: Mapping[str, Any]) -> dict[str, str]:
     def short(entry: Mapping[str, Any]) -> str:
         return str(entry.get("name") or str(entry.get("_target_", "?")).rsplit(".", 1)[-1])
 
-    return {group: short(experiment[group]) for group in GROUPS}
+    return {group: str(recorded[group]) if group in recorded else short(experiment.get(group) or NO_COMPRESSION)
+            for group in GROUPS}
 
 
 def prepare_run(

@@ -31,6 +31,7 @@ from .async_rounds import AsyncLoop
 from .build import build_model, strategy_arguments, traits_of
 from .checkpoint import Checkpoint, Checkpointer
 from .clock import VirtualClock
+from .compression.message import compressor_from
 from .data.federation import Federation, federation_for
 from .fairness import GroupCounts, fairness_summary, federation_disparity, model_group_counts, pooled
 from .grid.fedsim_grid import FedsimGrid
@@ -119,6 +120,7 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
         clock = VirtualClock.from_experiment(experiment, federation.label_counts() if tied else None)
         fedsim_grid = _discovered_grid(grid, experiment, federation, recorder)
         fedsim_grid.clock = clock
+        fedsim_grid.compressor = compressor_from(experiment)
         strategy = _strategy_for(experiment, federation, device, clock.devices.slow_partitions)
         every = int(experiment["server"].get("checkpoint_every", 1))
         checkpointer = Checkpointer(recorder, strategy, fedsim_grid.inner, every, int(experiment["num_rounds"]))
@@ -215,7 +217,7 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
                                          data.num_classes, f"models/client_{self.grid.partition_of(node)}.pt")
         validated = float(self.experiment["client"]["val_fraction"]) > 0  # clients hold a validation split
         accuracy, loss, groups = self._evaluate_every_client(arrays) if validated else ({}, {}, {})
-        extra: dict[str, Any] = {"client_loss": _loss_stats(list(loss.values()))}
+        extra: dict[str, Any] = {"client_loss": _loss_stats(list(loss.values())), **self._traffic_totals()}
         if data.test_arrays.sensitive is not None:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             extra["fairness"] = fairness_summary(self._test_group_counts(), groups)
@@ -223,6 +225,13 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
                 extra["fairness"]["disparity"] = {**federation_disparity(groups), "accuracy": pooled(
                     list(groups.values())).accuracy}
         return self.recorder.finish(accuracy, extra)
+
+    def _traffic_totals(self) -> dict[str, int]:
+        """The whole run's bytes each way, the final evaluation on every client included (`fedsim.grid.traffic`)."""
+        down, up = self.grid.take_traffic()
+        down += self.recorder.total_bytes("down")
+        up += self.recorder.total_bytes("up")
+        return {"bytes_down": down, "bytes_up": up, "bytes_total": down + up}
 
     def _evaluate_round(self, server_round: int, arrays: ArrayRecord, progress: RoundProgress) -> MetricRecord:
         """Central evaluation of the global model after `server_round` (0: the initial model); records the row."""
@@ -243,9 +252,11 @@ class ServerRun:  # pylint: disable=too-many-instance-attributes
             scalars = {"test_spd": groups.spd(), "test_eod": groups.eod(), **audit, **scalars}
         if self.loop is not None and server_round > 0:
             scalars = {**self.loop.row_scalars(), **scalars}
+        down, up = self.grid.take_traffic()
         return RoundRecord(server_round, accuracy, loss, train=log.train, evaluate=log.evaluate,
                            failures=len(log.failures), weights=weights, scalars=scalars, rejections=log.rejections,
-                           skipped=log.skipped, nodes=log.nodes, sim_time=self.clock.now)
+                           skipped=log.skipped, nodes=log.nodes, sim_time=self.clock.now, bytes_down=down,
+                           bytes_up=up)
 
     def _round_report(self) -> tuple[dict[int, float], dict[str, float]]:
         """The strategy's per-client aggregation weights (by partition id) and named scalars of its last round."""

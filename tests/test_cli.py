@@ -70,7 +70,7 @@ def test_choices_are_named_the_same_by_a_run_and_by_resume(tmp_path):
                                      "partition.num_classes_per_partition=4", "strategy=fedprox"])
     summary = run_experiment(experiment, tmp_path / "run", show_progress=False)
     expected = {"dataset": "digits", "partition": "pathological", "model": "mlp", "strategy": "fedprox",
-                "engine": "inprocess"}
+                "engine": "inprocess", "compression": "none"}
     assert summary["choices"] == expected
     assert describe_choices(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())) == expected
 

@@ -578,3 +578,39 @@ def test_the_systemd_units_run_a_federation_and_stop_cleanly(tmp_path):
         finally:
             processes.stop()
     _assert_same_run(run_dir, _simulate(overrides, tmp_path / "simulated"), nodes=nodes)
+
+
+# --- the bytes a run counts, against what crossed the proxy -----------------------------------------------------------
+
+def test_a_runs_byte_counts_are_what_crossed_the_proxy(federation, tmp_path):
+    """FedAvg with FedZip-compressed updates: summary.json's bytes down are exactly the object content the proxy's
+    access log shows nodes pulling, its bytes up exactly the content they pushed, and the compressed updates are
+    what crossed (`fedsim.deploy.wire_log`)."""
+    from fedsim.deploy import wire_log
+    from fedsim.deploy.proxy import ACCESS_LOG
+
+    assert federation.layout is not None
+    log = federation.layout.proxy_dir / ACCESS_LOG
+    offset = log.stat().st_size  # the log holds every earlier test's requests too: keep this run's
+    overrides = [*COMMON, "strategy=fedavg", "compression=fedzip"]
+    summary = federation.submit(overrides, tmp_path / "run", timeout=RUN_TIMEOUT)
+    requests = wire_log.read_requests(log, offset)
+    up, down = wire_log.uploaded_objects(requests), wire_log.downloaded_objects(requests)
+    print(f"counted: up {summary['bytes_up']} B, down {summary['bytes_down']} B")
+    print(f"wire, object content: up {up.least} B in {up.requests} push-object bodies of {up.wire} B; "
+          f"down {down.least} B in {down.requests} pull-object bodies of {down.wire} B")
+    for method, totals in wire_log.method_totals(requests).items():
+        print(f"  {method}: {totals.requests} requests, {totals.request_bytes} B up, {totals.response_bytes} B down")
+    print(f"HTTP with headers (TLS aside): {sum(r.request_total for r in requests)} B up, "
+          f"{sum(r.response_total for r in requests)} B down")
+
+    # Down: a node pulls every object of each message it is sent (it holds one message at a time, so it never has
+    # one already), and a pull's envelope is fixed: the content is exactly what the server counted.
+    assert down.least == down.most == summary["bytes_down"]
+    # Up: each node's pulls tell its ids' size, so a push's content is exact too. The SuperLink asks a node only for
+    # the objects it does not hold (ids are content hashes); a compressed reply has no object another reply could
+    # share (no empty `arrays` record: `fedsim.compression.message`), so every object of every reply crossed.
+    assert up.least == up.most == summary["bytes_up"], (summary["bytes_up"], up)
+    # The compressed updates crossed: uncompressed, each of the 9 train replies would carry a model, as 21 of the
+    # messages down do (9 train, 9 evaluate, 3 final evaluations), so up would be ~9/21 of down; FedZip's are ~1%.
+    assert up.wire < down.wire / 20, (up, down)

@@ -58,6 +58,127 @@ def test_nginx_accepts_the_generated_configuration(tmp_path):
     assert checked.returncode == 0, checked.stderr
 
 
+NGINX_PRESENT = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+
+
+class _Upstream:
+    """A stand-in SuperLink on loopback (TLS, the server certificate): answers every POST with `answer` bytes."""
+
+    def __init__(self, credentials, answer: int) -> None:
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                self.send_header("content-length", str(answer))
+                self.end_headers()
+                self.wfile.write(b"a" * answer)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(credentials.server_cert, credentials.server_key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.skipif(not NGINX_PRESENT, reason="nginx is not installed")
+def test_the_proxy_logs_each_fleet_request_with_the_sizes_of_its_bodies(tmp_path):
+    """Real nginx before a stand-in SuperLink: a node's Fleet calls are logged, one tab-separated line each with the
+    client certificate and both bodies' sizes; a refused call outside the Fleet API is not a Fleet request."""
+    import http.client
+    import ssl
+    import time
+
+    from fedsim.deploy.processes import free_port
+    from fedsim.deploy.proxy import ACCESS_LOG, nginx_command, write_standalone_config
+    from fedsim.deploy.wire_log import FleetRequest, read_requests
+
+    credentials = make_certificates(tmp_path / "certs", 1)
+    upstream = _Upstream(credentials, answer=5000)
+    port = free_port("127.0.0.1")
+    config = write_standalone_config(ProxySettings("127.0.0.1", port, upstream.port, credentials), tmp_path / "proxy")
+    proxy = subprocess.Popen(nginx_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        node = credentials.nodes[0]
+        context = ssl.create_default_context(cafile=str(node.ca_cert))
+        context.load_cert_chain(node.client_cert, node.client_key)
+        statuses = []
+        calls = (("/v1/fleet/push-object", 1234), ("/v1/control/list-runs", 10), ("/v1/fleet/pull-object", 89))
+        for path, body in calls:
+            for _ in range(50):  # nginx takes a moment to listen
+                try:
+                    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+                    connection.request("POST", path, body=b"b" * body)
+                    break
+                except ConnectionRefusedError:
+                    time.sleep(0.05)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+            connection.close()
+        assert statuses == [200, 403, 200]
+        log = tmp_path / "proxy" / ACCESS_LOG
+        for _ in range(50):  # each line is written as its request ends
+            requests = read_requests(log) if log.exists() else []
+            if len(requests) == 2:
+                break
+            time.sleep(0.05)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    assert [(r.client, r.method, r.status, r.request_body, r.response_body) for r in requests] == [
+        ("CN=node-0,O=fedsim", "push-object", 200, 1234, 5000), ("CN=node-0,O=fedsim", "pull-object", 200, 89, 5000)]
+    assert all(isinstance(r, FleetRequest) and r.request_total > r.request_body and r.response_total > 5000
+               for r in requests)
+
+
+def test_the_objects_inside_fleet_bodies_are_their_size_less_the_protobuf_envelope():
+    """Bodies made by Flower's own protobuf messages: a pull's content is exact, a push's exact once the ids' size
+    is known (here from the same node's pull-object request), within 18 bytes otherwise (two ids of 1 to 10 varint
+    bytes each)."""
+    from flwr.proto.message_pb2 import PullObjectRequest, PullObjectResponse, PushObjectRequest
+    from flwr.proto.node_pb2 import Node
+
+    from fedsim.deploy.wire_log import (
+        FleetRequest,
+        ObjectTraffic,
+        downloaded_objects,
+        pulled_content,
+        pushed_content,
+        uploaded_objects,
+    )
+
+    node, run, object_id, session = Node(node_id=2**64 - 1), 1, "f" * 64, "0" * 36  # a 10-byte and a 1-byte varint
+    push = PushObjectRequest(node=node, run_id=run, object_id=object_id, object_content=b"x" * 300,
+                             session_id=session).SerializeToString()
+    assert len(push) == 109 + 10 + 1 + 2 + 300  # fixed fields, the two ids, the content's length (2 bytes) and itself
+    assert pushed_content(len(push), (11, 11)) == (300, 300)
+    least, most = pushed_content(len(push))
+    assert least <= 300 <= most and most - least == 18
+    pull_request = PullObjectRequest(node=node, run_id=run, object_id=object_id).SerializeToString()
+    pulled = PullObjectResponse(object_found=True, object_available=True, object_content=b"y" * 127).SerializeToString()
+    assert len(pull_request) == 70 + 11 and len(pulled) == 5 + 1 + 127 and pulled_content(len(pulled)) == 127
+    unavailable = PullObjectResponse(object_found=True).SerializeToString()
+    assert pulled_content(len(unavailable)) == 0 and pulled_content(0) == 0
+
+    def request(method: str, sent: int, received: int) -> FleetRequest:
+        return FleetRequest(0.0, "CN=node-0,O=fedsim", method, 200, sent, sent + 800, received, received + 150)
+
+    lines = [request("pull-object", len(pull_request), len(pulled)), request("pull-object", len(pull_request), 2),
+             request("push-object", len(push), 2), request("pull-messages", 13, 0)]
+    assert uploaded_objects(lines) == ObjectTraffic(1, len(push), 300, 300)
+    assert downloaded_objects(lines) == ObjectTraffic(1, len(pulled), 127, 127)
+
+
 # --- a run folder is never overwritten -----------------------------------------------------------------------------
 
 def _experiment(*overrides: str) -> dict:

@@ -38,8 +38,9 @@ STRATEGY_EXTRAS = {
     "fedlaw": ["strategy.server_epochs=2"],
     "fedprox": ["strategy.proximal_mu=0.1"],
 }
-# reporting added since the pin: FedAvg's weights, the stragglers, the disparity audit (data with a sensitive attribute)
-ADDED_COLUMNS = re.compile(r"^(stragglers|sim_time|weight_client_\d+"
+# reporting added since the pin: FedAvg's weights, the stragglers, the disparity audit (data with a sensitive
+# attribute), the virtual clock, the bytes on the wire
+ADDED_COLUMNS = re.compile(r"^(stragglers|sim_time|(total_)?bytes_(down|up)|weight_client_\d+"
                            r"|disparity_(global|local|unique|redundant|masked|z_s|yhat_s))$")
 RUNS = {
     # The strategies pinned before the redesign; one added later may add a golden file of its own.

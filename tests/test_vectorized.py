@@ -153,6 +153,24 @@ def test_faults_go_client_by_client_and_results_still_match(run_quietly, monkeyp
     assert sum(len(c) for c in seen) < 3 * 6  # the faulty ones went to the ClientApp
 
 
+def test_a_compressed_cohort_stays_batched_and_sends_what_the_client_app_sends(run_quietly, monkeypatch, tmp_path):
+    """With a compressor the cohort still trains stacked; its replies are encoded as the ClientApp encodes them: the
+    same payload sizes, and the same results up to float16 rounding of the cohort's float32 differences (1e-5, as
+    in `_compare`, can move an update entry across a float16 rounding boundary: 5e-4 of its value)."""
+    seen = _recorded_cohorts(monkeypatch)
+    overrides = (*BASE, "compression=fp16", "compression.error_feedback=true")
+    _, local_dir = run_quietly(*overrides, "engine=inprocess", name="inprocess")
+    _, vec_dir = run_quietly(*overrides, "engine=vectorized", name="vectorized")
+    assert sum(len(cohort) for cohort in seen) == 3 * 6  # every training message was batched
+    local, vectorized = read_metrics(local_dir), read_metrics(vec_dir)
+    assert [row["bytes_up"] for row in local] == [row["bytes_up"] for row in vectorized]
+    for a, b in zip(local, vectorized, strict=True):
+        assert float(a["test_loss"]) == pytest.approx(float(b["test_loss"]), rel=1e-3)
+    experiment = compose_experiment(list(BASE))
+    plain = 4 * sum(p.numel() for p in build_model(experiment, federation_for(experiment).data).parameters())
+    assert int(local[1]["bytes_up"]) < int(local[1]["train_clients"]) * plain * 0.55  # float16: half of float32
+
+
 def test_batchnorm_model_falls_back_with_a_notice(run_quietly, monkeypatch, caplog):
     overrides = ("num_rounds=1", "num_clients=3", "model=logreg", "model._target_=tests.test_vectorized.BatchNormNet",
                  "engine=vectorized", "fraction_evaluate=0.0")

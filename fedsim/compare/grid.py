@@ -2,10 +2,15 @@
 
 Each point is one run: a strategy, a setting (the values of the other swept keys) and a seed. Its folder is fixed by
 those three, so re-running the same command finds the runs it already finished.
+
+An update encoding (`compression=<name>`, swept or fixed) is part of what a row compares, not a setting: a
+compressed strategy is judged against the uncompressed one on the same partition, so `strategy=fedavg
+compression=none,fedzip` gives the rows `fedavg` and `fedavg+fedzip` side by side. `none` adds nothing to the label.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Sequence
@@ -16,6 +21,8 @@ from ..errors import FedsimError
 
 STRATEGY_KEY = "strategy"
 SEED_KEY = "seed"
+COMPRESSION_KEY = "compression"
+NO_COMPRESSION = "none"
 PROXY_KEY = "server.proxy_size"
 
 
@@ -23,10 +30,16 @@ PROXY_KEY = "server.proxy_size"
 class GridPoint:
     """One run of the grid: the overrides that compose it and the folder (relative to `<out>/runs`) it writes."""
 
-    strategy: str
-    setting: tuple[tuple[str, str], ...]  # (key, value) of the swept keys other than strategy and seed
+    strategy: str  # the row label: the strategy, `+<compression>` when it encodes its updates (`strategy_label`)
+    setting: tuple[tuple[str, str], ...]  # (key, value) of the swept keys other than strategy, compression and seed
     seed: int
     overrides: tuple[str, ...]
+    compression: str = ""  # the compression option the label names; "" for none
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy config option the point runs (its label without the compression)."""
+        return self.strategy.removesuffix(f"+{self.compression}") if self.compression else self.strategy
 
     @property
     def setting_label(self) -> str:
@@ -43,15 +56,21 @@ class Grid:
     strategy comparisons for the first seeds)."""
 
     points: list[GridPoint]
-    strategies: list[str]
+    strategies: list[str]  # row labels (`strategy_label`), in grid order
     settings: list[tuple[tuple[str, str], ...]]
     seeds: list[int]
     fixed: list[str]  # the overrides with one value, applied to every point
     notes: list[str] = field(default_factory=list)  # what the grid changed for fairness (shown in the report)
 
 
+def strategy_label(strategy: str, compression: str | None = None) -> str:
+    """`fedavg+fedzip`: the row a strategy with an update encoding fills; the strategy alone without one."""
+    return f"{strategy}+{compression}" if compression and compression != NO_COMPRESSION else strategy
+
+
 def setting_label(setting: Sequence[tuple[str, str]]) -> str:
-    """`partition.alpha=0.1 · num_clients=20`, or `default` when nothing besides strategy and seed is swept."""
+    """`partition.alpha=0.1 · num_clients=20`, or `default` when nothing besides strategy, compression and seed is
+    swept."""
     return " · ".join(f"{key}={value}" for key, value in setting) or "default"
 
 
@@ -87,11 +106,14 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
     if duplicated:
         raise FedsimError(f"{duplicated[0]} is given more than once")
     strategies, seeds = [default_strategy], [default_seed]
+    compressions: list[tuple[str, str]] = []  # (override as written, option); none given: the config's default
     fixed: list[str] = []
     swept: list[tuple[str, list[str]]] = []
     for written, key, values in parsed:
         if key == STRATEGY_KEY:
             strategies = values
+        elif key == COMPRESSION_KEY:
+            compressions = [(f"{written}={value}", value) for value in values]
         elif key == SEED_KEY:
             try:
                 seeds = [int(value) for value in values]
@@ -103,12 +125,18 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
             fixed.append(f"{written}={values[0]}")
     keys = [key for key, _ in swept]
     settings = [tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*[v for _, v in swept])]
+    # each strategy with each of its encodings, in that order: `fedavg, fedavg+fedzip, fedprox, fedprox+fedzip`
+    rows = [(strategy, written, option) for strategy in strategies
+            for written, option in (compressions or [("", "")])]
     points = [
-        GridPoint(strategy, setting, seed,
-                  (f"{STRATEGY_KEY}={strategy}", f"{SEED_KEY}={seed}", *fixed, *(f"{k}={v}" for k, v in setting)))
-        for setting in settings for seed in seeds for strategy in strategies
+        GridPoint(strategy_label(strategy, option), setting, seed,
+                  (f"{STRATEGY_KEY}={strategy}", *([written] if written else []), f"{SEED_KEY}={seed}", *fixed,
+                   *(f"{k}={v}" for k, v in setting)),
+                  "" if option == NO_COMPRESSION else option)
+        for setting in settings for seed in seeds for strategy, written, option in rows
     ]
-    return Grid(points, list(strategies), settings, list(seeds), fixed)
+    labels = list(dict.fromkeys(strategy_label(strategy, option) for strategy, _, option in rows))
+    return Grid(points, labels, settings, list(seeds), fixed)
 
 
 def share_proxy_set(grid: Grid, needs_proxy: dict[str, bool], proxy_size: int) -> Grid:
@@ -119,7 +147,7 @@ def share_proxy_set(grid: Grid, needs_proxy: dict[str, bool], proxy_size: int) -
     ):
         return grid
     size = proxy_size if any(needs_proxy.values()) else 0
-    points = [GridPoint(p.strategy, p.setting, p.seed, (*p.overrides, f"{PROXY_KEY}={size}")) for p in grid.points]
+    points = [dataclasses.replace(p, overrides=(*p.overrides, f"{PROXY_KEY}={size}")) for p in grid.points]
     notes = list(grid.notes)
     if size:
         users = ", ".join(sorted(name for name, needed in needs_proxy.items() if needed))

@@ -16,7 +16,7 @@ from ..config import DEFAULT_PROXY_SIZE, compose_experiment, resolve_auto_values
 from ..errors import FedsimError
 from ..partition_report import HEATMAP_FILE
 from . import plots as compare_plots
-from .grid import Grid, GridPoint, expand, share_proxy_set, slug
+from .grid import COMPRESSION_KEY, Grid, GridPoint, expand, share_proxy_set, slug
 from .report import write_report
 from .setup import optimizer_label, setup_table, strategy_table
 from .sweep import PointCallback, RunFunction, SweepResult, run_folder, run_sweep
@@ -33,15 +33,19 @@ class Plan:
 
 def plan(overrides: Sequence[str]) -> Plan:
     """Expand the grid and compose + validate every point; the first bad point is a FedsimError before any run."""
-    # the grid's fixed part, for its default seed: a strategy's own keys (`strategy.x=...`) need not exist in the
-    # default strategy, so they are left to each point's composition
-    default = compose_experiment([o for o in overrides
-                                  if "," not in o and not o.lstrip("+~").startswith(("strategy", "seed="))])
+    # the grid's fixed part, for its default seed: a strategy's or an encoding's own keys (`strategy.x=...`,
+    # `compression.x=...`) need not exist in the default one, so they are left to each point's composition
+    default = compose_experiment([o for o in overrides if "," not in o and not o.lstrip("+~").startswith(
+        ("strategy", "seed=", COMPRESSION_KEY))])
     grid = expand(overrides, default_seed=int(default["seed"]))
-    needs = {}
-    for strategy in grid.strategies:
+    needs: dict[str, bool] = {}
+    for point in grid.points:  # each strategy once, with the encoding of its first point (its own keys need it)
+        strategy = point.strategy_name
+        if strategy in needs:
+            continue
+        encoding = [o for o in point.overrides if o.split("=", 1)[0].lstrip("+~") == COMPRESSION_KEY]
         try:
-            probe = compose_experiment([f"strategy={strategy}", *grid.fixed])
+            probe = compose_experiment([f"strategy={strategy}", *encoding, *grid.fixed])
         except FedsimError as error:
             raise FedsimError(f"strategy {strategy}: {error}") from None
         needs[strategy] = traits_of(probe).requires_server_data
@@ -93,10 +97,18 @@ def report(plan_: Plan, out: Path, target: float, command: str) -> tuple[list[Ro
                                                    "every panel)")]
     compare_plots.plot_accuracy_curves(grouped, grid.strategies, plots[0][0])
     compare_plots.plot_client_distributions(grouped, grid.strategies, plots[1][0])
+    against = 1  # the plots against time and traffic follow the per-round curves, side by side in the report
     if compare_plots.plot_accuracy_vs_time(grouped, grid.strategies, folder / compare_plots.TIME_PLOT, target):
-        plots.insert(1, (folder / compare_plots.TIME_PLOT, "global test accuracy against simulated time (fedsim's "
-                         "device model; mean over seeds of their step curves, band = min–max, dashed = target): "
-                         "time to target compares strategies whose rounds differ in length, asynchronous ones too"))
+        plots.insert(against, (folder / compare_plots.TIME_PLOT, "global test accuracy against simulated time "
+                               "(fedsim's device model; mean over seeds of their step curves, band = min–max, dashed "
+                               "= target): time to target compares strategies whose rounds differ in length, "
+                               "asynchronous ones too"))
+        against += 1
+    if compare_plots.plot_accuracy_vs_megabytes(grouped, grid.strategies, folder / compare_plots.TRAFFIC_PLOT, target):
+        plots.insert(against, (folder / compare_plots.TRAFFIC_PLOT, "global test accuracy against communicated "
+                               "megabytes, server to clients plus clients to server (mean over seeds of their step "
+                               "curves, band = min–max, dashed = target; log scale when totals differ by more than "
+                               "10×): traffic to target compares strategies that encode their updates differently"))
     if compare_plots.plot_weights(grouped, grid.strategies, folder / compare_plots.WEIGHTS_PLOT):
         unweighted = [s for s in grid.strategies if not any(m.weights for r in grouped.values() for m in r.get(s, []))]
         caption = ("aggregation weights of the strategies that report them, for one seed per setting: client ids "

@@ -1,5 +1,6 @@
-"""The comparison's figures: accuracy curves per round and against simulated time (mean line, min–max band over
-seeds), client-accuracy distributions and aggregation weights over rounds, one panel per setting."""
+"""The comparison's figures: accuracy curves per round, against simulated time and against communicated megabytes
+(mean line, min–max band over seeds), client-accuracy distributions and aggregation weights over rounds, one panel per
+setting."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import numpy as np
 from ..plots import plt, save_figure, style_accuracy_axis
 from .clock import on_common_grid, time_unit
 from .table import RunMetrics
+from .traffic import traffic_unit
 
 CURVES_PLOT = "accuracy_curves.png"
 TIME_PLOT = "accuracy_vs_time.png"
+TRAFFIC_PLOT = "accuracy_vs_mb.png"
 CLIENTS_PLOT = "client_accuracy.png"
 WEIGHTS_PLOT = "aggregation_weights.png"
 DISPARITY_PLOT = "disparity.png"
@@ -93,6 +96,53 @@ def plot_accuracy_vs_time(runs: Runs, strategies: Sequence[str], path: Path, tar
         axis.xaxis.set_major_locator(matplotlib.ticker.AutoLocator())
         axis.set_xlabel(f"simulated time ({unit})")
     figure.suptitle("accuracy against simulated time\nmean over seeds, band = min–max, dashed = target", fontsize=10)
+    save_figure(figure, path)
+    return True
+
+
+def plot_accuracy_vs_megabytes(runs: Runs, strategies: Sequence[str], path: Path, target: float | None = None,
+                               log_spread: float = 10.0) -> bool:
+    """Global test accuracy against cumulative traffic, down + up (`traffic`): each seed's accuracy as a step curve
+    (a round's accuracy holds until the next round's bytes are spent), the mean over seeds on their common grid as a
+    line, the min–max as a band, the target as a dashed line. A panel's x axis is logarithmic when its strategies'
+    total traffic spans more than `log_spread`× (a compressed strategy beside an uncompressed one), linear otherwise;
+    one unit for the figure. Seeds without byte counts are left out (n counts the others). Returns False (and draws
+    nothing) when no run has them."""
+    panels = []
+    for setting, by_strategy in runs.items():
+        found = {s: [list(zip(m.megabytes, (a for _, a in m.curve), strict=True))
+                     for m in by_strategy.get(s, []) if m.megabytes] for s in strategies}
+        found = {s: curves for s, curves in found.items() if curves}
+        if found:
+            panels.append((setting, found))
+    if not panels:
+        return False
+    unit, scale = traffic_unit((curve[-1][0] for _, found in panels for curves in found.values() for curve in curves),
+                               by="largest")
+    colors = _colors(strategies)
+    figure, axes = _panels(len(panels))
+    for axis, (setting, found) in zip(axes, panels, strict=True):
+        totals = [float(np.mean([curve[-1][0] for curve in curves])) for curves in found.values()]
+        logarithmic = min(totals) > 0 and max(totals) / min(totals) > log_spread
+        for strategy, curves in found.items():
+            grid, values = on_common_grid(curves)
+            keep = grid > 0 if logarithmic else np.ones(len(grid), dtype=bool)  # log(0) has no place on the axis
+            x = grid[keep] / scale
+            axis.plot(x, values.mean(axis=0)[keep], color=colors[strategy], drawstyle="steps-post",
+                      label=f"{strategy} (n={len(curves)})")
+            axis.fill_between(x, values.min(axis=0)[keep], values.max(axis=0)[keep], color=colors[strategy],
+                              alpha=0.2, linewidth=0, step="post")
+        if target is not None:
+            axis.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
+        axis.set_title(setting, fontsize=9)
+        style_accuracy_axis(axis, "global test accuracy")
+        if logarithmic:
+            axis.set_xscale("log")
+        else:
+            axis.xaxis.set_major_locator(matplotlib.ticker.AutoLocator())
+        axis.set_xlabel(f"traffic, down + up ({unit}{', log scale' if logarithmic else ''})")
+    figure.suptitle("accuracy against communicated bytes\nmean over seeds, band = min–max, dashed = target",
+                    fontsize=10)
     save_figure(figure, path)
     return True
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..recorder import write_atomic
+from .plots import TIME_PLOT, TRAFFIC_PLOT
 from .setup import StrategySetup
 from .table import TIE, WARNING, Row, headers, legend, optimizer_warning, table_cells, visible_columns
 
 REPORT_FILE = "report.html"
+# plots of one question (what it costs to reach an accuracy, in seconds and in bytes), shown side by side when the page
+# is wide enough for both
+SIDE_BY_SIDE = frozenset({TIME_PLOT, TRAFFIC_PLOT})
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1340px; padding: 0 1em; color: #222; }
@@ -31,6 +36,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 .note, ul.legend { color: #444; font-size: 13px; }
 figure { margin: 1em 0; } figcaption { font-size: 13px; color: #444; }
+div.side { display: flex; flex-wrap: wrap; gap: 1em; } div.side figure { flex: 1 1 560px; min-width: 0; }
 """
 
 
@@ -94,6 +100,15 @@ def _figure(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _figures(plots: Sequence[tuple[Path, str]]) -> list[str]:
+    """Every plot as a figure; consecutive plots of `SIDE_BY_SIDE` share one row (they wrap on a narrow page)."""
+    parts = []
+    for side, group in itertools.groupby(plots, key=lambda plot: Path(plot[0]).name in SIDE_BY_SIDE):
+        figures = "\n".join(_figure(path, caption) for path, caption in group)
+        parts.append(f'<div class="side">{figures}</div>' if side else figures)
+    return parts
+
+
 def write_report(
     out: Path,
     command: str,
@@ -126,7 +141,7 @@ def write_report(
     parts.append("<li>comparison.md and comparison.csv beside this report also give the best accuracy of any round "
                  "and the std of client accuracy; the csv gives stds, interval half-widths and n per cell.</li>")
     parts += ["</ul>", "<h2>Plots</h2>"]
-    parts += [_figure(path, caption) for path, caption in plots]
+    parts += _figures(plots)
     if partitions:
         parts.append("<h2>Partitions</h2>")
         parts += [_figure(path, f"label counts per client · {setting}") for setting, path in partitions.items()]

@@ -104,6 +104,10 @@ def hyperparameters(experiment: Mapping[str, Any]) -> str:
         params.pop("straggler_mode", None)
     if float(experiment["client"].get("proximal_mu", 0.0)):
         params["client.proximal_mu"] = experiment["client"]["proximal_mu"]
+    compression = experiment.get("compression") or {}
+    if compression.get("name", "none") != "none":  # a row `fedavg+fedzip`: the compressor's settings too
+        params.update({f"compression.{key}": value for key, value in compression.items()
+                       if key not in ("_target_", "name")})
     return _short(params) or "—"
 
 

@@ -128,7 +128,8 @@ def _run_points(points: Sequence[GridPoint], experiments: Sequence[Mapping[str, 
     for index, (point, experiment) in enumerate(todo, start=1):
         folder = run_folder(out, point)
         started = time.perf_counter()
-        choices = {**describe_choices(experiment), "strategy": point.strategy}
+        # the strategy option, not the row label (`fedavg`, not `fedavg+fedzip`): the encoding is its own group
+        choices = {**describe_choices(experiment), "strategy": point.strategy_name}
         resumed = False
         if can_resume(folder, experiment):  # killed after a checkpoint: go on from there
             problem = _checkpoint_problem(folder)

@@ -10,6 +10,10 @@ What a cell says, so that a reader can trust it at a glance:
   run of a sweep pays) and are never marked best: they depend on the machine and on what else ran on it.
 - Time to target is simulated time (`clock`), which does not, so it is ranked like rounds to target; its cells are
   in one human unit per column, the csv in seconds.
+- Traffic (`traffic`): megabytes sent and received to reach the target, and in the whole run, ranked like time to
+  target (one unit per column, that of its largest value, with decimals enough for its smallest; the csv in MB); the
+  uplink ratio compares what a round's client updates weigh with
+  the setting's first strategy, seed by seed, and is a property of the codec, so it is not ranked.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from rich.table import Table
 from ..recorder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, jain_index, write_atomic
 from .clock import is_asynchronous, simulated_times, time_to_target, time_unit
 from .stats import CI_NOTE, Interval, difference, mean_interval, paired_difference
+from .traffic import cumulative_megabytes, mb_to_target, traffic_decimals, traffic_unit, uplink_bytes_per_round
 
 TABLE_MD = "comparison.md"
 TABLE_CSV = "comparison.csv"
@@ -45,6 +50,14 @@ TIME_NOTE = ("Simulated time to target: simulated time from the start to the end
              "reached it, with the same (k/n ✗); one unit per column (the csv: seconds). Unlike s / round it does not "
              "depend on the machine the sweep ran on, so it is ranked. —: runs recorded without the simulated clock "
              "(older fedsim), left out of n.")
+TRAFFIC_NOTE = ("Traffic to target: megabytes (10⁶ bytes) the server sent to and received from the clients, as Flower "
+                "serialises the messages, from the start (client discovery included) to the end of the first round "
+                "whose global test accuracy is ≥ {target:g}, averaged over the seeds that reached it, with the same "
+                "(k/n ✗); total traffic: the same count at the end of the last round. One unit per column (the csv: "
+                "MB). —: runs recorded without byte counts (older fedsim), left out of n.")
+RATIO_NOTE = ("Uplink ratio: mean bytes the clients sent per trained round for the setting's first strategy divided by "
+              "this row's, seed by seed (so 4.0 = a quarter of the baseline's uplink), mean ± interval over the seeds "
+              "both have; it describes the update encoding (`compression=...`), so it is not ranked.")
 ASYNC_NOTE = ("Asynchronous strategies (FedAsync, FedBuff): a row of their metrics is not a synchronous round but "
               "`concurrency` client updates, so their rounds to target count rows; simulated time to target is the "
               "fair comparison between synchronous and asynchronous strategies.")
@@ -84,6 +97,11 @@ class RunMetrics:
     # the virtual clock (`clock`): sim_time of each `curve` row, empty for a run recorded without one
     times: list[float] = field(default_factory=list)
     time_to_target: float | None = None  # sim_time of the round `rounds_to_target` names
+    # the byte counts (`traffic`): cumulative MB (down + up) of each `curve` row, empty for a run recorded without them
+    megabytes: list[float] = field(default_factory=list)
+    mb_to_target: float | None = None  # megabytes at the end of the round `rounds_to_target` names
+    total_megabytes: float | None = None  # megabytes at the end of the last row
+    uplink_bytes: float | None = None  # mean bytes_up of a trained round
 
 
 def _abs(value: object) -> float | None:
@@ -122,6 +140,7 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
     disparity = fairness.get("disparity") or {}
     loss = summary.get("final_loss")
     times = simulated_times(rows) or []
+    megabytes = cumulative_megabytes(rows) or []
     return RunMetrics(
         final_accuracy=float(summary["final_accuracy"]),
         best_accuracy=float(summary["best_accuracy"]),
@@ -144,6 +163,10 @@ def load_run(folder: Path, target: float, last_k: int = LAST_K) -> RunMetrics:
         seed=None if summary.get("seed") is None else int(summary["seed"]),
         times=times,
         time_to_target=time_to_target(curve, times, target),
+        megabytes=megabytes,
+        mb_to_target=mb_to_target(curve, megabytes, target),
+        total_megabytes=megabytes[-1] if megabytes else None,
+        uplink_bytes=uplink_bytes_per_round(rows),
     )
 
 
@@ -206,6 +229,11 @@ class Column:
     # such seeds are left out of the cell instead of counting as "never reached"
     needs: str = ""
     duration: bool = False  # seconds, shown in one human unit (s, min, h) for the whole column
+    # megabytes, shown in one unit (kB, MB, GB) for the whole column, with the decimals its smallest value needs
+    volume: bool = False
+    # a RunMetrics attribute compared with the setting's first strategy: the cell is, seed by seed, the baseline's
+    # value divided by this row's (over the seeds both have a positive value for)
+    ratio_of: str = ""
 
 
 COLUMNS = (
@@ -232,6 +260,12 @@ COLUMNS = (
     Column("rounds_to_target", "rounds to target", False, 1, short="rounds→target"),
     Column("time_to_target", "simulated time to target", False, 1, optional=True, short="time→target",
            needs="times", duration=True),
+    Column("mb_to_target", "traffic to target (down + up)", False, 1, optional=True, short="traffic→target",
+           needs="megabytes", volume=True),
+    Column("total_megabytes", "total traffic (down + up)", False, 1, optional=True, terminal=False,
+           needs="megabytes", volume=True),
+    Column("uplink_ratio", "uplink ratio (first strategy's bytes ÷ this)", True, 1, ranked=False, optional=True,
+           short="uplink ×", ratio_of="uplink_bytes"),
     Column("seconds_per_round", "s / round", False, 2, ranked=False, terminal=False),
 )
 DELTA_KEY = "final_accuracy"  # the paired difference against the baseline strategy is of this column
@@ -243,8 +277,11 @@ class Cell:
     missing: int = 0  # seeds without a value (target not reached)
     best: bool = False
     tie: bool = False  # best, but not significantly better than the runner-up (or equal to it as shown)
-    unit: str = ""  # a duration column's unit, one for the column (`clock.time_unit`); values stay in seconds
-    scale: float = 1.0  # seconds per `unit`
+    # a duration or volume column's unit, one for the column (`clock.time_unit`, `traffic.traffic_unit`); values stay
+    # in seconds or megabytes
+    unit: str = ""
+    scale: float = 1.0  # seconds or megabytes per `unit`
+    decimals: int | None = None  # a volume column's decimals, one for the column (else the column's digits)
 
     @property
     def values(self) -> list[float]:
@@ -266,6 +303,7 @@ class Cell:
         return statistics.stdev(self.values) if all(math.isfinite(v) for v in self.values) else math.nan
 
     def text(self, digits: int) -> str:
+        digits = digits if self.decimals is None else self.decimals
         interval = self.interval
         unit = f" {self.unit}" if self.unit else ""
         if interval is None:
@@ -315,6 +353,9 @@ def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]], optimizers: Map
     for (strategy, setting), entries in grouped.items():
         cells = {}
         for column in COLUMNS:
+            if column.ratio_of:  # against the baseline, once the baseline is known
+                cells[column.key] = Cell({})
+                continue
             values = {seed: getattr(m, column.key) for seed, m in entries
                       if not column.needs or getattr(m, column.needs)}
             present = {seed: float(v) for seed, v in values.items() if v is not None}
@@ -329,21 +370,44 @@ def build_rows(runs: Iterable[tuple[str, str, int, RunMetrics]], optimizers: Map
             row.baseline = baseline.strategy
             if row is not baseline:
                 row.delta = paired_difference(row.cells[DELTA_KEY].by_seed, baseline.cells[DELTA_KEY].by_seed)
+            for column in COLUMNS:
+                if column.ratio_of:
+                    row.cells[column.key] = ratio_cell(grouped[(row.strategy, setting)],
+                                                       grouped[(baseline.strategy, setting)], column.ratio_of)
         labels = {row.optimizer for row in group if row.optimizer}
         for row in group:
             row.optimizer_differs = len(labels) > 1
     for column in COLUMNS:
+        cells = [row.cells[column.key] for row in rows]
+        means = [cell.mean for cell in cells if cell.values]
         if column.duration:
-            cells = [row.cells[column.key] for row in rows]
-            unit, scale = time_unit(cell.mean for cell in cells if cell.values)
+            unit, scale = time_unit(means)
             for cell in cells:
                 cell.unit, cell.scale = unit, scale
+        elif column.volume:  # compressed and plain traffic can differ 1000×: the large unit, enough decimals
+            unit, scale = traffic_unit(means, by="largest")
+            decimals = traffic_decimals(means, scale, column.digits)
+            for cell in cells:
+                cell.unit, cell.scale, cell.decimals = unit, scale, decimals
     mark_best(rows)
     return rows
 
 
+def ratio_cell(entries: Sequence[tuple[int, RunMetrics]], baseline: Sequence[tuple[int, RunMetrics]], key: str) -> Cell:
+    """The baseline's `key` ÷ this row's, per seed both have a positive value for (a run without it is unknown, not
+    missing)."""
+    reference = {seed: getattr(m, key) for seed, m in baseline}
+    ratios = {}
+    for seed, metrics in entries:
+        mine, theirs = getattr(metrics, key), reference.get(seed)
+        if mine and theirs and mine > 0 and theirs > 0:
+            ratios[seed] = float(theirs) / float(mine)
+    return Cell(ratios)
+
+
 def _shown(cell: Cell, column: Column) -> tuple[int, str]:
-    return cell.missing, f"{cell.mean / cell.scale:.{column.digits}f}"
+    digits = column.digits if cell.decimals is None else cell.decimals
+    return cell.missing, f"{cell.mean / cell.scale:.{digits}f}"
 
 
 def mark_best(rows: Sequence[Row]) -> None:
@@ -380,7 +444,10 @@ def visible_columns(rows: Sequence[Row], compact: bool = False) -> list[Column]:
 
 def _known(cell: Cell, column: Column) -> bool:
     """A seed has a value, or (for a column that `needs` something) a value known to be missing: a time to target
-    never reached is worth showing as `— (n/n ✗)`, a run without a clock is not."""
+    never reached is worth showing as `— (n/n ✗)`, a run without a clock is not. A ratio to the baseline is worth
+    showing once it is not 1 as shown (some row sends more or less than the baseline)."""
+    if column.ratio_of:
+        return cell.mean is not None and f"{cell.mean:.{column.digits}f}" != f"{1.0:.{column.digits}f}"
     return bool(cell.values) or bool(column.needs and cell.missing)
 
 
@@ -437,6 +504,10 @@ def legend(rows: Sequence[Row], target: float, compact: bool = False) -> list[st
                  f"that reached it; {MISSING_NOTE}.")
     if "time_to_target" in columns:
         notes.append(TIME_NOTE.format(target=target))
+    if columns & {"mb_to_target", "total_megabytes"}:
+        notes.append(TRAFFIC_NOTE.format(target=target))
+    if "uplink_ratio" in columns:
+        notes.append(RATIO_NOTE)
     if any(is_asynchronous(row.strategy) for row in rows):
         notes.append(ASYNC_NOTE)
     notes.append("s / round: median over rounds 2…R (round 1 carries the process warm-up, which only the first run "
@@ -537,7 +608,7 @@ def csv_table(rows: Sequence[Row]) -> str:
     for column in COLUMNS:
         header += [f"{column.key}_{part}" for part in ("mean", "std", "ci95", "n", "best", "tie")]
     header += ["rounds_to_target_not_reached", "last_k", "delta_baseline", "delta_final_accuracy_mean",
-               "delta_final_accuracy_ci95", "delta_n", "time_to_target_not_reached"]
+               "delta_final_accuracy_ci95", "delta_n", "time_to_target_not_reached", "mb_to_target_not_reached"]
     writer.writerow(header)
 
     def number(value: float | None) -> object:
@@ -555,7 +626,7 @@ def csv_table(rows: Sequence[Row]) -> str:
         line += [row.cells["rounds_to_target"].missing, row.last_k, row.baseline,
                  number(delta.mean if delta else (0.0 if row.baseline == row.strategy else None)),
                  number(delta.half_width if delta else None), delta.n if delta else "",
-                 row.cells["time_to_target"].missing]
+                 row.cells["time_to_target"].missing, row.cells["mb_to_target"].missing]
         writer.writerow(line)
     return buffer.getvalue()
 

@@ -15,6 +15,10 @@ talk to it there), and nginx listens where client machines connect. nginx
 SuperNode authentication (`--enable-supernode-auth`: a node must sign every request with a key the operator
 registered) still applies behind it: the proxy decides who may talk to the SuperLink at all, the SuperLink which
 registered node is talking.
+
+Being the one door, nginx also sees every byte the nodes exchange with the server: the standalone proxy logs each
+Fleet request (`ACCESS_LOG` in its folder, one tab-separated line of `ACCESS_LOG_FIELDS`, as nginx measured them),
+which `fedsim.deploy.wire_log` reads to check the bytes a run counted against what crossed the wire.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from .certs import Credentials
 NGINX = "nginx"
 FLEET_LOCATION = r"^/v1/fleet/[a-z-]+$"
 MAX_BODY = "1g"  # a model update crosses in one request per array; ResNets and larger need room
+ACCESS_LOG = "fleet-access.log"
+# nginx variables, in the order of the access log's tab-separated columns: when, which client certificate, the
+# normalised path, the HTTP status, the request's body (Content-Length) and whole size, the response's body and
+# whole size (headers included), and the seconds the request took
+ACCESS_LOG_FIELDS = ("msec", "ssl_client_s_dn", "uri", "status", "content_length", "request_length",
+                     "body_bytes_sent", "bytes_sent", "request_time")
 
 
 class ProxyError(DeployError):
@@ -51,13 +61,22 @@ class ProxySettings:
         return f"{host}:{self.listen_port}"
 
 
-def server_block(settings: ProxySettings) -> str:
-    """nginx `upstream` and `server` blocks (http context): what an operator's own nginx can include as it is."""
+def server_block(settings: ProxySettings, access_log: Path | None = None) -> str:
+    """nginx `upstream` and `server` blocks (http context): what an operator's own nginx can include as it is.
+
+    With `access_log`, every Fleet request is logged there in `ACCESS_LOG_FIELDS` (a `log_format` named after the
+    SuperLink's port, as the upstream is, so two federations' blocks can share one nginx)."""
     certs = settings.credentials
     upstream = f"fedsim_superlink_{settings.superlink_port}"
+    log_format, log_line = "", ""
+    if access_log is not None:
+        name = f"fedsim_fleet_{settings.superlink_port}"
+        columns = "\\t".join(f"${field}" for field in ACCESS_LOG_FIELDS)
+        log_format = f"log_format {name} escape=default \"{columns}\";\n"
+        log_line = f"\n        access_log {access_log.resolve()} {name};"
     return f"""\
 # fedsim: client machines reach only the SuperLink's Fleet API, and only with a client certificate from the CA.
-upstream {upstream} {{
+{log_format}upstream {upstream} {{
     server 127.0.0.1:{settings.superlink_port};
     keepalive 32;
 }}
@@ -83,7 +102,7 @@ server {{
         proxy_ssl_name localhost;
         proxy_ssl_session_reuse on;
         proxy_read_timeout 300s;
-        proxy_send_timeout 300s;
+        proxy_send_timeout 300s;{log_line}
     }}
     location / {{
         return 403;
@@ -97,7 +116,8 @@ def standalone_config(settings: ProxySettings, folder: Path) -> str:
     temp = {name: folder / "temp" / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     user = f"user nobody {_nobody_group()};\n" if os.geteuid() == 0 else ""  # as root, workers drop to nobody
     paths = "\n".join(f"    {name}_temp_path {path};" for name, path in temp.items())
-    block = "\n".join(f"    {line}" if line else line for line in server_block(settings).splitlines())
+    block = "\n".join(f"    {line}" if line else line
+                      for line in server_block(settings, folder / ACCESS_LOG).splitlines())
     return f"""\
 {user}worker_processes 1;
 daemon off;

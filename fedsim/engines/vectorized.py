@@ -3,7 +3,8 @@
 `VectorizedGrid` is the in-process Grid with one change: it is a client of the ClientApp's own description of a
 round. For each TRAIN message it asks the ClientApp's `fedsim.client_plan.plan`; a round that is plain local
 training the cohort kernel supports (`fedsim.engines.cohort.supports`, a model vmap can batch) is trained with the
-others by `train_cohort` (in chunks of `engine.max_cohort` clients) and answered with the ClientApp's `reply`.
+others by `train_cohort` (in chunks of `engine.max_cohort` clients) and answered with the ClientApp's `reply`,
+compressed as the ClientApp compresses it (`fedsim.compression.message.compress_reply`).
 Everything else goes to the ClientApp one message at a time, exactly as on the in-process engine: queries,
 evaluation, and train rounds the plan says need the full ClientApp (a client request asked, a fault drawn, a node
 told to misbehave) or that the kernel does not declare (local debiasing's sample weights, an objective term it does
@@ -30,6 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from ..build import build_model
 from ..client_plan import LocalTraining, NeedsClientApp, plan, reply
+from ..compression.message import compress_reply
 from ..data.federation import federation_for
 from ..protocol.constraints import Interval, Options
 from ..protocol.experiment import experiment_from_record
@@ -92,6 +94,8 @@ class VectorizedGrid(InProcessGrid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
         messages = list(messages)
+        for message in messages:  # ids first, as the in-process Grid gives them: a cohort's replies answer them
+            message.metadata.__dict__["_message_id"] = uuid4().hex
         groups: dict[str, dict[int, LocalTraining]] = {}  # experiment -> message index -> its plan
         for i, message in enumerate(messages):
             training = self._batchable_plan(message)
@@ -159,7 +163,8 @@ class VectorizedGrid(InProcessGrid):
         except Exception as error:  # pylint: disable=broad-exception-caught  (out-of-memory included)
             reason = f"cohort training failed: {type(error).__name__}: {error}"
             return [Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=m) for m in messages]
-        replies = [reply(message, result, ArrayRecord(weights))
+        replies = [compress_reply(message, reply(message, result, ArrayRecord(weights)),
+                                  self._contexts[message.metadata.dst_node_id])
                    for message, weights, result in zip(messages, trained, results, strict=True)]
         for answer in replies:
             answer.metadata.__dict__["_message_id"] = uuid4().hex

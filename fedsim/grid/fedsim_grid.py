@@ -2,7 +2,9 @@
 
 A strategy lists nodes and exchanges messages as with any Grid; it sees only the accepted nodes, in partition
 order (`fedsim.grid.nodes`), and each batch of replies in partition order and filtered (`fedsim.grid.filtering`).
-The server takes the round's log (`fedsim.grid.round_log`) after each central evaluation.
+The server takes the round's log (`fedsim.grid.round_log`) after each central evaluation. Compressed train
+replies are decoded (`fedsim.compression.message`) before they are checked, and the bytes the engine moved each way
+are counted under everything else (`fedsim.grid.traffic`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid
 
 from ..clock import VirtualClock, clocked_round, is_training
+from ..compression.base import Compressor
+from ..compression.message import decompress_reply
 from ..reply_checks import ReplyLimits
 from .filtering import filter_replies
 from .nodes import NodeRoster
 from .round_log import RoundLog
+from .traffic import CountingGrid
 from .wrapper import GridWrapper
 
 
@@ -26,17 +31,28 @@ class FedsimGrid(GridWrapper):
     """Delegates to an engine's Grid; `set_run`, `run` and `create_message` pass through unchanged."""
 
     def __init__(self, inner: Grid, excluded: Iterable[int] = (), limits: ReplyLimits | None = None,
-                 clock: VirtualClock | None = None) -> None:
-        super().__init__(inner)
+                 clock: VirtualClock | None = None, compressor: Compressor | None = None) -> None:
+        super().__init__(CountingGrid(inner))
+        self._traffic: CountingGrid = self._inner
         self._roster = NodeRoster(excluded)
         self._limits = limits or ReplyLimits()
         self._log = RoundLog()
         self.clock = clock  # times each synchronous training exchange (`fedsim.clock`)
+        self.compressor = compressor  # decodes compressed train replies (None: the experiment compresses none)
         self._pushed: dict[str, Message] = {}  # pushed messages whose replies were not pulled yet
         # An asynchronous run checks replies one by one: the norms of the last `norm_window` accepted updates stand
         # in for the rest of a batch in the relative norm bound (0: a synchronous run, batches are whole rounds).
         self.norm_window = 0
         self.recent_norms: deque[float] = deque()
+
+    @property
+    def inner(self) -> Grid:
+        """The engine's Grid (what checkpoints ask for node state), not the byte counter around it."""
+        return self._traffic.inner
+
+    def take_traffic(self) -> tuple[int, int]:
+        """(bytes sent to clients, bytes received from them) since the last call (`fedsim.grid.traffic`)."""
+        return self._traffic.take()
 
     def discover(self, expected_nodes: int, timeout: float, poll_interval: float = 1.0,
                  retry_interval: float = 10.0) -> dict[int, int]:
@@ -90,15 +106,19 @@ class FedsimGrid(GridWrapper):
     def check_replies(self, replies: list[Message], sent: Mapping[str, Message]) -> list[Message]:
         """`replies` filtered (`fedsim.grid.filtering`); their rejections and a skipped round go to the log."""
         if not self.norm_window:
-            filtered = filter_replies(replies, sent, self._limits, self.partition_of)
+            filtered = filter_replies(replies, sent, self._limits, self.partition_of, decode=self._decode)
         else:
-            filtered = filter_replies(replies, sent, self._limits, self.partition_of, list(self.recent_norms), 1)
+            filtered = filter_replies(replies, sent, self._limits, self.partition_of, list(self.recent_norms), 1,
+                                      decode=self._decode)
             self.recent_norms.extend(filtered.norms)
             while len(self.recent_norms) > self.norm_window:
                 self.recent_norms.popleft()
         self._log.rejections += filtered.rejections
         self._log.skipped = self._log.skipped or filtered.skipped
         return filtered.replies
+
+    def _decode(self, reply: Message, sent: Message | None) -> Message:
+        return decompress_reply(reply, sent, self.compressor)
 
     def take_round_log(self) -> RoundLog:
         """What came back since the last call, and the nodes seen for the first time."""

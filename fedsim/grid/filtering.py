@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Error, Message, MessageType
 
+from ..compression.base import CorruptPayload
 from ..reply_checks import ReplyLimits, check_reply, outsized_updates, reply_kind
 from .round_log import Rejection
 
@@ -43,15 +44,22 @@ def as_error(reply: Message, reason: str) -> Message:
     return Message(error=Error(code=0, reason=reason), metadata=copy.deepcopy(reply.metadata))
 
 
+Decode = Callable[[Message, "Message | None"], Message]
+
+
 def filter_replies(replies: Sequence[Message], sent: Mapping[str, Message], limits: ReplyLimits,
                    partition_of: Callable[[int], int], earlier_norms: Sequence[float] = (),
-                   min_valid_replies: int | None = None) -> Filtered:
+                   min_valid_replies: int | None = None, decode: Decode | None = None) -> Filtered:
     """`replies` with each bad one replaced by an error reply, and every valid one when too few training replies
     are valid. `sent` are the messages answered, by message id (an answer to none is not compared with one).
 
+    `decode` (a compressed reply and the message it answers -> the reply as trained; `CorruptPayload` when it does
+    not decode) runs first, so that the checks and the strategy see decoded updates.
+
     An asynchronous run checks its replies one at a time: `earlier_norms` (recent accepted updates' norms) then
     stand in for the rest of the batch in the relative norm bound, and `min_valid_replies` = 1 keeps a lone reply."""
-    problems, norms = _problems(replies, sent, limits, partition_of, earlier_norms)
+    replies, undecoded = _decoded(replies, sent, decode)
+    problems, norms = _problems(replies, sent, limits, partition_of, earlier_norms, undecoded)
     rejections = [_rejection(reply, problem, partition_of(reply.metadata.src_node_id))
                   for reply, problem in zip(replies, problems, strict=True) if problem is not None]
     checked = [reply if problem is None else as_error(reply, REJECTED_PREFIX + problem)
@@ -64,14 +72,35 @@ def filter_replies(replies: Sequence[Message], sent: Mapping[str, Message], limi
     return Filtered(_withheld(checked, valid, minimum), rejections, skipped=True)
 
 
+def _decoded(replies: Sequence[Message], sent: Mapping[str, Message], decode: Decode | None
+             ) -> tuple[list[Message], dict[int, str]]:
+    """The replies decoded, and the problem of each (by position) that did not decode (it stays as it came)."""
+    if decode is None:
+        return list(replies), {}
+    decoded, problems = [], {}
+    for i, reply in enumerate(replies):
+        try:
+            decoded.append(decode(reply, sent.get(reply.metadata.reply_to_message_id)))
+        except CorruptPayload as error:
+            decoded.append(reply)
+            problems[i] = f"corrupt compressed update: {error}"
+        except Exception as error:  # pylint: disable=broad-exception-caught  # a codec's bug is no server crash
+            decoded.append(reply)
+            problems[i] = f"undecodable compressed update ({type(error).__name__}: {error})"
+    return decoded, problems
+
+
 def _problems(replies: Sequence[Message], sent: Mapping[str, Message], limits: ReplyLimits,
-              partition_of: Callable[[int], int], earlier_norms: Sequence[float] = ()
-              ) -> tuple[list[str | None], tuple[float, ...]]:
+              partition_of: Callable[[int], int], earlier_norms: Sequence[float] = (),
+              undecoded: Mapping[int, str] | None = None) -> tuple[list[str | None], tuple[float, ...]]:
     """Each reply's problem, or None, and the norms of the updates that passed; the relative norm bound applies to
-    the replies whose norm was measured, compared with each other and with `earlier_norms`."""
+    the replies whose norm was measured, compared with each other and with `earlier_norms`. `undecoded`: the
+    problems already found (a payload that did not decode), by position."""
+    undecoded = undecoded or {}
     references: dict[int, np.ndarray] = {}  # the sent arrays' values, decoded once per batch
-    verdicts = [check_reply(reply, sent.get(reply.metadata.reply_to_message_id), limits,
-                            partition_of(reply.metadata.src_node_id), references) for reply in replies]
+    verdicts = [(undecoded[i], None) if i in undecoded else
+                check_reply(reply, sent.get(reply.metadata.reply_to_message_id), limits,
+                            partition_of(reply.metadata.src_node_id), references) for i, reply in enumerate(replies)]
     problems = [problem for problem, _ in verdicts]
     measured = {i: norm for i, (problem, norm) in enumerate(verdicts) if problem is None and norm is not None}
     if limits.update_norm_factor is not None:  # norms are only measured for finite, well-shaped training replies

@@ -37,3 +37,7 @@ TRAIN_LOSS = "train_loss"
 TRAIN_ACCURACY = "train_accuracy"
 EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
+
+# --- a compressed train reply (`fedsim.compression.message`) --------------------------------------------------
+COMPRESSED_RECORD = "fedsim-compressed"  # an ArrayRecord holding one uint8 Array: the framed, encoded update
+COMPRESSED_PAYLOAD = "payload"

@@ -14,16 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..checkpoint import CHECKPOINT_FILE
-from ..recorder import METRICS_FILE, SUMMARY_FILE, TIMING_COLUMNS
+from ..recorder import METRICS_FILE, SUMMARY_FILE, TIMING_COLUMNS, TRAFFIC_COLUMNS
 
 # Slow clients (a sleep, no change to any number), so that a kill lands inside a short run rather than after it.
 SLOW_CLIENTS = ("faults.slow_rate=1.0", "faults.slow_seconds=0.15")
 
 
 def untimed_metrics(run_dir: Path) -> list[dict[str, str]]:
-    """The rows of a run's metrics.csv without the timing columns: what a resumed run must reproduce exactly."""
+    """The rows of a run's metrics.csv without the timing columns and the byte counts (a resumed run discovers its
+    nodes and resends its round again: it moved more bytes): what a resumed run must reproduce exactly."""
     with open(run_dir / METRICS_FILE, newline="") as stream:
-        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(stream)]
+        return [{k: v for k, v in row.items() if k not in (*TIMING_COLUMNS, *TRAFFIC_COLUMNS)}
+                for row in csv.DictReader(stream)]
 
 
 def kill_during(run_dir: Path, overrides: Sequence[str], at_round: int, deadline_s: float = 120.0) -> None:
