@@ -297,3 +297,35 @@ def test_a_compressed_run_moves_fewer_bytes_up_and_a_corrupt_payload_is_rejected
 def test_the_frame_header_is_small():
     assert len(frame_payload("fedzip", b"")) == 4 + 1 + 6 + 4
     assert struct.unpack("<I", frame_payload("x", b"abc")[6:10])[0] != 0
+
+
+@pytest.mark.parametrize("strategy", [("strategy=fedavg",),
+                                      ("strategy=fedbuff", "strategy.concurrency=2", "strategy.buffer_size=2")])
+def test_the_virtual_clock_times_the_compressed_upload(run_quietly, strategy):
+    """On a slow link the upload is most of a call: a payload 20x smaller makes the simulated rounds (synchronous)
+    and the asynchronous loop's arrivals (corrected once the reply came) correspondingly shorter."""
+    link = ("num_rounds=2", "num_clients=3", "fraction_evaluate=0.0", "devices.bandwidth=1e5", "devices.speed=1e6",
+            *strategy)
+    _, plain = run_quietly(*link, name="plain")
+    _, packed = run_quietly(*link, "compression=topk", "compression.ratio=0.02", name="packed")
+    plain_time, packed_time = (float(read_metrics(folder)[-1]["sim_time"]) for folder in (plain, packed))
+    model = 4 * sum(p.numel() for p in _mlp_parameters())
+    one_way = model / 1e5  # seconds for the model over the link
+    assert plain_time == pytest.approx(2 * 2 * one_way, rel=0.1)  # 2 rows, the model down and up each
+    assert packed_time == pytest.approx(2 * one_way, rel=0.1)  # 2 rows, the model down, (almost) nothing up
+
+
+def test_a_stopped_run_resumes_with_each_clients_error_feedback_memory(monkeypatch, tmp_path):
+    """The residuals live in each node's state, which the checkpoint keeps: a resumed run goes on as if never
+    stopped (without the memory, round 3's updates would differ)."""
+    from fedsim.run import run_experiment
+    from fedsim.testing.crash import untimed_metrics
+
+    from .conftest import stop_after_checkpoint
+
+    overrides = ["progress=false", "num_rounds=3", "num_clients=3", "fraction_evaluate=0.0", "compression=topk",
+                 "compression.ratio=0.05", "compression.error_feedback=true"]
+    run_experiment(compose_experiment(overrides), tmp_path / "alone", show_progress=False)
+    stop_after_checkpoint(monkeypatch, overrides, tmp_path / "stopped", 2)
+    run_experiment(compose_experiment(overrides), tmp_path / "stopped", show_progress=False, resume=True)
+    assert untimed_metrics(tmp_path / "stopped") == untimed_metrics(tmp_path / "alone")
