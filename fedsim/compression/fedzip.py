@@ -230,12 +230,14 @@ class FedZip(Compressor):
         head = uvarint(q.ids.size) + bytes([q.table.size]) + q.table.astype("<f4").tobytes()
         if q.ids.size == 0:
             return head
-        options = []
-        if self.encoding in ("huffman", "best"):
-            options.append(self._huffman_bytes(q))
-        if self.encoding in ("position", "best"):
-            options.append(self._position_bytes(q))
-        return head + min(options, key=len)
+        if self.encoding == "huffman":
+            return head + self._huffman_bytes(q)
+        position = self._position_bytes(q)
+        if self.encoding == "position":
+            return head + position
+        # best: Huffman's length is known from the counts alone, so only the shorter is coded (Huffman on a tie)
+        huffman_length = 1 + q.table.size + -(-huffman.encoded_bits(q.counts) // 8)
+        return head + (self._huffman_bytes(q) if huffman_length <= len(position) else position)
 
     def encode(self, update: Mapping[str, np.ndarray], rng: np.random.Generator | None = None) -> bytes:
         return uvarint(len(update)) + b"".join(self._encode_array(q) for q in self._quantise_all(update))

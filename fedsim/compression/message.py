@@ -29,6 +29,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDi
 
 from ..build import locate
 from ..node_config import partition_id
+from ..protocol.arrays import as_numpy
 from ..protocol.experiment import experiment_from_record
 from ..protocol.keys import ARRAYS_RECORD, COMPRESSED_PAYLOAD, COMPRESSED_RECORD, CONFIG_RECORD, ROUND_KEY
 from .base import Compressor, CorruptPayload, Shapes
@@ -79,8 +80,7 @@ def compress_reply(sent: Message, reply: Message, context: Context) -> Message:
         return reply
     received, trained = sent.content[ARRAYS_RECORD], reply.content[ARRAYS_RECORD]
     names = update_names(received, trained)
-    update = {name: (trained[name].numpy().astype(np.float32) - received[name].numpy().astype(np.float32))
-              for name in names}
+    update = {name: np.subtract(_values(trained[name]), _values(received[name]), dtype=np.float32) for name in names}
     server_round = int(sent.content[CONFIG_RECORD].get(ROUND_KEY, 0))
     rng = np.random.default_rng([int(experiment["seed"]), server_round, partition_id(context), _RNG_TAG])
     if error_feedback(experiment):
@@ -99,12 +99,17 @@ def compress_reply(sent: Message, reply: Message, context: Context) -> Message:
     return Message(content=content, metadata=copy.deepcopy(reply.metadata))
 
 
+def _values(array: Array) -> np.ndarray:
+    """An array's values, read only (no copy of the buffer where it can be avoided)."""
+    return as_numpy(array, copy=False)
+
+
 def _with_memory(update: dict[str, np.ndarray], state: RecordDict) -> dict[str, np.ndarray]:
     """The update plus the residual error feedback kept from this client's last compressed update."""
     memory = state.get(RESIDUAL_STATE)
     if not isinstance(memory, ArrayRecord):
         return update
-    return {name: value + memory[name].numpy() if name in memory and tuple(memory[name].shape) == value.shape
+    return {name: value + _values(memory[name]) if name in memory and tuple(memory[name].shape) == value.shape
             else value for name, value in update.items()}
 
 
@@ -162,8 +167,8 @@ def decompress_reply(reply: Message, sent: Message | None, compressor: Compresso
     arrays: dict[str, Array] = {}
     for name, array in base.items():
         if name in decoded:
-            start = array.numpy()
-            arrays[name] = Array((start.astype(np.float32) + decoded[name]).astype(start.dtype, copy=False))
+            start = _values(array)
+            arrays[name] = Array(np.add(start, decoded[name], dtype=np.float32).astype(start.dtype, copy=False))
         elif name in raw:
             arrays[name] = raw[name]
     arrays.update({name: array for name, array in raw.items() if name not in arrays})

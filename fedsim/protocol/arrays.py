@@ -18,8 +18,9 @@ _MAGIC = b"\x93NUMPY\x01\x00"  # format 1.0: a 2-byte little-endian header lengt
 _HEADER = re.compile(rb"\{'descr': '([<>|][a-zA-Z]\d{1,2})', 'fortran_order': False, 'shape': \(([\d, ]*)\), \} *\n")
 
 
-def as_numpy(array: Array) -> np.ndarray:
-    """The array's values, as `array.numpy()` gives them (a writable copy)."""
+def as_numpy(array: Array, copy: bool = True) -> np.ndarray:
+    """The array's values, as `array.numpy()` gives them (a writable copy; `copy=False`: a read-only view of the
+    buffer where the fast path applies, which saves a copy of a model that is only read)."""
     data = array.data
     if array.stype == "numpy.ndarray" and data[:8] == _MAGIC and len(data) >= 10:
         end = 10 + int.from_bytes(data[8:10], "little")
@@ -29,5 +30,6 @@ def as_numpy(array: Array) -> np.ndarray:
             shape = tuple(int(n) for n in found.group(2).decode("ascii").replace(" ", "").split(",") if n)
             count = int(np.prod(shape, dtype=np.int64))
             if not dtype.hasobject and len(data) == end + count * dtype.itemsize:
-                return np.frombuffer(data, dtype=dtype, count=count, offset=end).reshape(shape).copy()
+                values = np.frombuffer(data, dtype=dtype, count=count, offset=end).reshape(shape)
+                return values.copy() if copy else values
     return array.numpy()
