@@ -301,3 +301,16 @@ def test_the_sweep_records_the_strategy_option_not_the_row_label(tmp_path):
     rows = build_rows([(p.strategy, p.setting_label, p.seed, m) for p, m in zip(grid.points, metrics, strict=True)])
     assert [row.baseline for row in rows] == ["fedasync", "fedasync"]
     assert ASYNC_NOTE in legend(rows[1:], 0.9)  # fedasync+topk is still asynchronous
+
+
+def test_error_feedback_is_a_row_of_its_own_and_an_uncompressed_row_has_none():
+    from fedsim.compare.grid import expand
+
+    grid = expand(["strategy=fedavg", "compression=none,topk", "compression.error_feedback=false,true", "seed=0,1"])
+    assert grid.strategies == ["fedavg", "fedavg+topk", "fedavg+topk+ef"]
+    assert grid.settings == [()]  # not a setting: rows side by side
+    by_label = {point.strategy: point.overrides for point in grid.points if point.seed == 0}
+    assert by_label["fedavg"] == ("strategy=fedavg", "compression=none", "seed=0")
+    assert "compression.error_feedback=true" in [o.lower() for o in by_label["fedavg+topk+ef"]]
+    assert {point.strategy_name for point in grid.points} == {"fedavg"}
+    assert len({point.folder for point in grid.points}) == len(grid.points) == 6

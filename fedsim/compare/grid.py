@@ -6,6 +6,7 @@ those three, so re-running the same command finds the runs it already finished.
 An update encoding (`compression=<name>`, swept or fixed) is part of what a row compares, not a setting: a
 compressed strategy is judged against the uncompressed one on the same partition, so `strategy=fedavg
 compression=none,fedzip` gives the rows `fedavg` and `fedavg+fedzip` side by side. `none` adds nothing to the label.
+So is error feedback (`compression.error_feedback=false,true`): its rows end in `+ef` (`fedavg+topk+ef`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ..errors import FedsimError
 STRATEGY_KEY = "strategy"
 SEED_KEY = "seed"
 COMPRESSION_KEY = "compression"
+FEEDBACK_KEY = "compression.error_feedback"
+FEEDBACK_SUFFIX = "ef"
 NO_COMPRESSION = "none"
 PROXY_KEY = "server.proxy_size"
 
@@ -38,8 +41,8 @@ class GridPoint:
 
     @property
     def strategy_name(self) -> str:
-        """The strategy config option the point runs (its label without the compression)."""
-        return self.strategy.removesuffix(f"+{self.compression}") if self.compression else self.strategy
+        """The strategy config option the point runs (its label without the compression; no option name holds a +)."""
+        return self.strategy.split("+", 1)[0]
 
     @property
     def setting_label(self) -> str:
@@ -63,9 +66,16 @@ class Grid:
     notes: list[str] = field(default_factory=list)  # what the grid changed for fairness (shown in the report)
 
 
-def strategy_label(strategy: str, compression: str | None = None) -> str:
-    """`fedavg+fedzip`: the row a strategy with an update encoding fills; the strategy alone without one."""
-    return f"{strategy}+{compression}" if compression and compression != NO_COMPRESSION else strategy
+def strategy_label(strategy: str, compression: str | None = None, feedback: bool = False) -> str:
+    """`fedavg+fedzip`: the row a strategy with an update encoding fills (`fedavg+topk+ef` with error feedback); the
+    strategy alone without one."""
+    if not compression or compression == NO_COMPRESSION:
+        return strategy
+    return f"{strategy}+{compression}" + (f"+{FEEDBACK_SUFFIX}" if feedback else "")
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() == "true"
 
 
 def setting_label(setting: Sequence[tuple[str, str]]) -> str:
@@ -107,6 +117,7 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
         raise FedsimError(f"{duplicated[0]} is given more than once")
     strategies, seeds = [default_strategy], [default_seed]
     compressions: list[tuple[str, str]] = []  # (override as written, option); none given: the config's default
+    feedbacks: list[tuple[str, str]] = []  # (override as written, value) of compression.error_feedback
     fixed: list[str] = []
     swept: list[tuple[str, list[str]]] = []
     for written, key, values in parsed:
@@ -114,6 +125,8 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
             strategies = values
         elif key == COMPRESSION_KEY:
             compressions = [(f"{written}={value}", value) for value in values]
+        elif key == FEEDBACK_KEY:
+            feedbacks = [(f"{written}={value}", value) for value in values]
         elif key == SEED_KEY:
             try:
                 seeds = [int(value) for value in values]
@@ -125,17 +138,20 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
             fixed.append(f"{written}={values[0]}")
     keys = [key for key, _ in swept]
     settings = [tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*[v for _, v in swept])]
-    # each strategy with each of its encodings, in that order: `fedavg, fedavg+fedzip, fedprox, fedprox+fedzip`
-    rows = [(strategy, written, option) for strategy in strategies
-            for written, option in (compressions or [("", "")])]
+    # each strategy with each of its encodings, in that order: `fedavg, fedavg+fedzip, fedprox, fedprox+fedzip`;
+    # each encoding without, then with error feedback when that is given (`fedavg+topk, fedavg+topk+ef`)
+    rows = [(strategy, (written, *([fed_written] if fed_written else [])), option, _true(feedback))
+            for strategy in strategies for written, option in (compressions or [("", "")])
+            for fed_written, feedback in (feedbacks if option not in ("", NO_COMPRESSION) else [])
+            or [("", "")]]  # (no encoding: nothing to feed back, one row)
     points = [
-        GridPoint(strategy_label(strategy, option), setting, seed,
-                  (f"{STRATEGY_KEY}={strategy}", *([written] if written else []), f"{SEED_KEY}={seed}", *fixed,
+        GridPoint(strategy_label(strategy, option, feedback), setting, seed,
+                  (f"{STRATEGY_KEY}={strategy}", *(w for w in written if w), f"{SEED_KEY}={seed}", *fixed,
                    *(f"{k}={v}" for k, v in setting)),
                   "" if option == NO_COMPRESSION else option)
-        for setting in settings for seed in seeds for strategy, written, option in rows
+        for setting in settings for seed in seeds for strategy, written, option, feedback in rows
     ]
-    labels = list(dict.fromkeys(strategy_label(strategy, option) for strategy, _, option in rows))
+    labels = list(dict.fromkeys(strategy_label(strategy, option, feedback) for strategy, _, option, feedback in rows))
     return Grid(points, labels, settings, list(seeds), fixed)
 
 
