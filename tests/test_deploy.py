@@ -135,6 +135,41 @@ def test_a_deployed_asynchronous_run_applies_replies_as_they_arrive(federation, 
     assert summary["final_accuracy"] > float(rows[0]["test_accuracy"]) + 0.2
 
 
+# (before the tests that crash the SuperLink or kill a node of the shared federation: it needs all three)
+def test_a_runs_byte_counts_are_what_crossed_the_proxy(federation, tmp_path):
+    """FedAvg with FedZip-compressed updates: summary.json's bytes down are exactly the object content the proxy's
+    access log shows nodes pulling, its bytes up exactly the content they pushed, and the compressed updates are
+    what crossed (`fedsim.deploy.wire_log`)."""
+    from fedsim.deploy import wire_log
+    from fedsim.deploy.proxy import ACCESS_LOG
+
+    assert federation.layout is not None
+    log = federation.layout.proxy_dir / ACCESS_LOG
+    offset = log.stat().st_size  # the log holds every earlier test's requests too: keep this run's
+    overrides = [*COMMON, "strategy=fedavg", "compression=fedzip"]
+    summary = federation.submit(overrides, tmp_path / "run", timeout=RUN_TIMEOUT)
+    requests = wire_log.read_requests(log, offset)
+    up, down = wire_log.uploaded_objects(requests), wire_log.downloaded_objects(requests)
+    print(f"counted: up {summary['bytes_up']} B, down {summary['bytes_down']} B")
+    print(f"wire, object content: up {up.least} B in {up.requests} push-object bodies of {up.wire} B; "
+          f"down {down.least} B in {down.requests} pull-object bodies of {down.wire} B")
+    for method, totals in wire_log.method_totals(requests).items():
+        print(f"  {method}: {totals.requests} requests, {totals.request_bytes} B up, {totals.response_bytes} B down")
+    print(f"HTTP with headers (TLS aside): {sum(r.request_total for r in requests)} B up, "
+          f"{sum(r.response_total for r in requests)} B down")
+
+    # Down: a node pulls every object of each message it is sent (it holds one message at a time, so it never has
+    # one already), and a pull's envelope is fixed: the content is exactly what the server counted.
+    assert down.least == down.most == summary["bytes_down"]
+    # Up: each node's pulls tell its ids' size, so a push's content is exact too. The SuperLink asks a node only for
+    # the objects it does not hold (ids are content hashes); a compressed reply has no object another reply could
+    # share (no empty `arrays` record: `fedsim.compression.message`), so every object of every reply crossed.
+    assert up.least == up.most == summary["bytes_up"], (summary["bytes_up"], up)
+    # The compressed updates crossed: uncompressed, each of the 9 train replies would carry a model, as 21 of the
+    # messages down do (9 train, 9 evaluate, 3 final evaluations), so up would be ~9/21 of down; FedZip's are ~1%.
+    assert up.wire < down.wire / 20, (up, down)
+
+
 def test_a_node_whose_key_is_not_registered_is_refused_in_one_line(federation):
     """node-3 has a valid client certificate (the proxy lets it in) but the operator never registered its key."""
     assert federation.credentials is not None
@@ -244,7 +279,10 @@ def test_deploy_local_stops_everything_on_ctrl_c_and_fedsim_resume_finishes_the_
     and finishes the run on it, with the metrics of an uninterrupted simulation."""
     token = "ctrl-c-test-" + os.urandom(4).hex()
     env = {**os.environ, TOKEN_VARIABLE: token}  # nodes keep the test's thread count, so even rounding matches
-    overrides = ["num_clients=2", "num_rounds=4", "seed=3", "progress=false"]
+    # slow clients (a sleep, no number changes): `flwr log --stream` relays lines in bursts, and a fast run's rounds
+    # 2-4 could all have passed in the burst that brought round 1's line
+    overrides = ["num_clients=2", "num_rounds=4", "seed=3", "progress=false", "faults.slow_rate=1.0",
+                 "faults.slow_seconds=2.0"]
     command = [sys.executable, "-m", "fedsim.cli", "deploy", "local", "--nodes", "2", "--out", str(tmp_path / "out"),
                *overrides]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -581,36 +619,3 @@ def test_the_systemd_units_run_a_federation_and_stop_cleanly(tmp_path):
 
 
 # --- the bytes a run counts, against what crossed the proxy -----------------------------------------------------------
-
-def test_a_runs_byte_counts_are_what_crossed_the_proxy(federation, tmp_path):
-    """FedAvg with FedZip-compressed updates: summary.json's bytes down are exactly the object content the proxy's
-    access log shows nodes pulling, its bytes up exactly the content they pushed, and the compressed updates are
-    what crossed (`fedsim.deploy.wire_log`)."""
-    from fedsim.deploy import wire_log
-    from fedsim.deploy.proxy import ACCESS_LOG
-
-    assert federation.layout is not None
-    log = federation.layout.proxy_dir / ACCESS_LOG
-    offset = log.stat().st_size  # the log holds every earlier test's requests too: keep this run's
-    overrides = [*COMMON, "strategy=fedavg", "compression=fedzip"]
-    summary = federation.submit(overrides, tmp_path / "run", timeout=RUN_TIMEOUT)
-    requests = wire_log.read_requests(log, offset)
-    up, down = wire_log.uploaded_objects(requests), wire_log.downloaded_objects(requests)
-    print(f"counted: up {summary['bytes_up']} B, down {summary['bytes_down']} B")
-    print(f"wire, object content: up {up.least} B in {up.requests} push-object bodies of {up.wire} B; "
-          f"down {down.least} B in {down.requests} pull-object bodies of {down.wire} B")
-    for method, totals in wire_log.method_totals(requests).items():
-        print(f"  {method}: {totals.requests} requests, {totals.request_bytes} B up, {totals.response_bytes} B down")
-    print(f"HTTP with headers (TLS aside): {sum(r.request_total for r in requests)} B up, "
-          f"{sum(r.response_total for r in requests)} B down")
-
-    # Down: a node pulls every object of each message it is sent (it holds one message at a time, so it never has
-    # one already), and a pull's envelope is fixed: the content is exactly what the server counted.
-    assert down.least == down.most == summary["bytes_down"]
-    # Up: each node's pulls tell its ids' size, so a push's content is exact too. The SuperLink asks a node only for
-    # the objects it does not hold (ids are content hashes); a compressed reply has no object another reply could
-    # share (no empty `arrays` record: `fedsim.compression.message`), so every object of every reply crossed.
-    assert up.least == up.most == summary["bytes_up"], (summary["bytes_up"], up)
-    # The compressed updates crossed: uncompressed, each of the 9 train replies would carry a model, as 21 of the
-    # messages down do (9 train, 9 evaluate, 3 final evaluations), so up would be ~9/21 of down; FedZip's are ~1%.
-    assert up.wire < down.wire / 20, (up, down)
