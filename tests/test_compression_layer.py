@@ -46,15 +46,17 @@ class HalfCodec(Compressor):
     """A lossy test codec: every update entry as float16, in the order `like` gives."""
 
     name = "half"
+    dtype = np.float16
 
     def encode(self, update: Mapping[str, np.ndarray], rng: np.random.Generator) -> bytes:
-        return b"".join(np.ascontiguousarray(value, dtype=np.float16).tobytes() for value in update.values())
+        return b"".join(np.ascontiguousarray(value, dtype=self.dtype).tobytes() for value in update.values())
 
     def decode(self, payload: bytes, like: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
         sizes = [int(np.prod(shape)) for shape in like.values()]
-        if len(payload) != 2 * sum(sizes):
-            raise CorruptPayload(f"{len(payload)} bytes, expected {2 * sum(sizes)}")
-        values = np.frombuffer(payload, dtype=np.float16).astype(np.float32)
+        width = np.dtype(self.dtype).itemsize
+        if len(payload) != width * sum(sizes):
+            raise CorruptPayload(f"{len(payload)} bytes, expected {width * sum(sizes)}")
+        values = np.frombuffer(payload, dtype=self.dtype).astype(np.float32)
         cuts = np.cumsum([0, *sizes])
         return {name: values[a:b].reshape(shape)
                 for (name, shape), a, b in zip(like.items(), cuts[:-1], cuts[1:], strict=True)}
@@ -65,18 +67,7 @@ class ExactCodec(HalfCodec):
 
     name = "exact"
     lossless = True
-
-    def encode(self, update: Mapping[str, np.ndarray], rng: np.random.Generator) -> bytes:
-        return b"".join(np.ascontiguousarray(value, dtype=np.float32).tobytes() for value in update.values())
-
-    def decode(self, payload: bytes, like: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        sizes = [int(np.prod(shape)) for shape in like.values()]
-        if len(payload) != 4 * sum(sizes):
-            raise CorruptPayload(f"{len(payload)} bytes, expected {4 * sum(sizes)}")
-        values = np.frombuffer(payload, dtype=np.float32)
-        cuts = np.cumsum([0, *sizes])
-        return {name: values[a:b].reshape(shape)
-                for (name, shape), a, b in zip(like.items(), cuts[:-1], cuts[1:], strict=True)}
+    dtype = np.float32
 
 
 def _experiment(codec: str, *overrides: str) -> dict:
