@@ -21,7 +21,7 @@ import yaml
 from fedsim import cli
 from fedsim.config import compose_experiment
 from fedsim.errors import ConfigError
-from fedsim.recorder import TIMING_COLUMNS, Recorder, RoundRecord
+from fedsim.recorder import TIMING_COLUMNS, TRAFFIC_COLUMNS, Recorder, RoundRecord
 from fedsim.run import run_experiment
 from fedsim.tracking import LIBRARIES, STATE_FILE, LibraryTracker, flatten, split_row, validate_tracking
 
@@ -260,7 +260,8 @@ def _wandb(state: dict[str, Any]) -> tuple[dict[str, list[tuple[int, Any]]], lis
 def _assert_tracked_is_metrics_csv(tracked: dict[str, list[tuple[int, Any]]], rows: list[dict[str, str]],
                                    texts: bool, rel: float, first_values_kept: set[int] = frozenset()) -> None:
     """Each metrics.csv cell is tracked once at step = round (an empty cell not at all) with the same value;
-    nothing else is tracked. `first_values_kept`: rounds a restart ran again, tracked with their first timings."""
+    nothing else is tracked. `first_values_kept`: rounds a restart ran again, tracked with their first timings and
+    byte counts (the re-run also carries the restart's start-up query, so its bytes differ)."""
     columns = [column for column in rows[0] if column != "round"]
     assert set(tracked) - {"config"} <= set(columns)
     for row in rows:
@@ -275,7 +276,7 @@ def _assert_tracked_is_metrics_csv(tracked: dict[str, list[tuple[int, Any]]], ro
             assert len(points) == 1, (column, step, points)
             if column == "sampled":
                 assert points[0] == row[column]
-            elif column in TIMING_COLUMNS and step in first_values_kept:
+            elif column in (*TIMING_COLUMNS, *TRAFFIC_COLUMNS) and step in first_values_kept:
                 assert points[0] > 0
             elif math.isnan(float(row[column])):
                 assert math.isnan(points[0])
