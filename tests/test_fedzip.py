@@ -8,7 +8,17 @@ import pytest
 
 from fedsim.compression import huffman
 from fedsim.compression.base import CorruptPayload
-from fedsim.compression.bits import bit_length, pack_fields, read_uvarint, unpack_fields, uvarint
+from fedsim.compression.bits import (
+    bit_length,
+    pack_fields,
+    pack_uniform,
+    read_uvarint,
+    read_uvarints,
+    unpack_fields,
+    unpack_uniform,
+    uvarint,
+    uvarints,
+)
 from fedsim.compression.fedzip import FedZip, lloyd, sparsify_mask
 from fedsim.compression.payload import PayloadReader
 from fedsim.protocol.constraints import InvalidParameter
@@ -184,6 +194,30 @@ def test_bit_fields_and_varints():
     for bad in (b"\x80", b"\x80\x00", b"\xff" * 11):
         with pytest.raises(CorruptPayload):
             read_uvarint(PayloadReader(bad, "t"), "v")
+    with pytest.raises(CorruptPayload, match="above 64 bits"):  # 2**64 in ten bytes
+        read_uvarint(PayloadReader(b"\x80" * 9 + b"\x02", "t"), "v")
+
+
+def test_varint_arrays_are_the_single_varints_back_to_back():
+    numbers = np.array([0, 1, 127, 128, 300, 2**32, 2**63, 2**64 - 1], dtype=np.uint64)
+    data = uvarints(numbers)
+    assert data == b"".join(uvarint(int(v)) for v in numbers)
+    assert [len(uvarint(int(v))) for v in numbers] == [1, 1, 1, 2, 2, 5, 10, 10]
+    reader = PayloadReader(data + b"\x05", "t")
+    assert np.array_equal(read_uvarints(reader, numbers.size, "v"), numbers) and reader.remaining == 1
+    with pytest.raises(CorruptPayload, match="longer than 5 bytes"):  # top-k's gaps are at most 5 bytes
+        read_uvarints(PayloadReader(uvarints(numbers[:7]), "t"), 7, "v", max_bytes=5)
+    with pytest.raises(CorruptPayload, match="ends inside"):
+        read_uvarints(PayloadReader(data[:-1], "t"), numbers.size, "v")
+    with pytest.raises(ValueError):
+        uvarints(np.array([3, -1]))
+
+
+def test_uniform_bit_fields_are_least_significant_bit_first():
+    assert pack_uniform(np.array([1, 2, 3]), 3) == bytes([0b11010001, 0])  # 001, 010, 011 read from bit 0 up
+    values = np.random.default_rng(1).integers(0, 2**13, 1001)
+    packed = np.frombuffer(pack_uniform(values, 13), np.uint8)
+    assert packed.size == -(-1001 * 13 // 8) and np.array_equal(unpack_uniform(packed, 1001, 13), values)
 
 
 # --- FedZip round trips and sizes ------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
-"""Bit plumbing for the entropy coders: variable-width bit fields packed back to back, and LEB128 varints.
+"""Bit plumbing shared by the codecs: bit fields packed back to back, and LEB128 varints.
 
-FedZip's position coding sends gaps between positions as a length class plus the gap's bits below its leading
-one; the classes go through Huffman coding (`huffman`) and the remaining bits through `pack_fields`. Both directions
-are vectorised (whole arrays at once, no Python loop over fields), so a million fields cost milliseconds.
+Two bit layouts, each the one its format needs:
+- `pack_fields`: fields of varying widths, most significant bit first. FedZip's position coding sends gaps between
+  positions as a length class plus the gap's bits below its leading one; the classes go through Huffman coding
+  (`huffman`) and the remaining bits through here.
+- `pack_uniform`: fields of one width, least significant bit first (QSGD's levels), numpy's `packbits` order.
+Varints: `uvarints` and `read_uvarints` for arrays (top-k's index gaps), `uvarint` and `read_uvarint` for one
+number (headers); the single-number forms are the array forms on one element, so there is one coder.
 
-Fields are written most significant bit first, one after the other, and the last byte is padded with zero bits,
-which `unpack_fields` checks: a decoder should notice a payload whose bits it did not write.
+Everything is vectorised (whole arrays at once, no Python loop over fields), so a million fields cost
+milliseconds. The last byte of a bit block is padded with zero bits, which the readers check: a decoder should
+notice a payload whose bits it did not write.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import numpy as np
 from .base import CorruptPayload
 from .payload import PayloadReader
 
-__all__ = ["MAX_FIELD_WIDTH", "bit_length", "pack_fields", "read_uvarint", "unpack_fields", "uvarint"]
+__all__ = ["MAX_FIELD_WIDTH", "bit_length", "check_uniform_padding", "pack_fields", "pack_uniform", "read_uvarint",
+           "read_uvarints", "unpack_fields", "unpack_uniform", "uvarint", "uvarints"]
 
 MAX_FIELD_WIDTH = 56  # a field and its offset inside a byte fit one 64-bit word
 MAX_VARINT_BYTES = 10  # 7 bits a byte: any uint64
@@ -85,29 +91,93 @@ def unpack_fields(data: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, int
     return np.where(widths > 0, word >> shift, np.uint64(0)), size
 
 
+def pack_uniform(numbers: np.ndarray, width: int) -> bytes:
+    """Non-negative integers below 2**width (width <= 32), `width` bits each, least significant bit first, then
+    zero bits to a whole byte: ceil(n width / 8) bytes."""
+    numbers = np.asarray(numbers).reshape(-1)
+    planes = np.empty((numbers.size, width), dtype=np.uint8)
+    for bit in range(width):
+        planes[:, bit] = (numbers >> bit) & 1
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_uniform(packed: np.ndarray, count: int, width: int) -> np.ndarray:
+    """The `count` integers (uint32) `pack_uniform` wrote into `packed` (uint8, ceil(count width / 8) bytes)."""
+    planes = np.unpackbits(packed, count=count * width, bitorder="little").reshape(count, width)
+    numbers = np.zeros(count, dtype=np.uint32)
+    for bit in range(width):
+        numbers |= planes[:, bit].astype(np.uint32) << np.uint32(bit)
+    return numbers
+
+
+def check_uniform_padding(packed: np.ndarray, used_bits: int, what: str) -> None:
+    """`CorruptPayload` when a bit after the first `used_bits` of `packed` (least significant first) is set: the
+    encoder writes zeros there."""
+    if used_bits % 8 and int(packed[-1]) >> (used_bits % 8):
+        raise CorruptPayload(f"{what} have non-zero padding bits")
+
+
+def _varint_lengths(numbers: np.ndarray) -> np.ndarray:
+    lengths = np.ones(numbers.size, dtype=np.int64)
+    for bits in range(7, 7 * MAX_VARINT_BYTES, 7):
+        lengths += numbers >= np.uint64(1 << bits)
+    return lengths
+
+
+def uvarints(numbers: np.ndarray) -> bytes:
+    """LEB128 of each non-negative integer below 2**64 (7 bits a byte, least significant group first), back to
+    back, each in its shortest form."""
+    numbers = np.asarray(numbers).reshape(-1)
+    if numbers.size and numbers.dtype.kind == "i" and int(numbers.min()) < 0:
+        raise ValueError(f"varint out of range: {numbers.min()}")
+    numbers = numbers.astype(np.uint64)
+    lengths = _varint_lengths(numbers)
+    out = np.zeros(int(lengths.sum()), dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    for position in range(MAX_VARINT_BYTES):
+        present = lengths > position
+        if not present.any():
+            break
+        group = (numbers[present] >> np.uint64(7 * position)) & np.uint64(0x7F)
+        more = np.where(lengths[present] > position + 1, 0x80, 0).astype(np.uint64)
+        out[starts[present] + position] = group | more
+    return out.tobytes()
+
+
+def read_uvarints(reader: PayloadReader, count: int, what: str,
+                  max_bytes: int = MAX_VARINT_BYTES) -> np.ndarray:
+    """`count` LEB128 integers (uint64) read from `reader`. `CorruptPayload` when the payload ends inside them, or
+    one is longer than `max_bytes`, exceeds 64 bits or is not in its shortest form (a last byte of 0 after
+    others)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.uint64)
+    window = np.frombuffer(reader.view[reader.position:reader.position + max_bytes * count], dtype=np.uint8)
+    ends = np.flatnonzero(window < 0x80)[:count]  # the last byte of each varint has the high bit clear
+    if ends.size < count:
+        if window.size < max_bytes * count:
+            raise CorruptPayload(f"{reader.codec}: the payload ends inside {what} ({ends.size} of {count} varints)")
+        raise CorruptPayload(f"{reader.codec}: a varint longer than {max_bytes} bytes in {what}")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > max_bytes:
+        raise CorruptPayload(f"{reader.codec}: a varint longer than {max_bytes} bytes in {what}")
+    block = window[: ends[-1] + 1]
+    if np.any((block[ends] == 0) & (lengths > 1)):
+        raise CorruptPayload(f"{reader.codec}: a varint padded with a zero byte in {what}")
+    if np.any((lengths == MAX_VARINT_BYTES) & (block[ends] > 1)):  # the tenth byte holds bit 63 only
+        raise CorruptPayload(f"{reader.codec}: a varint above 64 bits in {what}")
+    reader.take(block.size, what)
+    shifts = (7 * (np.arange(block.size) - np.repeat(starts, lengths))).astype(np.uint64)
+    return np.bitwise_or.reduceat((block & 0x7F).astype(np.uint64) << shifts, starts)
+
+
 def uvarint(value: int) -> bytes:
-    """LEB128 of a non-negative integer below 2**64: 7 bits a byte, least significant group first."""
+    """LEB128 of one non-negative integer below 2**64 (`uvarints` of one number)."""
     if not 0 <= value < 1 << 64:
         raise ValueError(f"varint out of range: {value}")
-    out = bytearray()
-    while True:
-        group, value = value & 0x7F, value >> 7
-        out.append(group | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    return uvarints(np.array([value], dtype=np.uint64))
 
 
 def read_uvarint(reader: PayloadReader, what: str) -> int:
-    """The next LEB128 integer of `reader`; `CorruptPayload` when truncated, longer than 10 bytes, or not in its
-    shortest form (a last byte of 0 after others)."""
-    value = 0
-    for index in range(MAX_VARINT_BYTES):
-        byte = reader.uint(1, what)
-        value |= (byte & 0x7F) << (7 * index)
-        if byte < 0x80:
-            if byte == 0 and index > 0:
-                raise CorruptPayload(f"{reader.codec}: {what} is a varint padded with a zero byte")
-            if value >= 1 << 64:
-                raise CorruptPayload(f"{reader.codec}: {what} exceeds 64 bits")
-            return value
-    raise CorruptPayload(f"{reader.codec}: {what} is a varint longer than {MAX_VARINT_BYTES} bytes")
+    """The next LEB128 integer of `reader` (`read_uvarints` of one number)."""
+    return int(read_uvarints(reader, 1, what)[0])

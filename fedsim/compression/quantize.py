@@ -27,38 +27,16 @@ import numpy as np
 
 from ..protocol.constraints import Interval, check_parameters, parameter_constraints
 from .base import Compressor, CorruptPayload, Shapes
+from .bits import check_uniform_padding, pack_uniform, unpack_uniform
 from .payload import PayloadReader, as_float32, numel
 
-__all__ = ["QSGD", "pack_bits", "unpack_bits"]
+__all__ = ["QSGD"]
 
 MAX_LEVELS = (1 << 16) - 1  # levels fit uint16
 
 
-def pack_bits(numbers: np.ndarray, width: int) -> bytes:
-    """Non-negative integers below 2**width, `width` bits each, least significant bit first."""
-    planes = np.empty((numbers.size, width), dtype=np.uint8)
-    for bit in range(width):
-        planes[:, bit] = (numbers >> bit) & 1
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
-
-
-def unpack_bits(packed: np.ndarray, count: int, width: int) -> np.ndarray:
-    """The `count` integers (uint32) `pack_bits` wrote into `packed` (uint8, ceil(count width / 8) bytes)."""
-    planes = np.unpackbits(packed, count=count * width, bitorder="little").reshape(count, width)
-    numbers = np.zeros(count, dtype=np.uint32)
-    for bit in range(width):
-        numbers |= planes[:, bit].astype(np.uint32) << np.uint32(bit)
-    return numbers
-
-
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _check_padding(packed: np.ndarray, used_bits: int, what: str) -> None:
-    """Refuse set bits after the first `used_bits` of `packed` (LSB first): the encoder writes zeros there."""
-    if used_bits % 8 and int(packed[-1]) >> (used_bits % 8):
-        raise CorruptPayload(f"{what} have non-zero padding bits")
 
 
 class QSGD(Compressor):
@@ -122,7 +100,7 @@ class QSGD(Compressor):
                 ratio = magnitudes * self._per_entry(scale, values.size)  # s |x| / norm, in [0, s]
                 ratio[np.isnan(ratio)] = 0.0  # inf times 0: an inf entry of a broken bucket
                 levels = np.minimum(np.floor(ratio + rng.random(values.size)), self.levels).astype(np.uint16)
-                parts += [norms.astype("<f4").tobytes(), pack_bits(levels, self.width),
+                parts += [norms.astype("<f4").tobytes(), pack_uniform(levels, self.width),
                           np.packbits(np.signbit(values[levels > 0]), bitorder="little").tobytes()]
         return b"".join(parts)
 
@@ -136,14 +114,14 @@ class QSGD(Compressor):
             if np.any(norms < 0):
                 raise CorruptPayload(f"{self.name}: a negative norm in {name}")
             packed = reader.array("u1", _ceil_div(n * self.width, 8), f"{name}'s levels")
-            _check_padding(packed, n * self.width, f"{self.name}: {name}'s levels")
-            levels = unpack_bits(packed, n, self.width)
+            check_uniform_padding(packed, n * self.width, f"{self.name}: {name}'s levels")
+            levels = unpack_uniform(packed, n, self.width)
             if n and levels.max() > self.levels:
                 raise CorruptPayload(f"{self.name}: level {levels.max()} above {self.levels} in {name}")
             nonzero = levels > 0
             count = int(np.count_nonzero(nonzero))
             packed = reader.array("u1", _ceil_div(count, 8), f"{name}'s signs")
-            _check_padding(packed, count, f"{self.name}: {name}'s signs")
+            check_uniform_padding(packed, count, f"{self.name}: {name}'s signs")
             signs = np.unpackbits(packed, count=count, bitorder="little").astype(bool)
             steps = self._per_entry(norms.astype(np.float64) / self.levels, n)
             with np.errstate(over="ignore", invalid="ignore"):  # a NaN or huge norm decodes to NaN or inf

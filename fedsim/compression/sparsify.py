@@ -31,12 +31,13 @@ import numpy as np
 
 from ..protocol.constraints import Interval, check_parameters, parameter_constraints
 from .base import Compressor, CorruptPayload, Shapes
+from .bits import read_uvarints, uvarints
 from .payload import PayloadReader, as_float32, numel
 
 __all__ = ["RandomK", "TopK", "kept_count", "top_indices"]
 
 FIXED, VARINT = 0, 1
-MAX_VARINT_BYTES = 5  # 7 bits a byte: enough for any uint32
+MAX_GAP_BYTES = 5  # 7 bits a byte: enough for any uint32
 
 
 def kept_count(ratio: float, n: int) -> int:
@@ -64,48 +65,6 @@ def _fixed_width(n: int) -> int:
     return 2 if n <= 1 << 16 else 4
 
 
-def _varint_lengths(numbers: np.ndarray) -> np.ndarray:
-    lengths = np.ones(numbers.size, dtype=np.int64)
-    for bits in range(7, 7 * MAX_VARINT_BYTES, 7):
-        lengths += numbers >= (1 << bits)
-    return lengths
-
-
-def _varints(numbers: np.ndarray, lengths: np.ndarray) -> bytes:
-    """LEB128 of non-negative integers below 2**32, vectorised over the byte positions."""
-    out = np.zeros(int(lengths.sum()), dtype=np.uint8)
-    starts = np.cumsum(lengths) - lengths
-    for position in range(MAX_VARINT_BYTES):
-        present = lengths > position
-        if not present.any():
-            break
-        group = (numbers[present] >> (7 * position)) & 0x7F
-        more = np.where(lengths[present] > position + 1, 0x80, 0)
-        out[starts[present] + position] = group | more
-    return out.tobytes()
-
-
-def _read_varints(reader: PayloadReader, count: int, what: str) -> np.ndarray:
-    """`count` LEB128 integers (int64) read from `reader`, each at most MAX_VARINT_BYTES bytes and in its shortest
-    form (what `_varints` writes)."""
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    window = np.frombuffer(reader.view[reader.position:reader.position + MAX_VARINT_BYTES * count], dtype=np.uint8)
-    ends = np.flatnonzero(window < 0x80)[:count]  # the last byte of each varint has the high bit clear
-    if ends.size < count:
-        raise CorruptPayload(f"{reader.codec}: the payload ends inside {what} ({ends.size} of {count} varints)")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > MAX_VARINT_BYTES:
-        raise CorruptPayload(f"{reader.codec}: a varint of {lengths.max()} bytes in {what}")
-    block = window[: ends[-1] + 1]
-    if np.any((block[ends] == 0) & (lengths > 1)):
-        raise CorruptPayload(f"{reader.codec}: a varint padded with a zero byte in {what}")
-    reader.take(block.size, what)
-    shifts = 7 * (np.arange(block.size) - np.repeat(starts, lengths))
-    return np.add.reduceat((block & 0x7F).astype(np.int64) << shifts, starts)
-
-
 class _Sparsifier(Compressor):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {"ratio": [Interval(Real, 0, 1, closed="right")]}
 
@@ -127,13 +86,10 @@ class TopK(_Sparsifier):
             indices = top_indices(values, kept_count(self.ratio, n))
             k = indices.size
             gaps = np.diff(indices, prepend=-1) - 1
-            lengths = _varint_lengths(gaps)
-            mode = VARINT if int(lengths.sum()) < k * _fixed_width(n) else FIXED
+            varints = uvarints(gaps)
+            mode = VARINT if len(varints) < k * _fixed_width(n) else FIXED
             parts.append(k.to_bytes(4, "little") + bytes([mode]))
-            if mode == VARINT:
-                parts.append(_varints(gaps, lengths))
-            else:
-                parts.append(indices.astype(f"<u{_fixed_width(n)}").tobytes())
+            parts.append(varints if mode == VARINT else indices.astype(f"<u{_fixed_width(n)}").tobytes())
             parts.append(values[indices].astype("<f4").tobytes())
         return b"".join(parts)
 
@@ -147,7 +103,7 @@ class TopK(_Sparsifier):
                 raise CorruptPayload(f"{self.name}: {k} entries kept of {name}'s {n}")
             mode = reader.uint(1, f"{name}'s index mode")
             if mode == VARINT:
-                gaps = _read_varints(reader, k, f"{name}'s indices")
+                gaps = read_uvarints(reader, k, f"{name}'s indices", MAX_GAP_BYTES).astype(np.int64)
                 if k and gaps.max() >= n:  # also keeps the running sum below n * n
                     raise CorruptPayload(f"{self.name}: an index gap of {gaps.max()} in {name}'s {n} entries")
                 indices = np.cumsum(gaps + 1) - 1
