@@ -19,7 +19,7 @@ from fedsim.compression.bits import (
     uvarint,
     uvarints,
 )
-from fedsim.compression.fedzip import FedZip, lloyd, sparsify_mask
+from fedsim.compression.fedzip import FedZip, _nearest, lloyd, sparsify_mask
 from fedsim.compression.payload import PayloadReader
 from fedsim.protocol.constraints import InvalidParameter
 
@@ -68,6 +68,18 @@ def test_kept_count_rounds_half_to_even_and_one_entry_is_pruned():
     assert sparsify_mask(_array([5, 4, 3, 2, 1]), 0.5).tolist() == [True, True, True, False, False]  # round(2.5) = 2
     assert sparsify_mask(_array([7.0]), 0.8).tolist() == [False]  # round(0.8) = 1: nothing kept
     assert sparsify_mask(_array([1, 2]), 0.0).all()
+
+
+@pytest.mark.parametrize("clusters", [2, 3, 9, 20])  # up to 8 bounds counted, more searched: the same labels
+def test_nearest_centroid_is_the_brute_force_argmin_with_ties_to_the_lower_side(clusters):
+    rng = np.random.default_rng(clusters)
+    centroids = np.sort(rng.normal(size=clusters)).astype(np.float32)
+    centroids[1] = centroids[0]  # equal centroids: the first wins
+    midpoints = ((centroids[:-1].astype(np.float64) + centroids[1:]) / 2).astype(np.float32)
+    values = np.concatenate([rng.normal(size=5000).astype(np.float32), midpoints, centroids])
+    distance = np.abs(values.astype(np.float64)[:, None] - centroids.astype(np.float64)[None, :])
+    assert np.array_equal(_nearest(values, centroids), np.argmin(distance, axis=1))
+    assert _nearest(_array([0.5, 2.0, 2.5]), _array([0, 1, 3])).tolist() == [0, 1, 2]  # on a bound: the lower
 
 
 def test_bias_tensors_are_not_sparsified_but_are_quantised():
