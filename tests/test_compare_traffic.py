@@ -304,8 +304,6 @@ def test_the_sweep_records_the_strategy_option_not_the_row_label(tmp_path):
 
 
 def test_error_feedback_is_a_row_of_its_own_and_an_uncompressed_row_has_none():
-    from fedsim.compare.grid import expand
-
     grid = expand(["strategy=fedavg", "compression=none,topk", "compression.error_feedback=false,true", "seed=0,1"])
     assert grid.strategies == ["fedavg", "fedavg+topk", "fedavg+topk+ef"]
     assert grid.settings == [()]  # not a setting: rows side by side

@@ -617,5 +617,3 @@ def test_the_systemd_units_run_a_federation_and_stop_cleanly(tmp_path):
             processes.stop()
     _assert_same_run(run_dir, _simulate(overrides, tmp_path / "simulated"), nodes=nodes)
 
-
-# --- the bytes a run counts, against what crossed the proxy -----------------------------------------------------------

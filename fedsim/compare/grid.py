@@ -78,6 +78,19 @@ def _true(value: str) -> bool:
     return value.strip().lower() == "true"
 
 
+def _encodings(compressions: Sequence[tuple[str, str]],
+               feedbacks: Sequence[tuple[str, str]]) -> list[tuple[tuple[str, ...], str, bool]]:
+    """The update encodings each strategy runs with, in order: (their overrides, the compression option, error
+    feedback). A compressed encoding comes without, then with error feedback when that is swept (`fedavg+topk,
+    fedavg+topk+ef`); no compression has nothing to feed back, so it is one encoding."""
+    encodings = []
+    for written, option in compressions or [("", "")]:
+        compressed = option not in ("", NO_COMPRESSION)
+        for fed_written, feedback in (feedbacks if compressed else None) or [("", "")]:
+            encodings.append((tuple(w for w in (written, fed_written) if w), option, _true(feedback)))
+    return encodings
+
+
 def setting_label(setting: Sequence[tuple[str, str]]) -> str:
     """`partition.alpha=0.1 · num_clients=20`, or `default` when nothing besides strategy, compression and seed is
     swept."""
@@ -138,15 +151,11 @@ def expand(overrides: Sequence[str], default_strategy: str = "fedavg", default_s
             fixed.append(f"{written}={values[0]}")
     keys = [key for key, _ in swept]
     settings = [tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*[v for _, v in swept])]
-    # each strategy with each of its encodings, in that order: `fedavg, fedavg+fedzip, fedprox, fedprox+fedzip`;
-    # each encoding without, then with error feedback when that is given (`fedavg+topk, fedavg+topk+ef`)
-    rows = [(strategy, (written, *([fed_written] if fed_written else [])), option, _true(feedback))
-            for strategy in strategies for written, option in (compressions or [("", "")])
-            for fed_written, feedback in (feedbacks if option not in ("", NO_COMPRESSION) else [])
-            or [("", "")]]  # (no encoding: nothing to feed back, one row)
+    # each strategy with each of its encodings, in that order: `fedavg, fedavg+fedzip, fedprox, fedprox+fedzip`
+    rows = [(strategy, *encoding) for strategy in strategies for encoding in _encodings(compressions, feedbacks)]
     points = [
         GridPoint(strategy_label(strategy, option, feedback), setting, seed,
-                  (f"{STRATEGY_KEY}={strategy}", *(w for w in written if w), f"{SEED_KEY}={seed}", *fixed,
+                  (f"{STRATEGY_KEY}={strategy}", *written, f"{SEED_KEY}={seed}", *fixed,
                    *(f"{k}={v}" for k, v in setting)),
                   "" if option == NO_COMPRESSION else option)
         for setting in settings for seed in seeds for strategy, written, option, feedback in rows
