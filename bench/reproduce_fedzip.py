@@ -8,10 +8,10 @@ Dirichlet(0.5), fedsim's MLP (64-200-200-10, 53,810 parameters), 3 local epochs,
 
 1. One `fedsim compare strategy=fedavg compression=none,fedzip,topk,randk,qsgd,fp16,bf16 seed=...` (rows
    `fedavg`, `fedavg+fedzip`, ...; its comparison.md, report.html and plots/accuracy_vs_mb.png in `--out`/compare),
-   and a second one for top-k and random-k with error feedback (`compression.error_feedback=true`, in
-   `--out`/compare_ef): a compare sweep puts a swept `compression.error_feedback` in its own setting, not in a row
-   beside FedAvg's, and a fixed one in the same folder would overwrite the rows without it; and a third one for
-   FedZip with sparsity z = 0.99 and 0.999 (`--out`/compare_sparsity).
+   a second one for top-k and random-k with error feedback (`compression.error_feedback=true`, rows `fedavg+topk+ef`
+   and `fedavg+randk+ef`, in `--out`/compare_ef; only those two, as a swept `false,true` in the first compare would
+   also run every other codec with error feedback); and a third one for FedZip with sparsity z = 0.99 and 0.999
+   (`--out`/compare_sparsity).
    Printed per row: final accuracy, the uplink ratio (FedAvg's bytes_up per trained round over the row's, seed by
    seed, from metrics.csv), the bytes a client's reply weighs, MB to `--target` (down + up) and total MB.
 2. FedZip's accounting (`FedZip.size_report`) on real client updates of the same model: an uncompressed run of
@@ -66,12 +66,14 @@ def _runs(out: Path, label: str, seeds: list[int], target: float, setting: str =
 
 
 def traffic_table(out: Path, seeds: list[int], target: float) -> None:
-    baseline = _runs(out / "compare", "fedavg", seeds, target)
-    rows = [(codec, out / "compare", f"fedavg+{codec}" if codec != "none" else "fedavg", "default")
-            for codec in CODECS]
-    rows += [(f"{codec} + error feedback", out / "compare_ef", f"fedavg+{codec}", "default") for codec in WITH_MEMORY]
-    rows += [(f"fedzip, z = {z}", out / "compare_sparsity", "fedavg+fedzip", f"compression.sparsity={z}")
-             for z in SPARSER]
+    from fedsim.compare.grid import strategy_label
+
+    baseline = _runs(out / "compare", strategy_label("fedavg"), seeds, target)
+    rows = [(codec, out / "compare", strategy_label("fedavg", codec), "default") for codec in CODECS]
+    rows += [(f"{codec} + error feedback", out / "compare_ef", strategy_label("fedavg", codec, feedback=True),
+              "default") for codec in WITH_MEMORY]
+    rows += [(f"fedzip, z = {z}", out / "compare_sparsity", strategy_label("fedavg", "fedzip"),
+              f"compression.sparsity={z}") for z in SPARSER]
     print(f"\n| codec | final acc. | Δ vs none | uplink ratio (real bytes) | kB a reply | MB to {target:g} | reached | "
           "total MB |")
     print("|---|---|---|---|---|---|---|---|")
